@@ -1,0 +1,39 @@
+# The two commands of the README: `make book` (set-up, notebooks at the smoke profile, HTML book)
+# and `make test` (all tests). Both create the virtual environment on first use.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+# The machine's pip configuration points at local package folders, some absent: drop those notices.
+QUIET_PIP := { grep -v '^WARNING: Location' || true; }
+
+.PHONY: help env test book lab clean
+
+help:
+	@echo "make book   set up .venv, run the notebooks (smoke profile), build the HTML book in _build/html"
+	@echo "make test   set up .venv and run every test (unit tests and the notebooks under nbval)"
+	@echo "make lab    open the notebooks in JupyterLab with the project's environment"
+	@echo "make clean  remove the book build and caches (keeps .venv)"
+
+$(INSTALLED): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet -e . 2>&1 | $(QUIET_PIP)
+	@touch $@
+
+env: $(INSTALLED)
+
+test: $(INSTALLED)
+	$(BIN)/pytest tests
+	$(BIN)/pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
+book: $(INSTALLED)
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+lab: $(INSTALLED)
+	$(BIN)/jupyter lab notebooks
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,64 @@
+"""The `freeecho` command: a thin layer over the package (the notebooks call the same functions)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from freeecho_core.bench import bench_forward
+from freeecho_core.edm import karras_sigmas
+from freeecho_core.unet3d import PRESETS, UNet3D, count_parameters
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    for name, cfg in PRESETS.items():
+        print(f"preset {name}: {count_parameters(UNet3D(cfg)):,} parameters  {cfg}")
+    sigmas = karras_sigmas()
+    print("Karras schedule, 64 steps: " + ", ".join(f"t_i={i}: sigma={sigmas[i]:.4g}" for i in (0, 15, 35, 55, 63)))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    records = []
+    for preset in args.preset:
+        record = bench_forward(preset, batch=args.batch, frames=args.frames, size=args.size,
+                               device=args.device, dtype=args.dtype, repeats=args.repeats)
+        print(f"{preset}: {record['seconds_median']:.4f} s per network evaluation "
+              f"({record['shape']}, {record['dtype']}, {record['device']})")
+        records.append(record)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(records, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="freeecho", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="model presets, parameter counts and the noise schedule")
+    info.set_defaults(func=cmd_info)
+    bench = sub.add_parser("bench", help="time one network evaluation per preset; store JSON")
+    bench.add_argument("--preset", nargs="+", default=sorted(PRESETS), choices=sorted(PRESETS))
+    bench.add_argument("--batch", type=int, default=1)
+    bench.add_argument("--frames", type=int, default=8)
+    bench.add_argument("--size", type=int, default=64, help="frame height and width in pixels")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--out", type=Path, help="JSON file for the results")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"freeecho {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+import json
+
+from freeecho_core.cli import main
+
+
+def test_info_lists_the_presets_and_the_start_step_sigmas(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "preset paper: 3,140,153 parameters" in out
+    assert "t_i=15: sigma=18.99" in out
+
+
+def test_bench_writes_a_json_record_per_preset(tmp_path, capsys):
+    out = tmp_path / "bench" / "forward.json"
+    assert main(["bench", "--preset", "tiny", "--frames", "2", "--size", "8", "--repeats", "1", "--out", str(out)]) == 0
+    (record,) = json.loads(out.read_text())
+    assert record["preset"] == "tiny" and record["shape"] == [1, 1, 2, 8, 8]
+    assert record["seconds_median"] > 0 and "commit" in record["code_version"]
+
+
+def test_bench_reports_bad_sizes_as_an_error(capsys):
+    assert main(["bench", "--preset", "paper", "--size", "10", "--repeats", "1"]) == 2
+    assert "multiples of 4" in capsys.readouterr().err

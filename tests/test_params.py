@@ -1,0 +1,36 @@
+"""The papermill profiles in params/ agree with the notebooks' parameters cells."""
+import ast
+from pathlib import Path
+
+import papermill
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = sorted((ROOT / "params").glob("*.yaml"))
+NOTEBOOKS = {p.stem: p for p in (ROOT / "notebooks").glob("*.ipynb")}
+
+
+def notebook_defaults(name: str) -> dict:
+    return {k: ast.literal_eval(v["default"]) for k, v in papermill.inspect_notebook(str(NOTEBOOKS[name])).items()}
+
+
+def test_the_three_profiles_exist():
+    assert {p.stem for p in PROFILES} == {"smoke", "gpu-short", "paper"}
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
+def test_profiles_name_only_declared_parameters_of_every_notebook(profile):
+    sections = yaml.safe_load(profile.read_text())
+    assert set(sections) == set(NOTEBOOKS), f"{profile.name} must have one section per notebook"
+    for name, values in sections.items():
+        declared = notebook_defaults(name)
+        assert set(values) == set(declared), f"{profile.name}:{name}"
+        for key, value in values.items():
+            assert type(value) is type(declared[key]), f"{profile.name}:{name}.{key}"
+
+
+def test_smoke_profile_equals_the_notebook_defaults():
+    smoke = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
+    for name in NOTEBOOKS:
+        assert smoke[name] == notebook_defaults(name), name

@@ -1,0 +1,132 @@
+import math
+
+import pytest
+import torch
+
+from freeecho_core.edm import EDMPrecond, karras_sigmas
+from freeecho_core.sampler import (
+    cfg_denoiser,
+    euler_sample,
+    heun_sample,
+    randn_per_sample,
+    sdedit_sample,
+    seeded_generators,
+)
+from freeecho_core.unet3d import UNet3D, unet3d_config
+
+SIGMAS = karras_sigmas()
+AUTHORS_CHURN = dict(S_churn=80.0, S_tmin=0.05, S_tmax=50.0, S_noise=1.0)
+
+
+def exact_ode_solution(x_start, sigma_start, mu, s):
+    """The probability-flow ODE of Gaussian data maps x at sigma_start to mu + (x - mu) s / sqrt(s^2 + sigma^2)."""
+    return mu + (x_start - mu) * s / math.sqrt(s**2 + sigma_start**2)
+
+
+def test_deterministic_heun_from_pure_noise_follows_the_exact_ode(gaussian):
+    g = torch.Generator().manual_seed(0)
+    x_T = SIGMAS[0] * torch.randn(1, 1, 4, 64, 64, generator=g, dtype=torch.float64)
+    x_0 = heun_sample(gaussian, x_T, SIGMAS)
+    expected = exact_ode_solution(x_T, SIGMAS[0].item(), gaussian.mu, gaussian.s)
+    assert torch.allclose(x_0, expected, atol=1e-2)
+    assert x_0.mean().item() == pytest.approx(gaussian.mu, abs=0.01)
+    assert x_0.std().item() == pytest.approx(gaussian.s, abs=0.01)
+
+
+@pytest.mark.parametrize("start_step", [0, 15, 35, 55])
+def test_sdedit_matches_the_closed_form_sample_by_sample(gaussian, start_step):
+    init = torch.linspace(-1, 1, 2 * 3 * 8 * 8, dtype=torch.float64).reshape(2, 1, 3, 8, 8)
+    out = sdedit_sample(gaussian, init, SIGMAS, start_step, generator=torch.Generator().manual_seed(7))
+    n = torch.randn(init.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    sigma_k = SIGMAS[start_step].item()
+    expected = exact_ode_solution(init + sigma_k * n, sigma_k, gaussian.mu, gaussian.s)
+    assert torch.allclose(out, expected, atol=1e-2)
+
+
+def test_sdedit_evaluates_the_network_only_from_the_start_step(gaussian):
+    init = torch.zeros(1, 1, 2, 4, 4)
+    sdedit_sample(gaussian, init, SIGMAS, 15, generator=torch.Generator().manual_seed(0), **AUTHORS_CHURN)
+    assert gaussian.calls == 97  # DESIGN.md: 97 evaluations from t_i = 15
+    gaussian.calls = 0
+    sdedit_sample(gaussian, init, SIGMAS, 15, solver="euler")
+    assert gaussian.calls == 49
+
+
+def test_heun_and_euler_evaluation_counts_on_the_full_schedule(gaussian):
+    x = SIGMAS[0] * torch.randn(1, 1, 2, 4, 4)
+    heun_sample(gaussian, x, SIGMAS, generator=torch.Generator().manual_seed(0), **AUTHORS_CHURN)
+    assert gaussian.calls == 127  # 64 steps, no correction on the last one
+    gaussian.calls = 0
+    euler_sample(gaussian, x, SIGMAS)
+    assert gaussian.calls == 64
+
+
+@pytest.mark.parametrize("solver, order", [(heun_sample, 2), (euler_sample, 1)])
+def test_solvers_converge_at_their_order(gaussian, solver, order):
+    x_T = SIGMAS[0] * torch.linspace(-3, 3, 13, dtype=torch.float64).reshape(13, 1, 1, 1, 1)
+    expected = exact_ode_solution(x_T, SIGMAS[0].item(), gaussian.mu, gaussian.s)
+    err = [(solver(gaussian, x_T, karras_sigmas(n)) - expected).abs().max().item() for n in (64, 256)]
+    assert err[0] / err[1] == pytest.approx(4**order, rel=0.25)  # 4x the steps: error / 4^order
+
+
+def test_stochastic_heun_samples_the_data_distribution(gaussian):
+    g = torch.Generator().manual_seed(4)
+    x_T = SIGMAS[0] * torch.randn(1, 1, 4, 64, 64, generator=g, dtype=torch.float64)
+    x_0 = heun_sample(gaussian, x_T, SIGMAS, generator=g, **AUTHORS_CHURN)
+    deterministic = heun_sample(gaussian, x_T, SIGMAS)
+    assert not torch.allclose(x_0, deterministic, atol=1e-3)  # churn really injected noise
+    assert x_0.mean().item() == pytest.approx(gaussian.mu, abs=0.01)
+    assert x_0.std().item() == pytest.approx(gaussian.s, abs=0.01)
+
+
+def test_a_sample_does_not_depend_on_its_batch(gaussian):
+    seeds = [11, 12, 13]
+    init = torch.rand(3, 1, 2, 8, 8)
+    batch = sdedit_sample(gaussian, init, SIGMAS, 20, generator=seeded_generators(seeds), **AUTHORS_CHURN)
+    alone = sdedit_sample(gaussian, init[1:2], SIGMAS, 20, generator=seeded_generators(seeds[1:2]), **AUTHORS_CHURN)
+    assert torch.equal(batch[1:2], alone)
+
+
+def test_a_unet_sample_does_not_depend_on_its_batch():
+    torch.manual_seed(0)
+    net = UNet3D(unet3d_config("tiny"))
+    torch.nn.init.normal_(net.final_conv.weight, std=0.1)
+    D = EDMPrecond(net).eval()
+    init, seeds = torch.rand(2, 1, 3, 8, 8) * 2 - 1, [5, 6]
+    with torch.no_grad():
+        batch = sdedit_sample(D, init, karras_sigmas(8), 3, generator=seeded_generators(seeds))
+        alone = sdedit_sample(D, init[:1], karras_sigmas(8), 3, generator=seeded_generators(seeds[:1]))
+    assert torch.allclose(batch[:1], alone, atol=1e-5)
+    assert not torch.allclose(batch[0], batch[1], atol=1e-2)
+
+
+def test_per_sample_noise_needs_one_generator_per_sample():
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        randn_per_sample((3, 4), seeded_generators([1, 2]))
+
+
+def test_sdedit_rejects_bad_start_step_and_solver(gaussian):
+    with pytest.raises(ValueError, match="start_step"):
+        sdedit_sample(gaussian, torch.zeros(1, 1, 1, 2, 2), SIGMAS, 64)
+    with pytest.raises(ValueError, match="unknown solver"):
+        sdedit_sample(gaussian, torch.zeros(1, 1, 1, 2, 2), SIGMAS, 10, solver="rk4")
+
+
+@pytest.fixture
+def conditional_denoiser():
+    torch.manual_seed(0)
+    net = UNet3D(unet3d_config("tiny", cond_channels=3))
+    torch.nn.init.normal_(net.final_conv.weight, std=0.1)
+    return EDMPrecond(net).eval()
+
+
+def test_guidance_weight_one_is_the_conditional_model_and_zero_the_unconditional(conditional_denoiser):
+    D = conditional_denoiser
+    x, sigma = torch.randn(2, 1, 2, 8, 8), torch.tensor([0.7, 3.0])
+    cond = torch.nn.functional.one_hot(torch.randint(0, 3, (2, 8, 8)), 3).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        D_c, D_u = D(x, sigma, cond), D(x, sigma, torch.zeros_like(cond))
+        assert not torch.allclose(D_c, D_u, atol=1e-4)
+        assert torch.allclose(cfg_denoiser(D, cond, 1.0)(x, sigma), D_c, atol=1e-5)
+        assert torch.allclose(cfg_denoiser(D, cond, 0.0)(x, sigma), D_u, atol=1e-5)
+        assert torch.allclose(cfg_denoiser(D, cond, 7.0)(x, sigma), D_u + 7 * (D_c - D_u), atol=1e-4)
