@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from freeecho_core.bench import bench_forward
+from freeecho_core.data.make_dataset import FORMATS, make_phantom_dataset
+from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.edm import karras_sigmas
 from freeecho_core.unet3d import PRESETS, UNet3D, count_parameters
 
@@ -32,6 +34,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def cmd_phantom(args: argparse.Namespace) -> None:
+    config = PhantomConfig(height=args.height, frames=args.frames, cycles=args.cycles)
+    out = make_phantom_dataset(args.out, args.format, args.count, args.seed, config, workers=args.workers)
+    print(f"wrote {args.count} phantom {'patients' if args.format == 'camus' else 'videos'} to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="freeecho", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--out", type=Path, help="JSON file for the results")
     bench.set_defaults(func=cmd_bench)
+    phantom = sub.add_parser("phantom", help="render a phantom dataset in the CAMUS or EchoNet-Dynamic format")
+    phantom.add_argument("--format", required=True, choices=FORMATS)
+    phantom.add_argument("--out", required=True, type=Path, help="new (or empty) folder to write")
+    phantom.add_argument("--count", type=int, default=8, help="patients (CAMUS: 2CH and 4CH each) or videos")
+    phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument("--height", type=int, default=PhantomConfig.height, help="image rows (pixels)")
+    phantom.add_argument("--frames", type=int, default=PhantomConfig.frames, help="frames from end diastole")
+    phantom.add_argument("--cycles", type=float, default=PhantomConfig.cycles, help="heart beats the frames span")
+    phantom.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    phantom.set_defaults(func=cmd_phantom)
     return parser
 
 
@@ -54,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         print(f"freeecho {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

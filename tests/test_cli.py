@@ -21,3 +21,12 @@ def test_bench_writes_a_json_record_per_preset(tmp_path, capsys):
 def test_bench_reports_bad_sizes_as_an_error(capsys):
     assert main(["bench", "--preset", "paper", "--size", "10", "--repeats", "1"]) == 2
     assert "multiples of 4" in capsys.readouterr().err
+
+
+def test_phantom_writes_a_dataset_and_refuses_to_overwrite(tmp_path, capsys):
+    args = ["phantom", "--format", "echonet", "--out", str(tmp_path / "e"), "--count", "1", "--height", "32",
+            "--frames", "4", "--workers", "1"]
+    assert main(args) == 0
+    assert (tmp_path / "e" / "FileList.csv").is_file() and len(list((tmp_path / "e" / "Videos").iterdir())) == 1
+    assert main(args) == 2
+    assert "not an empty folder" in capsys.readouterr().err

@@ -1,0 +1,117 @@
+"""A torch Dataset of prepared clips from a CAMUS or EchoNet-Dynamic folder (real or phantom).
+
+Splits: CAMUS by patient, seeded, 80 / 10 / 10 (the paper: 400 / 50 / 50 of 500); EchoNet by its Split
+column. Split names are TRAIN, VAL and TEST for both.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from freeecho_core.data.camus import list_camus_patients, read_camus_frame, read_camus_info, read_camus_sequence
+from freeecho_core.data.clips import Clip, ClipConfig, myocardium_ring, prepare_clip, sector_from_frames
+from freeecho_core.data.echonet import (lv_tracings, method_of_disks_volume, read_echonet_video, read_filelist,
+                                        read_tracings)
+
+SPLITS = ("TRAIN", "VAL", "TEST")
+
+
+def detect_format(root: str | Path) -> str:
+    """'camus' when `root` holds database_nifti/ (or patient folders), 'echonet' when it holds FileList.csv."""
+    root = Path(root)
+    if (root / "FileList.csv").is_file():
+        return "echonet"
+    if (root / "database_nifti").is_dir() or any(root.glob("patient*/Info_*.cfg")):
+        return "camus"
+    raise FileNotFoundError(f"{root}: neither a CAMUS folder (database_nifti/) nor an EchoNet-Dynamic folder "
+                            f"(FileList.csv)")
+
+
+def camus_splits(patients: list[str], seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, str]:
+    """A seeded split of patients: 80 / 10 / 10 (400 / 50 / 50 of 500), at least one VAL and TEST from 3 on."""
+    order = np.random.default_rng(seed).permutation(len(patients))
+    n = len(patients)
+    n_val = n_test = max(1, round(fractions[1] * n)) if n >= 3 else 0
+    names = ["TEST"] * n_test + ["VAL"] * n_val + ["TRAIN"] * (n - n_val - n_test)
+    return {patients[i]: names[rank] for rank, i in enumerate(order)}
+
+
+class EchoClips(Dataset):
+    """Clips of one split; item i is a dict with
+    video (1, K, S, S) float32 in [-1, 1], ed_map (S, S) int64 (5 labels), frame_labels (K, S, S) int64
+    (CAMUS labels, -1 where a frame has no annotation), case_id, view.
+    """
+
+    def __init__(self, root: str | Path, split: str = "TRAIN", clip: ClipConfig = ClipConfig(),
+                 views=("2CH", "4CH"), seed: int = 0, cache: bool = True):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.root, self.split, self.config, self.cache = Path(root), split, clip, cache
+        self.format = detect_format(self.root)
+        self._cached: dict[int, Clip] = {}
+        if self.format == "camus":
+            patients = list_camus_patients(self.root)
+            split_of = camus_splits([p.name for p in patients], seed)
+            self.items = [(p, v) for p in patients if split_of[p.name] == split for v in views
+                          if (p / f"Info_{v}.cfg").is_file()]
+        else:
+            self._filelist, self._tracings = read_filelist(self.root), read_tracings(self.root)
+            self.items = [row["FileName"] for row in self._filelist if row["Split"] == split]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def clip(self, i: int) -> Clip:
+        if i in self._cached:
+            return self._cached[i]
+        clip = self._load_camus(*self.items[i]) if self.format == "camus" else self._load_echonet(self.items[i])
+        if self.cache:
+            self._cached[i] = clip
+        return clip
+
+    def __getitem__(self, i: int) -> dict:
+        c = self.clip(i)
+        return {"video": torch.from_numpy(c.video)[None], "ed_map": torch.from_numpy(c.ed_map),
+                "frame_labels": torch.from_numpy(c.frame_labels), "case_id": c.case_id, "view": c.view}
+
+    def _load_camus(self, patient_dir: Path, view: str) -> Clip:
+        record = read_camus_sequence(patient_dir, view)
+        frames, labels, ed = record.frames, record.labels, record.ed_index
+        if record.ed_index > record.es_index:  # some half sequences are stored ES -> ED
+            frames, labels, ed = frames[::-1], labels[::-1], len(frames) - 1 - record.ed_index
+        return prepare_clip(record.patient, view, frames, dict(enumerate(labels)), ed, self.config,
+                            where=f"{patient_dir} ({view})")
+
+    def _load_echonet(self, name: str) -> Clip:
+        record = read_echonet_video(self.root, name, self._filelist, self._tracings)
+        sector = sector_from_frames(record.frames)
+        labels = {record.ed_index: record.ed_mask.astype(np.uint8), record.es_index: record.es_mask.astype(np.uint8)}
+        ring = myocardium_ring(record.ed_mask, sector)
+        return prepare_clip(name, "4CH", record.frames, labels, record.ed_index, self.config, sector=sector,
+                            ed_labels=ring, where=str(self.root / "Videos" / f"{name}.avi"))
+
+
+def ejection_fractions(root: str | Path) -> list[dict]:
+    """Per recording: the EF recorded with the dataset (Info_<view>.cfg or FileList.csv) and the EF measured
+    from its ED and ES LV labels by the single-plane method of disks (`echonet.method_of_disks_volume`)."""
+    root, rows = Path(root), []
+    if detect_format(root) == "camus":
+        for patient in list_camus_patients(root):
+            for view in ("2CH", "4CH"):
+                if (patient / f"Info_{view}.cfg").is_file():
+                    lvs = [read_camus_frame(patient, view, instant)[1] == 1 for instant in ("ED", "ES")]
+                    rows.append({"case": patient.name, "view": view, "lv": lvs,
+                                 "recorded": read_camus_info(patient / f"Info_{view}.cfg")["EF"] / 100})
+    else:
+        filelist, tracings = read_filelist(root), read_tracings(root)
+        for entry in filelist:
+            record = read_echonet_video(root, entry["FileName"], filelist, tracings)
+            rows.append({"case": record.filename, "view": "4CH", "lv": [record.ed_mask, record.es_mask],
+                         "recorded": record.ef / 100})
+    for row in rows:
+        edv, esv = (method_of_disks_volume(lv_tracings(lv), 1.0) for lv in row.pop("lv"))
+        row["measured"] = 1 - esv / edv
+    return rows

@@ -1,0 +1,99 @@
+"""Phantom datasets on disk in the real CAMUS and EchoNet-Dynamic formats (`freeecho phantom`).
+
+Cases are rendered in parallel processes; everything is written into a staging folder beside the target
+and moved into place at the end, so an interrupted run leaves nothing half-written. A `phantom.json`
+manifest records the seed, the configuration, the code version and each case's drawn parameters.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from freeecho_core.checkpoint import code_version
+from freeecho_core.data.camus import write_camus_case
+from freeecho_core.data.echonet import write_echonet_dataset
+from freeecho_core.data.phantom import PhantomConfig, case_rng, make_case
+
+FORMATS = ("camus", "echonet")
+
+
+def camus_patient_id(index: int) -> str:
+    return f"patient{index + 1:04d}"
+
+
+def echonet_file_name(seed: int, index: int) -> str:
+    """A name in EchoNet's style ("0X" and 16 hex digits), fixed by (seed, index)."""
+    return "0X" + "".join(f"{w:08X}" for w in case_rng(seed, index, 5).integers(0, 2**32, 2, dtype=np.uint64))
+
+
+def echonet_splits(count: int) -> list[str]:
+    """TRAIN / VAL / TEST by position, 80 / 10 / 10 (at least one VAL and one TEST case from 3 cases on)."""
+    n_val = n_test = max(1, round(0.1 * count)) if count >= 3 else 0
+    return ["TRAIN"] * (count - n_val - n_test) + ["VAL"] * n_val + ["TEST"] * n_test
+
+
+def _summary(case) -> dict:
+    return {"case_id": case.case_id, "view": case.view, "ef": case.ef, "es_index": case.es_index,
+            "frames": int(case.frames.shape[0]), "shape": list(case.frames.shape[1:]), "fps": case.fps}
+
+
+def _camus_patient(args) -> list[dict]:
+    staging, seed, index, config = args
+    summaries = []
+    for view in ("2CH", "4CH"):
+        case = make_case(seed, index, view, config, case_id=camus_patient_id(index))
+        write_camus_case(staging, case)
+        summaries.append(_summary(case))
+    return summaries
+
+
+def _echonet_case(args):
+    seed, index, config = args
+    return make_case(seed, index, "4CH", config, case_id=echonet_file_name(seed, index))
+
+
+def make_phantom_dataset(out: str | os.PathLike, fmt: str, count: int, seed: int = 0,
+                         config: PhantomConfig = PhantomConfig(), workers: int | None = None,
+                         progress: bool = True) -> Path:
+    """Render `count` phantom patients (CAMUS: 2CH and 4CH each; EchoNet: one 4CH video each) into `out`."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty folder; phantom datasets are written to a new one")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        summaries = _render_into(staging, fmt, count, seed, config, workers or os.cpu_count(), progress)
+        manifest = {"format": fmt, "count": count, "seed": seed, "config": asdict(config),
+                    "code_version": code_version(), "cases": summaries}
+        (staging / "phantom.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _render_into(staging: Path, fmt: str, count: int, seed: int, config: PhantomConfig, workers: int,
+                 progress: bool) -> list[dict]:
+    bar = dict(total=count, disable=not progress, desc=f"phantom {fmt}", unit="case")
+    with ProcessPoolExecutor(max_workers=min(workers, count)) as pool:
+        if fmt == "camus":
+            jobs = pool.map(_camus_patient, [(staging, seed, i, config) for i in range(count)])
+            return [s for patient in tqdm(jobs, **bar) for s in patient]
+        cases = list(tqdm(pool.map(_echonet_case, [(seed, i, config) for i in range(count)]), **bar))
+    write_echonet_dataset(staging, cases, echonet_splits(count))
+    return [_summary(case) for case in cases]

@@ -1,0 +1,449 @@
+"""A beating-heart echo phantom in the apical 2- and 4-chamber views (DESIGN.md section 4).
+
+Geometry: a bullet-shaped left ventricle (a half superellipse about the mitral-plane midpoint, apex up
+towards the probe), a myocardial wall that thickens in systole, a left atrium below the mitral plane, and
+in the 4-chamber view a right ventricle and right atrium on the image's left. Motion: a volume curve with
+contraction to end systole, rapid filling, diastasis and the atrial kick; the apex stays fixed, the base
+moves towards it, and the width follows so that every frame's LV volume (by revolution about the long axis,
+the method of disks) is exactly the drawn curve: the ejection fraction is honoured by construction.
+
+Rendering: a convolution speckle model. Scatterers are attached to tissue in the end-diastolic
+configuration and carried by the same motion as the labels, so speckle stays coherent over frames. They are
+splatted onto a depth x angle grid with complex amplitudes (tissue echogenicity, a random phase and the
+round-trip carrier phase), convolved with a separable point-spread function (axial Gaussian, lateral Gaussian
+that widens away from the focus), turned into an envelope, given depth-dependent noise and near-field clutter,
+log-compressed and scan-converted to the fan. Labels are evaluated on the output pixel grid from the same
+geometry, so they are aligned with the image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy.interpolate import PchipInterpolator
+from scipy.ndimage import gaussian_filter, gaussian_filter1d, map_coordinates
+
+from freeecho_core.data.case import EchoCase
+
+# Echogenicity (relative scattering amplitude) per tissue class, the look of the targets.
+AMPLITUDE = {"blood": 0.004, "tissue": 0.22, "myocardium": 1.0, "pericardium": 1.9, "thin_wall": 0.75,
+             "valve": 1.4}
+BODY = {name: i for i, name in enumerate(["tissue", "lv", "myo", "la", "rv", "ra", "valve"])}
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    height: int = 64  # output rows; columns follow from the sector width (isotropic pixels)
+    frames: int = 16  # frames rendered, ED at frame 0
+    cycles: float = 1.0  # cardiac cycles the frames span
+    scatterers_per_cell: float = 2.0  # scatterer density on the depth x angle grid
+
+
+@dataclass(frozen=True)
+class Heart:
+    """The drawn parameters of one case (lengths in cm, angles in radians)."""
+
+    view: str
+    depth: float  # imaging depth
+    half_angle: float  # half the sector opening
+    apex_depth: float  # endocardial apex below the probe
+    tilt: float  # long axis from vertical (positive: base to the image right)
+    lv_length: float  # apex to mitral plane at ED
+    lv_width: float  # ED cavity width at its widest
+    wall: float  # ED lateral/septal wall thickness
+    apex_wall: float  # ED apical wall thickness
+    shape_power: float  # superellipse exponent of the cavity (2 = half ellipse, larger = blunter)
+    base_shortening: float  # base displacement towards the apex at ES, fraction of the length
+    la_length: float
+    la_width: float
+    ef: float  # ejection fraction (fraction)
+    es_phase: float  # end systole as a fraction of the cycle
+    heart_rate: float  # beats per minute
+    dynamic_range: float  # log compression in dB
+    lateral_offset: float  # LV axis shift at the apex (cm), image right positive
+
+
+def draw_heart(rng: np.random.Generator, view: str) -> Heart:
+    """Draw one case's geometry and motion within the ranges of DESIGN.md section 4."""
+    if view not in ("2CH", "4CH"):
+        raise ValueError(f"view must be '2CH' or '4CH', got {view!r}")
+    u = rng.uniform
+    return Heart(
+        view=view, depth=u(14.0, 16.0), half_angle=np.deg2rad(u(75.0, 85.0) / 2), apex_depth=u(2.5, 3.5),
+        tilt=np.deg2rad(u(-4.0, 10.0)), lv_length=u(7.5, 9.5), lv_width=u(4.3, 5.3), wall=u(0.8, 1.2),
+        apex_wall=u(0.6, 0.9), shape_power=u(1.9, 2.4), base_shortening=u(0.10, 0.19),
+        la_length=u(4.0, 5.0), la_width=u(3.4, 4.4), ef=u(0.35, 0.70), es_phase=u(0.34, 0.42),
+        heart_rate=u(55.0, 85.0), dynamic_range=u(40.0, 55.0),
+        lateral_offset=u(0.6, 1.4) if view == "4CH" else u(-0.3, 0.3),
+    )
+
+
+def volume_curve(phase: np.ndarray, ef: float, es_phase: float) -> np.ndarray:
+    """V(t) / V_ED over the cycle: ejection to 1 - EF at `es_phase`, rapid filling (75 % of the stroke
+    volume back within 0.15 of the cycle), diastasis, atrial kick in the last 15 %."""
+    sv = ef
+    knots = np.array([0.0, es_phase * 0.5, es_phase, es_phase + 0.06, es_phase + 0.15, 0.85, 0.93, 1.0])
+    values = np.array([1.0, 1 - 0.62 * sv, 1 - sv, 1 - 0.8 * sv, 1 - 0.25 * sv, 1 - 0.15 * sv,
+                       1 - 0.05 * sv, 1.0])
+    return PchipInterpolator(knots, values)(np.mod(phase, 1.0))
+
+
+def half_width_profile(s: np.ndarray, power: float) -> np.ndarray:
+    """Cavity half-width / (ED half-width) at normalised distance s = u / L from the apex (0) to the base (1).
+
+    A superellipse cap whose widest point is near the base, narrowing by 12 % at the mitral annulus.
+    """
+    s = np.clip(s, 0.0, 1.0)
+    cap = np.clip(1 - np.abs(1 - s / 0.8) ** power, 0.0, None) ** (1 / power)
+    narrowing = 1 - 0.12 * np.clip((s - 0.8) / 0.2, 0.0, 1.0) ** 2
+    return np.where(s < 0.8, cap, narrowing)
+
+
+def profile_volume_factor(power: float, n: int = 4001) -> float:
+    """Integral of profile^2 over s in [0, 1]: V = pi (w/2)^2 L times this."""
+    s = np.linspace(0, 1, n)
+    return float(np.trapezoid(half_width_profile(s, power) ** 2, s))
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """The heart at one instant: LV frame of reference and sizes (cm)."""
+
+    apex: np.ndarray  # (x, z) of the endocardial apex
+    axis: np.ndarray  # unit vector apex -> base
+    length: float
+    half_width: float
+    wall: float
+    apex_wall: float
+    la_scale: float
+    mitral_open: float  # 0 closed (systole) .. 1 open (filling)
+
+
+def frame_geometry(heart: Heart, phase: float) -> FrameGeometry:
+    """Apex fixed; base moves towards it; width from the volume: V ~ L w^2 (profile fixed)."""
+    v = float(volume_curve(np.array([phase]), heart.ef, heart.es_phase)[0])
+    contraction = (1 - v) / heart.ef  # 0 at ED, 1 at ES
+    length_ratio = 1 - heart.base_shortening * contraction
+    width_ratio = np.sqrt(v / length_ratio)
+    thickening = 1 + 1.5 * (1 - width_ratio)
+    axis = np.array([np.sin(heart.tilt), np.cos(heart.tilt)])
+    apex = np.array([heart.lateral_offset, heart.apex_depth])
+    p = np.mod(phase, 1.0)
+    filling = float(p > heart.es_phase + 0.03 and p < 0.97)
+    return FrameGeometry(apex=apex, axis=axis, length=heart.lv_length * length_ratio,
+                         half_width=heart.lv_width / 2 * width_ratio, wall=heart.wall * thickening,
+                         apex_wall=heart.apex_wall * thickening, la_scale=1 + 0.25 * contraction,
+                         mitral_open=filling)
+
+
+def local_coordinates(points: np.ndarray, g: FrameGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """(u, v): distance along the long axis from the apex, and signed lateral distance (image right +)."""
+    d = points - g.apex
+    u = d @ g.axis
+    v = d @ np.array([g.axis[1], -g.axis[0]])
+    return u, v
+
+
+def endocardium(u: np.ndarray, g: FrameGeometry, power: float) -> np.ndarray:
+    """Cavity half-width at distance u from the apex (0 outside [0, L])."""
+    inside = (u >= 0) & (u <= g.length)
+    return np.where(inside, g.half_width * half_width_profile(u / g.length, power), 0.0)
+
+
+def epicardium(u: np.ndarray, g: FrameGeometry, power: float) -> np.ndarray:
+    """Outer half-width of the LV: the cavity profile grown by the wall (apex_wall above the apex)."""
+    inside = (u >= -g.apex_wall) & (u <= g.length)
+    s = (u + g.apex_wall) / (g.length + g.apex_wall)
+    return np.where(inside, (g.half_width + g.wall) * half_width_profile(s, power), 0.0)
+
+
+def lv_regions(points: np.ndarray, g: FrameGeometry, power: float):
+    """Masks of the LV cavity and the myocardium, and the normalised depth in the wall (0 endo .. 1 epi)."""
+    u, v = local_coordinates(points, g)
+    r_endo, r_epi = endocardium(u, g, power), epicardium(u, g, power)
+    cavity = (u >= 0) & (u <= g.length) & (np.abs(v) < r_endo)
+    wall = (np.abs(v) < r_epi) & ~cavity
+    depth_in_wall = np.clip((np.abs(v) - r_endo) / np.maximum(r_epi - r_endo, 1e-6), 0, 1)
+    return cavity, wall, depth_in_wall
+
+
+def la_region(points: np.ndarray, g: FrameGeometry, heart: Heart) -> np.ndarray:
+    u, v = local_coordinates(points, g)
+    a, b = heart.la_length / 2 * g.la_scale ** 0.5, heart.la_width / 2 * g.la_scale ** 0.5
+    centre = g.length + a * 0.92
+    return (u > g.length) & (((u - centre) / a) ** 2 + (v / b) ** 2 < 1)
+
+
+def right_heart_regions(points: np.ndarray, g: FrameGeometry, heart: Heart):
+    """4CH only: RV cavity (left of the septum, shorter than the LV) and RA (below it)."""
+    u, v = local_coordinates(points, g)
+    septum = -(g.half_width + g.wall)
+    rv_len, rv_w = 0.78 * heart.lv_length, 0.85 * heart.lv_width * (g.half_width / (heart.lv_width / 2)) ** 0.5
+    rv_centre_u = heart.lv_length - rv_len / 2 + 0.2
+    rv = ((((u - rv_centre_u) / (rv_len / 2)) ** 2 + ((v - septum + rv_w / 2) / (rv_w / 2)) ** 2) < 1)
+    rv &= (v < septum - 0.05) & (u <= g.length)
+    ra_a, ra_b = heart.la_length / 2 * 0.95, heart.la_width / 2
+    ra = (u > g.length + 0.1) & ((((u - g.length - ra_a) / ra_a) ** 2
+                                   + ((v - septum + ra_b - 0.2) / ra_b) ** 2) < 1) & (v < -0.35)
+    return rv, ra
+
+
+def camus_labels(points: np.ndarray, g: FrameGeometry, heart: Heart) -> np.ndarray:
+    """CAMUS labels (0 background, 1 LV, 2 myocardium, 3 LA) at `points` (N, 2)."""
+    cavity, wall, _ = lv_regions(points, g, heart.shape_power)
+    la = la_region(points, g, heart)
+    labels = np.zeros(len(points), np.uint8)
+    labels[la & ~wall] = 3
+    labels[wall] = 2
+    labels[cavity] = 1
+    return labels
+
+
+def pixel_grid(heart: Heart, height: int):
+    """Output pixel centres (H*W, 2) in cm, the (H, W) shape, the spacing, and the sector mask."""
+    spacing = heart.depth / height
+    half_width_cm = heart.depth * np.sin(heart.half_angle)
+    width = int(round(2 * half_width_cm / spacing))
+    x = (np.arange(width) + 0.5) * spacing - width * spacing / 2
+    z = (np.arange(height) + 0.5) * spacing
+    X, Z = np.meshgrid(x, z)
+    r, theta = np.hypot(X, Z), np.arctan2(X, Z)
+    sector = (r <= heart.depth) & (np.abs(theta) <= heart.half_angle)
+    return np.stack([X.ravel(), Z.ravel()], axis=1), (height, width), spacing, sector
+
+
+def place_scatterers(heart: Heart, rng: np.random.Generator, count: int):
+    """Scatterers uniform over the fan area in the ED configuration: positions (N, 2) cm and complex amplitudes."""
+    r = heart.depth * np.sqrt(rng.uniform(0, 1, count))
+    theta = rng.uniform(-heart.half_angle, heart.half_angle, count)
+    points = np.stack([r * np.sin(theta), r * np.cos(theta)], axis=1)
+    phase = rng.uniform(0, 2 * np.pi, count)
+    magnitude = rng.rayleigh(1.0, count)
+    return points, magnitude * np.exp(1j * phase)
+
+
+def classify_scatterers(points: np.ndarray, heart: Heart, rng: np.random.Generator):
+    """Tissue class, echogenicity and the body whose motion carries each scatterer (ED configuration)."""
+    g0 = frame_geometry(heart, 0.0)
+    cavity, wall, wall_depth = lv_regions(points, g0, heart.shape_power)
+    la = la_region(points, g0, heart)
+    body = np.full(len(points), BODY["tissue"])
+    amp = np.full(len(points), AMPLITUDE["tissue"])
+    # Slowly varying echogenicity of the surrounding tissue (fibrous bands, lung shadowing at the edges).
+    field = gaussian_filter(rng.normal(size=(24, 24)), 3.0)
+    field = (field - field.mean()) / (field.std() + 1e-9)
+    iz = np.clip((points[:, 1] / heart.depth * 23).astype(int), 0, 23)
+    ix = np.clip(((points[:, 0] / heart.depth + 0.7) / 1.4 * 23).astype(int), 0, 23)
+    amp *= np.exp(0.6 * field[iz, ix])
+    # The pericardium: a bright band just outside the epicardium.
+    u0, v0 = local_coordinates(points, g0)
+    r_epi = epicardium(u0, g0, heart.shape_power)
+    pericardium = ~wall & ~cavity & (np.abs(v0) >= r_epi) & (np.abs(v0) < epicardium(u0, _inflated(g0, 0.3),
+                                                                                         heart.shape_power))
+    amp[pericardium] = AMPLITUDE["pericardium"]
+    if heart.view == "4CH":
+        rv, ra = right_heart_regions(points, g0, heart)
+        rv_wall_zone = np.abs(v0) < epicardium(u0, _inflated(g0, 1.6), heart.shape_power)
+        rv_cavity = rv & ~wall
+        body[rv_cavity], amp[rv_cavity] = BODY["rv"], AMPLITUDE["blood"]
+        ra_cavity = ra & ~rv & ~wall
+        body[ra_cavity], amp[ra_cavity] = BODY["ra"], AMPLITUDE["blood"]
+        rv_free_wall = rv_wall_zone & ~rv & ~wall & ~cavity & ~pericardium & (points[:, 0] < g0.apex[0] - 1.0)
+        amp[rv_free_wall] *= 1.6
+    la_cavity = la & ~wall
+    body[la_cavity], amp[la_cavity] = BODY["la"], AMPLITUDE["blood"]
+    la_wall = la_region(points, _inflated_la(g0), heart) & ~la & ~wall & ~cavity
+    amp[la_wall] = AMPLITUDE["thin_wall"]
+    body[la_wall] = BODY["la"]
+    body[wall], amp[wall] = BODY["myo"], AMPLITUDE["myocardium"] * (0.75 + 0.5 * rng.uniform(size=wall.sum()))
+    body[cavity], amp[cavity] = BODY["lv"], AMPLITUDE["blood"]
+    return body, amp, wall_depth
+
+
+def _inflated(g: FrameGeometry, margin: float) -> FrameGeometry:
+    return FrameGeometry(g.apex, g.axis, g.length, g.half_width, g.wall + margin, g.apex_wall + margin,
+                         g.la_scale, g.mitral_open)
+
+
+def _inflated_la(g: FrameGeometry) -> FrameGeometry:
+    return FrameGeometry(g.apex, g.axis, g.length, g.half_width, g.wall, g.apex_wall, g.la_scale * 1.18,
+                         g.mitral_open)
+
+
+def move_scatterers(points: np.ndarray, body: np.ndarray, wall_depth: np.ndarray, heart: Heart,
+                    g0: FrameGeometry, g: FrameGeometry) -> np.ndarray:
+    """Carry ED positions to the instant of `g` with the motion that also moves the labels.
+
+    LV points keep their relative position along the axis (apex fixed) and across the cavity or wall;
+    surrounding tissue follows the epicardium with a displacement fading over 2.5 cm.
+    """
+    p = heart.shape_power
+    u0, v0 = local_coordinates(points, g0)
+    u = np.where(u0 >= 0, u0 * g.length / g0.length, u0 * g.apex_wall / g0.apex_wall)
+    v = v0.copy()
+    lv = body == BODY["lv"]
+    v[lv] = v0[lv] * g.half_width / g0.half_width
+    myo = body == BODY["myo"]
+    r_endo, r_epi = endocardium(u[myo], g, p), epicardium(u[myo], g, p)
+    v[myo] = np.sign(v0[myo]) * (r_endo + wall_depth[myo] * (r_epi - r_endo))
+    # Atria follow the mitral plane and swell as they fill.
+    atrium = (body == BODY["la"]) | (body == BODY["ra"])
+    grow = np.sqrt(g.la_scale / g0.la_scale)
+    u[atrium] = g.length + (u0[atrium] - g0.length) * grow
+    v[atrium] = v0[atrium] * grow
+    # Everything else (tissue, pericardium, right heart) is dragged by the epicardium and the base.
+    rest = ~(lv | myo | atrium)
+    uc = np.clip(u0[rest], -g0.apex_wall, g0.length)
+    uc_t = np.where(uc >= 0, uc * g.length / g0.length, uc * g.apex_wall / g0.apex_wall)
+    epi0, epi_t = epicardium(uc, g0, p), epicardium(uc_t, g, p)
+    fade = np.clip(1 - (np.abs(v0[rest]) - epi0) / 2.5, 0, 1)
+    v[rest] = v0[rest] + np.sign(v0[rest]) * (epi_t - epi0) * fade
+    along = np.clip(u0[rest] / g0.length, 0, 1)
+    u[rest] = u0[rest] + (g.length - g0.length) * along * np.clip(1 - np.abs(v0[rest]) / 8.0, 0, 1)
+    normal = np.array([g.axis[1], -g.axis[0]])
+    return g.apex + u[:, None] * g.axis + v[:, None] * normal
+
+
+def mitral_leaflets(g: FrameGeometry, rng: np.random.Generator, count: int = 400):
+    """Scatterer positions on the two mitral leaflets: across the annulus when closed, into the LV when open."""
+    annulus_half = g.half_width * half_width_profile(np.array([1.0]), 2.5)[0]
+    leaflet = 0.55 * annulus_half * 2 * 0.75
+    t = rng.uniform(0, 1, count)
+    side = np.where(rng.uniform(size=count) < 0.5, -1.0, 1.0)
+    angle = np.deg2rad(8 + 70 * g.mitral_open)  # from the mitral plane towards the apex
+    hinge_v = side * annulus_half
+    v = hinge_v - side * t * leaflet * np.cos(angle)
+    u = g.length - t * leaflet * np.sin(angle) + rng.normal(0, 0.04, count)
+    normal = np.array([g.axis[1], -g.axis[0]])
+    return g.apex + u[:, None] * g.axis + v[:, None] * normal
+
+
+@dataclass(frozen=True)
+class PolarGrid:
+    depth: float
+    half_angle: float
+    n_r: int
+    n_theta: int
+
+    def indices(self, points: np.ndarray):
+        r = np.hypot(points[:, 0], points[:, 1])
+        theta = np.arctan2(points[:, 0], points[:, 1])
+        return r / self.depth * (self.n_r - 1), (theta + self.half_angle) / (2 * self.half_angle) * (
+            self.n_theta - 1)
+
+
+def splat(grid: PolarGrid, points: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Bilinear splatting of complex values onto the (n_r, n_theta) grid (sub-cell motion stays smooth)."""
+    ir, it = grid.indices(points)
+    keep = (ir >= 0) & (ir < grid.n_r - 1) & (it >= 0) & (it < grid.n_theta - 1)
+    ir, it, values = ir[keep], it[keep], values[keep]
+    r0, t0 = np.floor(ir).astype(int), np.floor(it).astype(int)
+    fr, ft = ir - r0, it - t0
+    out = np.zeros(grid.n_r * grid.n_theta, complex)
+    for dr, dt, w in ((0, 0, (1 - fr) * (1 - ft)), (1, 0, fr * (1 - ft)), (0, 1, (1 - fr) * ft), (1, 1, fr * ft)):
+        flat = (r0 + dr) * grid.n_theta + t0 + dt
+        out += np.bincount(flat, weights=(w * values).real, minlength=out.size) + 1j * np.bincount(
+            flat, weights=(w * values).imag, minlength=out.size)
+    return out.reshape(grid.n_r, grid.n_theta)
+
+
+def point_spread(rf: np.ndarray, grid: PolarGrid, axial_sigma: float, lateral_sigmas: np.ndarray) -> np.ndarray:
+    """Separable PSF: axial Gaussian (the carrier is in the scatterer phases), then a lateral Gaussian whose
+    width (in angle samples) varies with depth, by blending three fixed-width convolutions row by row."""
+    axial = gaussian_filter1d(rf.real, axial_sigma, axis=0) + 1j * gaussian_filter1d(rf.imag, axial_sigma, axis=0)
+    levels = np.array([lateral_sigmas.min(), np.median(lateral_sigmas), lateral_sigmas.max()])
+    blurred = [gaussian_filter1d(axial.real, s, axis=1) + 1j * gaussian_filter1d(axial.imag, s, axis=1)
+               for s in levels]
+    weight = np.interp(lateral_sigmas, levels, [0.0, 1.0, 2.0])
+    lo = np.clip(np.floor(weight).astype(int), 0, 1)
+    frac = (weight - lo)[:, None]
+    stack = np.stack(blurred)
+    rows = np.arange(grid.n_r)
+    return stack[lo, rows] * (1 - frac) + stack[lo + 1, rows] * frac
+
+
+def scan_convert(image: np.ndarray, grid: PolarGrid, points: np.ndarray, shape, sector: np.ndarray) -> np.ndarray:
+    ir, it = grid.indices(points)
+    out = map_coordinates(image, [ir, it], order=1, mode="constant").reshape(shape)
+    return np.where(sector, out, 0.0)
+
+
+def render_case(heart: Heart, config: PhantomConfig, rng: np.random.Generator, case_id: str) -> EchoCase:
+    """Render one recording of `config.frames` frames from ED (frame 0) and its CAMUS labels."""
+    pixels, shape, spacing, sector = pixel_grid(heart, config.height)
+    grid = PolarGrid(heart.depth, heart.half_angle, n_r=3 * config.height, n_theta=2 * shape[1])
+    count = int(config.scatterers_per_cell * grid.n_r * grid.n_theta * 1.2)
+    points0, amplitude0 = place_scatterers(heart, rng, count)
+    body, echogenicity, wall_depth = classify_scatterers(points0, heart, rng)
+    amplitude0 = amplitude0 * echogenicity
+    clutter_pts, clutter_amp = place_scatterers(heart, rng, count // 6)
+    near_field = np.exp(-clutter_pts[:, 1] / 1.2) * 0.6
+    clutter = splat(grid, clutter_pts, clutter_amp * near_field)
+    wavelength = heart.depth / grid.n_r * 3.0  # three depth samples per carrier period
+    r_axis = np.linspace(0, heart.depth, grid.n_r)
+    focus = heart.depth * 0.45
+    lateral_sigmas = 2.8 * np.sqrt(1 + ((r_axis - focus) / (0.35 * heart.depth)) ** 2)
+    noise_std = 0.0004 * np.exp(2.5 * r_axis / heart.depth)[:, None]
+    attenuation = np.exp(-0.5 * r_axis / heart.depth)[:, None]
+    frames_per_cycle = config.frames / config.cycles
+    es_index = int(round(heart.es_phase * frames_per_cycle))
+    heart = replace(heart, es_phase=es_index / frames_per_cycle)  # ES on a rendered frame: exact 1 - EF there
+    g0 = frame_geometry(heart, 0.0)
+    envelopes, labels = [], []
+    for k in range(config.frames):
+        g = frame_geometry(heart, k / frames_per_cycle)
+        pts = move_scatterers(points0, body, wall_depth, heart, g0, g)
+        carrier = np.exp(1j * 4 * np.pi * np.hypot(pts[:, 0], pts[:, 1]) / wavelength)
+        rf = splat(grid, pts, amplitude0 * carrier) + clutter
+        valve = mitral_leaflets(g, np.random.default_rng(rng.integers(2**32)), 300)
+        rf += splat(grid, valve, AMPLITUDE["valve"] * np.exp(1j * rng.uniform(0, 2 * np.pi, len(valve))))
+        rf = point_spread(rf, grid, axial_sigma=2.0, lateral_sigmas=lateral_sigmas) * attenuation
+        rf += noise_std * (rng.normal(size=rf.shape) + 1j * rng.normal(size=rf.shape))
+        envelopes.append(scan_convert(np.abs(rf), grid, pixels, shape, sector))
+        labels.append(np.where(sector, camus_labels(pixels, g, heart).reshape(shape), 0))
+    frames = log_compress(np.stack(envelopes), sector, heart.dynamic_range)
+    return EchoCase(
+        case_id=case_id, view=heart.view, frames=frames, labels=np.stack(labels).astype(np.uint8), sector=sector,
+        es_index=es_index, ef=heart.ef, fps=float(frames_per_cycle * heart.heart_rate / 60.0),
+        pixel_spacing_mm=float(spacing * 10),
+    )
+
+
+def log_compress(envelope: np.ndarray, sector: np.ndarray, dynamic_range: float) -> np.ndarray:
+    """20 log10 of the envelope over `dynamic_range` dB below a reference (99.5th percentile in the fan of
+    frame 0, shared by all frames so brightness does not flicker), to uint8."""
+    reference = np.percentile(envelope[0][sector], 99.5)
+    db = 20 * np.log10(np.maximum(envelope, 1e-12) / reference)
+    grey = np.clip((db + dynamic_range) / dynamic_range, 0, 1) ** 1.2 * 255  # mild reject curve
+    return np.where(sector, grey, 0).round().astype(np.uint8)
+
+
+VIEW_CODE = {"2CH": 2, "4CH": 4}
+
+
+def case_rng(seed: int, index: int, *stream: int) -> np.random.Generator:
+    """The generator of case `index`: depends on (seed, index, stream) only, not on other cases or their order."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index, *stream]))
+
+
+def draw_patient(seed: int, index: int, view: str) -> Heart:
+    """A patient's heart seen in `view`: size, shape, EF and rhythm are the patient's (shared by both views);
+    sector, tilt and lateral position are the acquisition's (drawn per view)."""
+    patient = draw_heart(case_rng(seed, index), "2CH")
+    acquisition = draw_heart(case_rng(seed, index, VIEW_CODE[view]), view)
+    return replace(acquisition, lv_length=patient.lv_length, lv_width=patient.lv_width, wall=patient.wall,
+                   apex_wall=patient.apex_wall, shape_power=patient.shape_power,
+                   base_shortening=patient.base_shortening, la_length=patient.la_length,
+                   la_width=patient.la_width, ef=patient.ef, es_phase=patient.es_phase,
+                   heart_rate=patient.heart_rate)
+
+
+def make_case(seed: int, index: int, view: str, config: PhantomConfig = PhantomConfig(),
+              case_id: str | None = None) -> EchoCase:
+    """One phantom recording; the same (seed, index, view, config) always gives the same case, and the
+    2CH and 4CH cases of one index show the same heart."""
+    heart = draw_patient(seed, index, view)
+    case = render_case(heart, config, case_rng(seed, index, VIEW_CODE[view], 1), case_id or f"phantom{index:04d}")
+    rng = case_rng(seed, index, 0)
+    return replace(case, sex=str(rng.choice(["F", "M"])), age=int(rng.integers(25, 90)),
+                   image_quality=str(rng.choice(["Good", "Medium", "Poor"], p=[0.5, 0.35, 0.15])))

@@ -1,0 +1,126 @@
+"""Phantom -> real file formats -> readers -> clips: the whole data path, and its errors."""
+import json
+
+import numpy as np
+import pytest
+
+from freeecho_core.data.case import to_five_labels
+from freeecho_core.data.clips import (UNLABELLED, ClipConfig, myocardium_ring, prepare_clip, resize_frames,
+                                      resize_labels_nearest, sector_from_frames, take_frames)
+from freeecho_core.data.dataset import EchoClips, camus_splits, detect_format, ejection_fractions
+from freeecho_core.data.make_dataset import echonet_splits, make_phantom_dataset
+from freeecho_core.data.phantom import PhantomConfig, make_case
+
+CONFIG = PhantomConfig(height=48, frames=10)
+CLIP = ClipConfig(frames=6, size=32)
+
+
+@pytest.fixture(scope="module")
+def camus_root(tmp_path_factory):
+    return make_phantom_dataset(tmp_path_factory.mktemp("d") / "camus", "camus", 4, 3, CONFIG, workers=2,
+                                progress=False)
+
+
+@pytest.fixture(scope="module")
+def echonet_root(tmp_path_factory):
+    return make_phantom_dataset(tmp_path_factory.mktemp("d") / "echonet", "echonet", 4, 3, CONFIG, workers=2,
+                                progress=False)
+
+
+def test_phantom_dataset_layout_and_manifest(camus_root, echonet_root):
+    assert detect_format(camus_root) == "camus" and detect_format(echonet_root) == "echonet"
+    manifest = json.loads((camus_root / "phantom.json").read_text())
+    assert manifest["count"] == 4 and len(manifest["cases"]) == 8 and manifest["config"]["height"] == 48
+    assert not [p for p in camus_root.parent.iterdir() if ".partial-" in p.name]  # staging folder moved away
+    assert sorted(p.name for p in (echonet_root / "Videos").iterdir())[0].startswith("0X")
+
+
+def test_camus_clip_round_trip_equals_the_rendered_case(camus_root):
+    ds = EchoClips(camus_root, "TRAIN", CLIP, seed=0)
+    i = next(i for i, (p, v) in enumerate(ds.items) if v == "2CH")
+    clip = ds.clip(i)
+    index = int(clip.case_id.removeprefix("patient")) - 1
+    case = make_case(3, index, "2CH", CONFIG)
+    assert clip.video.shape == (6, 32, 32) and clip.video.dtype == np.float32
+    expected = resize_frames(case.frames[:1], 32)[0] / 127.5 - 1
+    assert np.abs(clip.video[0] - expected).max() < 1e-5
+    sector = resize_labels_nearest(sector_from_frames(case.frames[: case.es_index + 1]), 32).astype(bool)
+    assert np.array_equal(clip.ed_map, to_five_labels(resize_labels_nearest(case.labels[0], 32), sector))
+    assert set(np.unique(clip.ed_map)) == {0, 1, 2, 3, 4}
+    assert (clip.frame_labels != UNLABELLED).all()  # CAMUS labels every frame of the half sequence
+
+
+def test_echonet_clips_have_a_grown_myocardium_and_labels_on_traced_frames_only(echonet_root):
+    ds = EchoClips(echonet_root, "TRAIN", CLIP)
+    item = ds[0]
+    assert item["video"].shape == (1, 6, 32, 32) and item["view"] == "4CH"
+    assert set(np.unique(item["ed_map"].numpy())) == {0, 1, 2, 3}  # no LA in EchoNet
+    labelled = [(f != UNLABELLED).all() for f in item["frame_labels"].numpy()]
+    assert labelled[0] and not all(labelled)
+    assert set(np.unique(item["frame_labels"][0].numpy())) == {0, 1}  # the traced LV alone
+
+
+def test_splits_by_patient_and_by_the_split_column(camus_root, echonet_root):
+    names = {s: [p.name for p, v in EchoClips(camus_root, s, CLIP).items] for s in ("TRAIN", "VAL", "TEST")}
+    assert sum(len(set(n)) for n in names.values()) == 4
+    assert not set(names["TRAIN"]) & set(names["TEST"])
+    assert [len(EchoClips(echonet_root, s, CLIP)) for s in ("TRAIN", "VAL", "TEST")] == [2, 1, 1]
+    split = camus_splits([f"patient{i:04d}" for i in range(500)], seed=0)
+    assert [list(split.values()).count(s) for s in ("TRAIN", "VAL", "TEST")] == [400, 50, 50]
+    assert split == camus_splits([f"patient{i:04d}" for i in range(500)], seed=0)
+    assert echonet_splits(10) == ["TRAIN"] * 8 + ["VAL", "TEST"]
+
+
+def test_recorded_and_measured_ejection_fractions_agree(camus_root, echonet_root):
+    for root in (camus_root, echonet_root):
+        rows = ejection_fractions(root)
+        assert len(rows) == (8 if root == camus_root else 4)
+        assert max(abs(r["recorded"] - r["measured"]) for r in rows) < 0.05  # 48 rows: coarse pixels
+
+
+def test_time_policies_for_short_clips():
+    assert np.array_equal(take_frames(30, 24, "resample", "x"), np.arange(24))
+    assert np.allclose(take_frames(7, 13, "resample", "x"), np.linspace(0, 6, 13))
+    assert np.array_equal(take_frames(3, 5, "pad", "x"), [0, 1, 2, 2, 2])
+    with pytest.raises(ValueError, match="clip.avi: 3 frames from end diastole, 5 asked"):
+        take_frames(3, 5, "error", "clip.avi")
+    with pytest.raises(ValueError, match="short must be one of"):
+        ClipConfig(short="loop")
+
+
+def test_prepare_clip_resamples_labels_to_the_nearest_frame_and_refuses_an_empty_lv():
+    frames = np.full((3, 16, 16), 200, np.uint8)
+    frames[:, 4:12, 4:12] = np.array([0, 60, 120], np.uint8)[:, None, None]
+    labels = {k: np.where(frames[k] < 200, 1, 0).astype(np.uint8) for k in range(3)}
+    clip = prepare_clip("c", "2CH", frames, labels, 0, ClipConfig(frames=5, size=16), sector=np.ones((16, 16), bool))
+    assert np.allclose((clip.video[:, 8, 8] + 1) * 127.5, [0, 30, 60, 90, 120], atol=1e-3)  # linear in time
+    with pytest.raises(ValueError, match="c: the ED labels hold no LV"):
+        prepare_clip("c", "2CH", frames, {0: np.zeros((16, 16), np.uint8)}, 0, ClipConfig(frames=2, size=16))
+
+
+def test_sector_is_the_convex_fan_even_where_a_dark_cavity_touches_its_edge():
+    case = make_case(0, 0, "2CH", PhantomConfig(height=48, frames=2))
+    frames = case.frames.copy()
+    frames[:, 40:48, 20:30] = 0  # a black chamber on the arc
+    sector = sector_from_frames(frames)
+    assert (sector ^ case.sector).mean() < 0.02
+    with pytest.raises(ValueError, match="no scan sector"):
+        sector_from_frames(np.zeros((2, 8, 8), np.uint8))
+
+
+def test_myocardium_ring_surrounds_the_lv():
+    lv = np.zeros((40, 40), bool)
+    lv[10:30, 15:25] = True
+    ring = myocardium_ring(lv, np.ones_like(lv))
+    assert (ring == 1).sum() == lv.sum() and (ring == 2).any()
+    assert ring[20, 13] == 2 and ring[20, 5] == 0  # two pixels thick (0.2 x width 10)
+
+
+def test_unknown_folder_is_refused_with_its_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a CAMUS folder"):
+        detect_format(tmp_path)
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        (tmp_path / "x").write_text("")
+        make_phantom_dataset(tmp_path, "camus", 1)
+    with pytest.raises(ValueError, match="split must be one of"):
+        EchoClips(tmp_path, "train")
