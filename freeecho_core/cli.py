@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+import torch
+import torch.distributed as dist
 
 from freeecho_core.bench import bench_forward
 from freeecho_core.data.make_dataset import FORMATS, make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig
+from freeecho_core.profiles import load_profile
+from freeecho_core.train import MODEL_KINDS, config_from_profile, train
 from freeecho_core.edm import karras_sigmas
 from freeecho_core.unet3d import PRESETS, UNet3D, count_parameters
 
@@ -40,6 +46,28 @@ def cmd_phantom(args: argparse.Namespace) -> None:
     print(f"wrote {args.count} phantom {'patients' if args.format == 'camus' else 'videos'} to {out}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    overrides = {"kind": args.kind} | ({"steps": args.steps} if args.steps is not None else {})
+    config = config_from_profile(load_profile(args.profile)["train"], **overrides)
+    run_dir = args.run or Path("runs") / Path(args.profile).stem / config.kind
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = args.device
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+    try:
+        train(config, args.data, run_dir, resume=args.resume, device=device, rank=rank, world_size=world_size)
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+    if rank == 0:
+        print(f"trained {config.kind} to step {config.steps}: {run_dir}/checkpoint.pt, {run_dir}/ema.pt, {run_dir}/log.csv")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="freeecho", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--cycles", type=float, default=PhantomConfig.cycles, help="heart beats the frames span")
     phantom.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     phantom.set_defaults(func=cmd_phantom)
+    tr = sub.add_parser("train", help="train a model at a profile (resumable; several GPUs under torchrun)")
+    tr.add_argument("--profile", default="smoke", help="smoke, gpu-short, paper, or a YAML file with a train section")
+    tr.add_argument("--data", required=True, type=Path, help="a CAMUS or EchoNet-Dynamic folder (real or phantom)")
+    tr.add_argument("--kind", default="unconditional", choices=MODEL_KINDS)
+    tr.add_argument("--run", type=Path, help="checkpoint folder (default runs/<profile>/<kind>)")
+    tr.add_argument("--steps", type=int, help="override the profile's number of steps")
+    tr.add_argument("--resume", action="store_true", help="continue from <run>/checkpoint.pt")
+    tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    tr.set_defaults(func=cmd_train)
     return parser
 
 

@@ -6,6 +6,8 @@ the noise schedule, the preconditioning of the network F and the loss weighting.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -13,12 +15,25 @@ SIGMA_DATA = 0.5  # std of the training clips in [-1, 1] (paper: sigma_data = 0.
 P_MEAN = -1.2  # log-normal training noise: ln(sigma) ~ N(P_mean, P_std^2) (paper section 2)
 P_STD = 1.2
 
+Generators = torch.Generator | Sequence[torch.Generator] | None  # one generator, one per sample, or none
+
 
 def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
     """Append trailing singleton dimensions to `x` until it has `ndim` dimensions (for broadcasting)."""
     if x.ndim > ndim:
         raise ValueError(f"cannot broadcast a tensor of {x.ndim} dimensions to {ndim}")
     return x.reshape(x.shape + (1,) * (ndim - x.ndim))
+
+
+def randn_per_sample(shape, generator: Generators = None, *, dtype=torch.float64, device=None):
+    """N(0, I) noise of `shape`; with a list of generators, sample b is drawn from generator[b] alone."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]} samples")
+    return torch.stack(
+        [torch.randn(shape[1:], generator=g, dtype=dtype, device=device) for g in generator]
+    )
 
 
 def karras_sigmas(
@@ -80,33 +95,36 @@ class EDMPrecond(nn.Module):
 
 
 def sample_training_sigma(
-    batch: int, *, P_mean: float = P_MEAN, P_std: float = P_STD, generator=None, device=None
+    batch: int, *, P_mean: float = P_MEAN, P_std: float = P_STD, generator: Generators = None, device=None
 ) -> torch.Tensor:
     """ln(sigma) ~ N(P_mean, P_std^2), one sigma per sample (paper section 2)."""
-    return (torch.randn(batch, generator=generator, device=device) * P_std + P_mean).exp()
+    return (randn_per_sample((batch,), generator, dtype=torch.float32, device=device) * P_std + P_mean).exp()
 
 
 def edm_loss(
-    denoiser: EDMPrecond,
+    denoiser,
     x0: torch.Tensor,
     cond: torch.Tensor | None = None,
     *,
     P_mean: float = P_MEAN,
     P_std: float = P_STD,
-    generator: torch.Generator | None = None,
+    sigma_data: float = SIGMA_DATA,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Per-element loss lambda(sigma) * (D(x0 + sigma n, sigma) - x0)^2 of paper eq. (1), unreduced.
 
-    sigma is drawn log-normally per sample and n ~ N(0, I), both from `generator`. The result has the
-    shape of `x0`; reduce it as the training loop needs (mean over elements, sum over a batch, ...).
+    `denoiser(x, sigma, cond)` is an `EDMPrecond` (possibly wrapped, e.g. in DistributedDataParallel) whose
+    sigma_data is `sigma_data`. sigma is drawn log-normally per sample, then n ~ N(0, I), both from `generator` (with one generator
+    per sample, a sample's noise does not depend on the batch it is in). The result has the shape of `x0`;
+    reduce it as the training loop needs (mean over elements, sum over a batch, ...).
     """
     sigma = sample_training_sigma(
         x0.shape[0], P_mean=P_mean, P_std=P_std, generator=generator, device=x0.device
     ).to(x0.dtype)
-    n = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    n = randn_per_sample(x0.shape, generator, dtype=x0.dtype, device=x0.device)
     sigma_b = append_dims(sigma, x0.ndim)
     D_x = denoiser(x0 + sigma_b * n, sigma, cond)
-    return loss_weight(sigma_b, denoiser.sigma_data) * (D_x - x0) ** 2
+    return loss_weight(sigma_b, sigma_data) * (D_x - x0) ** 2
 
 
 def gaussian_denoiser(mu: float, s: float):

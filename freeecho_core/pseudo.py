@@ -27,6 +27,7 @@ import torch
 from matplotlib import colormaps
 
 from freeecho_core.data.case import FIVE_LABELS
+from freeecho_core.sampler import Generators, randn_per_sample
 
 AUTHORS_INTENSITIES = {0: 0.0, 1: 0.5, 2: 0.0, 3: 1.0, 4: 0.2}  # label -> grey level in [0, 1] (authors' code)
 LV_LABEL = 2
@@ -282,6 +283,21 @@ def pseudo_video(image, frames: int) -> torch.Tensor:
         raise ValueError(f"image must lie in [0, 1], got [{I.min().item()}, {I.max().item()}]")
     I = I if I.ndim == 3 else I[None]
     return (2 * I - 1)[:, None, None].repeat(1, 1, frames, 1, 1)
+
+
+def noised_pseudo_video(init, sigmas, start_step: int, generator: Generators = None) -> torch.Tensor:
+    """The state SDEdit starts from at t_i = `start_step` (paper Fig. 1): x = init + sigmas[t_i] * n.
+
+    init: (B, C, K, H, W) pseudo video in [-1, 1]; sigmas: the schedule (`edm.karras_sigmas`). n ~ N(0, I)
+    is drawn as `sampler.sdedit_sample` draws it (float64, `randn_per_sample`, first from `generator`):
+    with fresh generators of the same seeds, this is exactly the x its first network call receives.
+    Returns float64 of the shape of init.
+    """
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64, device=init.device)
+    if not 0 <= start_step < len(sigmas) - 1:
+        raise ValueError(f"start_step must be in [0, {len(sigmas) - 2}], got {start_step}")
+    n = randn_per_sample(init.shape, generator, device=init.device)
+    return init.to(torch.float64) + sigmas[start_step] * n
 
 
 def sdedit_colour_image(labels) -> np.ndarray:

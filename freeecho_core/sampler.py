@@ -16,19 +16,9 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from freeecho_core.edm import Generators, randn_per_sample
+
 Denoiser = Callable[..., torch.Tensor]
-Generators = torch.Generator | Sequence[torch.Generator] | None
-
-
-def randn_per_sample(shape, generator: Generators = None, *, dtype=torch.float64, device=None):
-    """N(0, I) noise of `shape`; with a list of generators, sample b is drawn from generator[b] alone."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
-    if len(generator) != shape[0]:
-        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]} samples")
-    return torch.stack(
-        [torch.randn(shape[1:], generator=g, dtype=dtype, device=device) for g in generator]
-    )
 
 
 def _edm_solve(denoiser, x, sigmas, second_order, S_churn, S_tmin, S_tmax, S_noise, generator, progress):

@@ -1,10 +1,14 @@
-"""Figures shared by the notebooks: label overlays, galleries and clip animations."""
+"""Figures shared by the notebooks: label overlays, galleries, clip animations, OT plans and noised inputs."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib import animation
-from matplotlib.colors import ListedColormap
+import torch
+from matplotlib import animation, colormaps
+from matplotlib.colors import ListedColormap, LogNorm
+
+from freeecho_core.edm import precond_coefficients
+from freeecho_core.pseudo import barycentric_map, intensity_histogram
 
 # Overlay colours: CAMUS labels 1 LV (cyan), 2 myocardium (yellow), 3 LA (red).
 CAMUS_COLOURS = ListedColormap(["none", "#00bcd4", "#ffd600", "#d32f2f"])
@@ -52,3 +56,48 @@ def animate_clips(videos: list[np.ndarray], titles: list[str], fps: float = 8.0)
     anim = animation.FuncAnimation(fig, update, frames=n, interval=1000 / fps, blit=True)
     plt.close(fig)
     return anim
+
+
+def show_plan(ax, plan: np.ndarray, x_a: np.ndarray, x_b: np.ndarray, title: str = "", vmin: float = 1e-10,
+              vmax: float = 1.0):
+    """An OT plan P (n source grey levels x_a by m target grey levels x_b) on a log colour scale [vmin, vmax];
+    zeros and entries below vmin are white. Each row's barycentric image E[y | x] is marked. Returns the
+    image (for a colour bar)."""
+    step = x_b[1] - x_b[0]
+    cmap = colormaps["magma_r"].with_extremes(bad="white", under="white")
+    image = ax.imshow(np.ma.masked_less_equal(plan, 0), aspect="auto", cmap=cmap, interpolation="nearest",
+                      norm=LogNorm(vmin, vmax), extent=(x_b[0] - step / 2, x_b[-1] + step / 2, len(x_a) - 0.5, -0.5))
+    ax.plot(barycentric_map(plan, x_b), np.arange(len(x_a)), "|", color="#00bcd4", ms=14, mew=2,
+            label="barycentric map E[y | x]")
+    ax.set_yticks(np.arange(len(x_a)), [f"{x:.2f}" for x in x_a])
+    ax.set(xlabel="target grey level y", ylabel="source grey level x", title=title)
+    return image
+
+
+def plot_grey_level_distributions(axes, target, images: dict[str, np.ndarray], sector: np.ndarray):
+    """Left: the fraction of sector pixels per bin (log scale) of the target histogram and of each named
+    (H, W) image in [0, 1] on the target's bins; right: their cumulative distributions (W1 is the area
+    between two of them). target: (centres, weights) from `pseudo.intensity_histogram`."""
+    centres, weights = target
+    edges = np.append(centres - (centres[1] - centres[0]) / 2, 1.0)
+    axes[0].stairs(weights, edges, fill=True, color="0.75", label="target")
+    axes[1].stairs(np.cumsum(weights), edges, color="0.6", lw=4, label="target")
+    for name, image in images.items():
+        w = intensity_histogram(image[None], sector, bins=len(centres))[1]
+        axes[0].stairs(w, edges, lw=1.2, label=name)
+        axes[1].stairs(np.cumsum(w), edges, lw=1.2, label=name)
+    axes[0].set(yscale="log", ylim=(0.3 * weights[weights > 0].min(), 1.0), xlabel="grey level (0 black .. 1 white)",
+                ylabel="fraction of sector pixels per bin", title="histograms")
+    axes[1].set(ylim=(0, 1.02), xlabel="grey level (0 black .. 1 white)", ylabel="fraction of sector pixels below",
+                title="cumulative distributions")
+    for ax in axes:
+        ax.legend(fontsize=7)
+
+
+def show_network_input(ax, x: np.ndarray, sigma: float, title: str = "", limit: float = 2.5):
+    """A noised frame x at noise level sigma as the network F receives it, c_in(sigma) x (paper eq. (4)),
+    on the fixed grey scale [-limit, limit]; the title gives sigma."""
+    c_in = precond_coefficients(torch.tensor(float(sigma), dtype=torch.float64))[2].item()
+    ax.imshow(c_in * np.asarray(x), cmap="gray", vmin=-limit, vmax=limit)
+    ax.set_title(f"{title}$\\sigma$ = {sigma:.3g}", fontsize=9)
+    ax.axis("off")

@@ -30,3 +30,15 @@ def test_phantom_writes_a_dataset_and_refuses_to_overwrite(tmp_path, capsys):
     assert (tmp_path / "e" / "FileList.csv").is_file() and len(list((tmp_path / "e" / "Videos").iterdir())) == 1
     assert main(args) == 2
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_train_runs_a_profile_and_resumes(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["phantom", "--format", "camus", "--out", str(data), "--count", "3", "--height", "32",
+                 "--frames", "6", "--workers", "1"]) == 0
+    args = ["train", "--profile", "smoke", "--data", str(data), "--run", str(tmp_path / "run"), "--device", "cpu"]
+    assert main(args + ["--steps", "2"]) == 0
+    assert main(args + ["--steps", "3", "--resume"]) == 0
+    assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 4  # header and steps 1-3
+    assert main(["train", "--profile", "nosuch", "--data", str(data)]) == 2
+    assert "profile 'nosuch' not found" in capsys.readouterr().err

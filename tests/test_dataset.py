@@ -7,9 +7,10 @@ import pytest
 from freeecho_core.data.case import to_five_labels
 from freeecho_core.data.clips import (UNLABELLED, ClipConfig, myocardium_ring, prepare_clip, resize_frames,
                                       resize_labels_nearest, sector_from_frames, take_frames)
-from freeecho_core.data.dataset import EchoClips, camus_splits, detect_format, ejection_fractions
+from freeecho_core.data.dataset import CACHE_DIR, EchoClips, camus_splits, detect_format, ejection_fractions
 from freeecho_core.data.make_dataset import echonet_splits, make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig, make_case
+from freeecho_core.pseudo import intensity_histogram
 
 CONFIG = PhantomConfig(height=48, frames=10)
 CLIP = ClipConfig(frames=6, size=32)
@@ -124,3 +125,52 @@ def test_unknown_folder_is_refused_with_its_name(tmp_path):
         make_phantom_dataset(tmp_path, "camus", 1)
     with pytest.raises(ValueError, match="split must be one of"):
         EchoClips(tmp_path, "train")
+
+
+def fresh_histogram(ds, bins):
+    """pseudo.intensity_histogram over every clip of a split at once: what the cache must hold."""
+    clips = [ds.clip(i) for i in range(len(ds))]
+    videos = np.concatenate([((c.video + 1) / 2).clip(0, 1) for c in clips])
+    sectors = np.concatenate([np.broadcast_to(c.sector, c.video.shape) for c in clips])
+    return intensity_histogram(videos, sectors, bins)
+
+
+def test_split_histogram_is_cached_once_and_equals_a_fresh_computation(camus_root, monkeypatch):
+    ds = EchoClips(camus_root, "TRAIN", CLIP)
+    centres, weights = ds.intensity_histogram(bins=32)
+    expected = fresh_histogram(ds, 32)
+    np.testing.assert_allclose(centres, expected[0], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(weights, expected[1], rtol=1e-12, atol=1e-15)
+    files = list((camus_root / CACHE_DIR).glob("*-b32-*.npz"))
+    assert len(files) == 1 and "TRAIN" in files[0].name and "b32" in files[0].name
+    mtime = files[0].stat().st_mtime_ns
+
+    def fail(self, bins):
+        raise AssertionError("the cached histogram was computed again")
+
+    monkeypatch.setattr(EchoClips, "_sector_histogram", fail)
+    again = EchoClips(camus_root, "TRAIN", CLIP).intensity_histogram(bins=32)
+    np.testing.assert_array_equal(again[1], weights)
+    assert files[0].stat().st_mtime_ns == mtime
+    with pytest.raises(AssertionError, match="computed again"):  # other bins: another key, no file yet
+        ds.intensity_histogram(bins=16)
+
+
+def test_split_histogram_keys_differ_by_bins_and_split(camus_root, tmp_path):
+    for split, bins in [("TRAIN", 8), ("TRAIN", 12), ("TEST", 8)]:
+        EchoClips(camus_root, split, CLIP).intensity_histogram(bins=bins, cache_dir=tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 3 and all(n.endswith(".npz") for n in names)  # no temporary file left behind
+    assert sum("b8-" in n for n in names) == 2 and sum("TEST" in n for n in names) == 1
+
+
+def test_split_histogram_without_a_writable_root_is_computed_uncached(camus_root, tmp_path):
+    root = tmp_path / "read-only"
+    root.mkdir()
+    (root / "database_nifti").symlink_to(camus_root / "database_nifti")
+    (root / CACHE_DIR).write_text("")  # the cache folder cannot be created
+    ds = EchoClips(root, "TEST", CLIP)
+    np.testing.assert_allclose(ds.intensity_histogram(bins=8)[1], fresh_histogram(ds, 8)[1], rtol=1e-12)
+    assert (root / CACHE_DIR).is_file()
+    with pytest.raises(OSError):  # an explicit cache folder that cannot be made is an error
+        ds.intensity_histogram(bins=8, cache_dir=root / CACHE_DIR)

@@ -6,6 +6,8 @@ import papermill
 import pytest
 import yaml
 
+from freeecho_core.train import TrainConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted((ROOT / "params").glob("*.yaml"))
 NOTEBOOKS = {p.stem: p for p in (ROOT / "notebooks").glob("*.ipynb")}
@@ -22,12 +24,22 @@ def test_the_three_profiles_exist():
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
 def test_profiles_name_only_declared_parameters_of_every_notebook(profile):
     sections = yaml.safe_load(profile.read_text())
+    sections.pop("train")
     assert set(sections) == set(NOTEBOOKS), f"{profile.name} must have one section per notebook"
     for name, values in sections.items():
         declared = notebook_defaults(name)
         assert set(values) == set(declared), f"{profile.name}:{name}"
         for key, value in values.items():
             assert type(value) is type(declared[key]), f"{profile.name}:{name}.{key}"
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
+def test_profiles_hold_a_valid_training_section(profile):
+    train = yaml.safe_load(profile.read_text())["train"]
+    fields = TrainConfig.__dataclass_fields__
+    assert set(train) <= set(fields), f"{profile.name}: unknown settings {set(train) - set(fields)}"
+    for key, value in train.items():
+        assert type(value) is type(getattr(TrainConfig(), key)), f"{profile.name}: train.{key}"
 
 
 def test_smoke_profile_equals_the_notebook_defaults():

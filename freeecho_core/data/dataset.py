@@ -5,6 +5,9 @@ column. Split names are TRAIN, VAL and TEST for both.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,9 @@ from freeecho_core.data.camus import list_camus_patients, read_camus_frame, read
 from freeecho_core.data.clips import Clip, ClipConfig, myocardium_ring, prepare_clip, sector_from_frames
 from freeecho_core.data.echonet import (lv_tracings, method_of_disks_volume, read_echonet_video, read_filelist,
                                         read_tracings)
+from freeecho_core.pseudo import intensity_histogram
+
+CACHE_DIR = ".freeecho_cache"  # default cache folder inside a dataset root
 
 SPLITS = ("TRAIN", "VAL", "TEST")
 
@@ -50,6 +56,7 @@ class EchoClips(Dataset):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.root, self.split, self.config, self.cache = Path(root), split, clip, cache
+        self.views, self.seed = tuple(views), seed
         self.format = detect_format(self.root)
         self._cached: dict[int, Clip] = {}
         if self.format == "camus":
@@ -77,6 +84,47 @@ class EchoClips(Dataset):
         return {"video": torch.from_numpy(c.video)[None], "ed_map": torch.from_numpy(c.ed_map),
                 "frame_labels": torch.from_numpy(c.frame_labels), "case_id": c.case_id, "view": c.view}
 
+    def intensity_histogram(self, bins: int = 256, cache_dir: str | Path | None = None):
+        """The target distribution of paper eq. (3) for this split: `pseudo.intensity_histogram` of the
+        grey levels (video + 1) / 2 inside the sector of every frame of every clip, (centres, weights).
+
+        Computed once and cached as an .npz in `cache_dir` (default `<root>/.freeecho_cache/`), keyed by
+        split, clip config (frames, size, short), views, seed, bins and the dataset root; the file is
+        written atomically (temporary file, then os.replace). When the default folder cannot be created or
+        written (a read-only dataset root), the histogram is computed every time without caching; an
+        explicit `cache_dir` that cannot be written raises. Returns float64 (bins,) arrays; the pixel
+        counts are summed one clip at a time.
+        """
+        default = cache_dir is None
+        key = (f"{self.split}-f{self.config.frames}-s{self.config.size}-{self.config.short}-"
+               f"{'_'.join(self.views)}-seed{self.seed}-b{bins}")
+        folder = self.root / CACHE_DIR if default else Path(cache_dir)
+        # The root is part of the key too, so one explicit cache_dir can serve several datasets.
+        digest = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:8]
+        path = folder / f"intensity_histogram-{key}-{digest}.npz"
+        if path.is_file():
+            with np.load(path) as cached:
+                return cached["centres"], cached["weights"]
+        centres, weights = self._sector_histogram(bins)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            _save_npz_atomically(path, centres=centres, weights=weights)
+        except OSError:
+            if not default:
+                raise
+        return centres, weights
+
+    def _sector_histogram(self, bins: int):
+        """Pixel counts of all clips summed, one clip at a time, then normalised."""
+        if len(self) == 0:
+            raise ValueError(f"{self.root}: split {self.split} has no clips to take a histogram of")
+        counts = 0.0
+        for i in range(len(self)):
+            c = self.clip(i)
+            centres, weights = intensity_histogram(((c.video + 1) / 2).clip(0, 1), c.sector, bins)
+            counts = counts + weights * (c.sector.sum() * len(c.video))
+        return centres, counts / counts.sum()
+
     def _load_camus(self, patient_dir: Path, view: str) -> Clip:
         record = read_camus_sequence(patient_dir, view)
         frames, labels, ed = record.frames, record.labels, record.ed_index
@@ -92,6 +140,18 @@ class EchoClips(Dataset):
         ring = myocardium_ring(record.ed_mask, sector)
         return prepare_clip(name, "4CH", record.frames, labels, record.ed_index, self.config, sector=sector,
                             ed_labels=ring, where=str(self.root / "Videos" / f"{name}.avi"))
+
+
+def _save_npz_atomically(path: Path, **arrays) -> None:
+    """np.savez into a temporary file beside `path`, then os.replace: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def ejection_fractions(root: str | Path) -> list[dict]:

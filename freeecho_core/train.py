@@ -1,0 +1,267 @@
+"""Training of the video denoiser with the EDM loss (paper eq. (1); section 3, "Implementation").
+
+Two model kinds share one loop: `unconditional` (the model Free-Echo samples from) and `clsfree` (the
+classifier-free baseline: the one-hot ED map joins the input channels and is replaced by the all-zero null
+map with probability p_uncond).
+
+Everything random is a function of (seed, step, sample): the data order is a seeded permutation per epoch,
+and every sample draws its sigma, noise and condition dropout from its own generator. A run therefore gives
+the same weights whether it runs straight, is interrupted and resumed, or is spread over several processes
+(DistributedDataParallel under torchrun) with the same global batch.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from freeecho_core.checkpoint import code_version, load_checkpoint, save_checkpoint, unet_payload
+from freeecho_core.data.clips import ClipConfig
+from freeecho_core.data.dataset import EchoClips
+from freeecho_core.edm import EDMPrecond, edm_loss
+from freeecho_core.unet3d import UNet3D, unet3d_config
+
+MODEL_KINDS = ("unconditional", "clsfree")
+N_LABELS = 5  # the 5-label convention of the ED map (one-hot condition of the Cls-Free baseline)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    kind: str = "unconditional"  # "unconditional" (Free-Echo) or "clsfree" (the Cls-Free baseline)
+    preset: str = "paper"  # UNet3D preset
+    frames: int = 24  # K frames per clip (paper: 24)
+    size: int = 128  # S x S pixels (paper: 128)
+    batch_size: int = 16  # global batch per optimizer step (paper: 16)
+    grad_accum: int = 1  # micro-batches per step on each process
+    steps: int = 100_000  # optimizer steps (paper: 100k)
+    lr: float = 1e-3  # Adam learning rate (paper: 1e-3)
+    ema_decay: float = 0.995  # EMA of the weights (the authors' script: 0.995)
+    grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
+    p_uncond: float = 0.1  # Cls-Free: probability of the null condition in training
+    checkpoint_every: int = 1000  # steps between checkpoints (one is also written at the end)
+    seed: int = 0  # data order, noise, dropout and initial weights
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
+    num_workers: int = 0  # DataLoader worker processes
+
+    def __post_init__(self):
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def sample_index(seed: int, k: int, n: int) -> int:
+    """The dataset index of the k-th sample drawn in training: epoch k // n is a seeded permutation."""
+    epoch, offset = divmod(k, n)
+    return int(np.random.default_rng([seed, epoch]).permutation(n)[offset])
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batches of dataset indices for steps start..steps-1 on one process: the rank's share of each global
+    batch, split into `grad_accum` micro-batches."""
+
+    def __init__(self, n: int, config: TrainConfig, start: int, rank: int, world_size: int):
+        self.n, self.cfg, self.start, self.rank, self.world = n, config, start, rank, world_size
+
+    def global_positions(self, step: int, micro: int) -> list[int]:
+        """Positions k (in the stream of drawn samples) of one micro-batch of this rank."""
+        B = self.cfg.batch_size
+        mine = list(range(step * B, (step + 1) * B))[self.rank :: self.world]
+        per_micro = len(mine) // self.cfg.grad_accum
+        return mine[micro * per_micro : (micro + 1) * per_micro]
+
+    def __iter__(self):
+        for step in range(self.start, self.cfg.steps):
+            for micro in range(self.cfg.grad_accum):
+                yield [sample_index(self.cfg.seed, k, self.n) for k in self.global_positions(step, micro)]
+
+    def __len__(self):
+        return (self.cfg.steps - self.start) * self.cfg.grad_accum
+
+
+def build_model(config: TrainConfig) -> UNet3D:
+    torch.manual_seed(config.seed)
+    cond_channels = N_LABELS if config.kind == "clsfree" else 0
+    return UNet3D(unet3d_config(config.preset, cond_channels=cond_channels))
+
+
+def one_hot_maps(ed_map: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) 5-label maps -> (B, 5, S, S) float one-hot condition."""
+    return F.one_hot(ed_map, N_LABELS).permute(0, 3, 1, 2).float()
+
+
+def sample_generators(seed: int, positions: list[int], device) -> list[torch.Generator]:
+    """One generator per drawn sample, fixed by (seed, position in the sample stream)."""
+    return [torch.Generator(device).manual_seed(seed * 1_000_003 + k) for k in positions]
+
+
+def dropout_generator(g: torch.Generator) -> torch.Generator:
+    """A stream for the condition dropout of a sample, independent of its noise stream `g`."""
+    return torch.Generator(g.device).manual_seed(g.initial_seed() ^ (1 << 62))
+
+
+def micro_batch_loss(denoiser, batch: dict, gens: list[torch.Generator], config: TrainConfig, device) -> torch.Tensor:
+    """Mean EDM loss of one micro-batch; Cls-Free drops the condition per sample with probability p_uncond."""
+    x0 = batch["video"].to(device)
+    cond = None
+    if config.kind == "clsfree":
+        cond = one_hot_maps(batch["ed_map"].to(device))
+        keep = torch.stack([torch.rand((), generator=dropout_generator(g), device=device) >= config.p_uncond
+                            for g in gens])
+        cond = cond * keep[:, None, None, None]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and x0.device.type == "cuda")
+    with autocast:
+        loss = edm_loss(denoiser, x0, cond, generator=gens)
+    return loss.float().mean()
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p, 1 - decay)
+
+
+def training_state(config: TrainConfig, model, ema, optimizer, step: int) -> dict:
+    return unet_payload(model, train_config=asdict(config), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+                        step=step)
+
+
+def write_checkpoints(run_dir: Path, config: TrainConfig, model, ema, optimizer, step: int) -> None:
+    """`checkpoint.pt` (everything needed to resume) and `ema.pt` (config + EMA weights, for sampling)."""
+    save_checkpoint(run_dir / "checkpoint.pt", training_state(config, model, ema, optimizer, step))
+    save_checkpoint(run_dir / "ema.pt", unet_payload(ema, train_config=asdict(config), step=step))
+
+
+def resume_state(run_dir: Path, config: TrainConfig, model, ema, optimizer) -> int:
+    """Load checkpoint.pt into model, EMA and optimizer; return the step to continue from."""
+    payload = load_checkpoint(run_dir / "checkpoint.pt")
+    stored = payload["train_config"]
+    changed = {k for k in ("kind", "preset", "frames", "size", "batch_size", "seed")
+               if stored.get(k) != getattr(config, k)}
+    if changed:
+        raise ValueError(f"{run_dir / 'checkpoint.pt'} was trained with other {sorted(changed)}: "
+                         f"{ {k: stored.get(k) for k in changed} }; resume with the same settings")
+    model.load_state_dict(payload["model"])
+    ema.load_state_dict(payload["ema"])
+    optimizer.load_state_dict(payload["optimizer"])
+    return int(payload["step"])
+
+
+def train(config: TrainConfig, data_root: str | os.PathLike, run_dir: str | os.PathLike, *, resume: bool = False,
+          device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1, progress: bool = True) -> Path:
+    """Train `config.steps` optimizer steps on the TRAIN split of `data_root`; checkpoints and `log.csv` go to
+    `run_dir`. Under torchrun, call with the process's rank and world size after `init_process_group`."""
+    run_dir, device = Path(run_dir), torch.device(device)
+    if config.batch_size % (world_size * config.grad_accum):
+        raise ValueError(f"batch_size {config.batch_size} must split evenly over {world_size} processes x "
+                         f"{config.grad_accum} micro-batches")
+    dataset = EchoClips(data_root, "TRAIN", ClipConfig(frames=config.frames, size=config.size), seed=config.seed)
+    if len(dataset) == 0:
+        raise ValueError(f"{data_root}: the TRAIN split is empty")
+    model = build_model(config).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    start = resume_state(run_dir, config, model, ema, optimizer) if resume else 0
+    if not resume and (run_dir / "checkpoint.pt").exists():
+        raise FileExistsError(f"{run_dir / 'checkpoint.pt'} exists: pass resume=True (--resume) or a new run folder")
+    denoiser = EDMPrecond(model)
+    if world_size > 1:
+        denoiser = DistributedDataParallel(denoiser)
+    sampler = StepBatches(len(dataset), config, start, rank, world_size)
+    loader = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers))
+    log = TrainLog(run_dir / "log.csv", enabled=rank == 0)
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress or rank,
+               desc=f"train {config.kind}", unit="step")
+    done = start
+    try:
+        for step in bar:
+            loss = optimizer_step(denoiser, model, optimizer, loader, sampler, config, step, device, world_size)
+            update_ema(ema, model, config.ema_decay)
+            done = step + 1
+            log.write(done, loss)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if done % config.checkpoint_every == 0 and rank == 0:
+                write_checkpoints(run_dir, config, model, ema, optimizer, done)
+    except KeyboardInterrupt:
+        if rank == 0:  # keep the steps completed so far
+            write_checkpoints(run_dir, config, model, ema, optimizer, done)
+        raise
+    if rank == 0 and done % config.checkpoint_every:
+        write_checkpoints(run_dir, config, model, ema, optimizer, done)
+    return run_dir
+
+
+def ensure_trained(config: TrainConfig, data_root, run_dir, **kwargs) -> Path:
+    """Train into `run_dir` unless its checkpoint already reached `config.steps`; resume a shorter one."""
+    checkpoint = Path(run_dir) / "checkpoint.pt"
+    if checkpoint.exists() and load_checkpoint(checkpoint)["step"] >= config.steps:
+        return Path(run_dir)
+    return train(config, data_root, run_dir, resume=checkpoint.exists(), **kwargs)
+
+
+def optimizer_step(denoiser, model, optimizer, loader, sampler: StepBatches, config: TrainConfig, step: int,
+                   device, world_size: int) -> float:
+    """One optimizer step over `grad_accum` micro-batches; raises NonFiniteLoss before touching the weights."""
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for micro in range(config.grad_accum):
+        gens = sample_generators(config.seed, sampler.global_positions(step, micro), device)
+        loss = micro_batch_loss(denoiser, next(loader), gens, config, device) / config.grad_accum
+        loss.backward()
+        total += loss.detach()
+    if world_size > 1:
+        dist.all_reduce(total)
+        total /= world_size
+    total = float(total)
+    if not math.isfinite(total):
+        raise NonFiniteLoss(f"step {step + 1}: the loss is {total}; training stopped, the last checkpoint is kept")
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    return total
+
+
+class TrainLog:
+    """Per-step loss, appended to a CSV beside the checkpoints (step, loss, seconds since the run started)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled, self.start = path, enabled, time.perf_counter()
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                path.write_text("step,loss,seconds\n")
+
+    def write(self, step: int, loss: float) -> None:
+        if self.enabled:
+            with self.path.open("a", newline="") as f:
+                csv.writer(f).writerow([step, f"{loss:.6g}", f"{time.perf_counter() - self.start:.3f}"])
+
+
+def read_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The columns of a training log.csv as arrays."""
+    rows = list(csv.DictReader(Path(path).open()))
+    if not rows:
+        raise ValueError(f"{path}: no training steps logged")
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def config_from_profile(profile: dict, **overrides) -> TrainConfig:
+    """A TrainConfig from a profile's `train` section (params/<profile>.yaml), with overrides."""
+    unknown = set(profile) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown training settings {sorted(unknown)}")
+    return replace(TrainConfig(**profile), **overrides)

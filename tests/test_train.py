@@ -1,0 +1,139 @@
+"""The training loop: exact resume, fault tolerance, DDP equivalence, the Cls-Free condition dropout."""
+import math
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import freeecho_core.train as training
+from freeecho_core.checkpoint import load_checkpoint, unet_from_payload
+from freeecho_core.data.make_dataset import make_phantom_dataset
+from freeecho_core.data.phantom import PhantomConfig
+from freeecho_core.train import NonFiniteLoss, TrainConfig, read_log, train
+
+CONFIG = TrainConfig(preset="tiny", frames=4, size=16, batch_size=4, steps=4, checkpoint_every=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return make_phantom_dataset(tmp_path_factory.mktemp("d") / "camus", "camus", 6, 0,
+                                PhantomConfig(height=32, frames=6), workers=2, progress=False)
+
+
+def weights(run_dir: Path, key: str = "model") -> dict:
+    return load_checkpoint(run_dir / "checkpoint.pt")[key]
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_resume_after_an_interrupt_gives_the_weights_of_a_straight_run(data_root, tmp_path, monkeypatch):
+    train(CONFIG, data_root, tmp_path / "straight", progress=False)
+    real_step = training.optimizer_step
+
+    def interrupt_at_step_3(*args, **kwargs):
+        if args[6] == 2:  # step index 2: two steps done
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "optimizer_step", interrupt_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(CONFIG, data_root, tmp_path / "resumed", progress=False)
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 2
+    monkeypatch.setattr(training, "optimizer_step", real_step)
+    train(CONFIG, data_root, tmp_path / "resumed", resume=True, progress=False)
+    for key in ("model", "ema"):
+        assert_same_weights(weights(tmp_path / "straight", key), weights(tmp_path / "resumed", key))
+    log = read_log(tmp_path / "resumed" / "log.csv")
+    assert list(log["step"]) == [1, 2, 3, 4] and all(math.isfinite(v) for v in log["loss"])
+    ema = unet_from_payload(load_checkpoint(tmp_path / "resumed" / "ema.pt"))
+    assert_same_weights(ema.state_dict(), weights(tmp_path / "straight", "ema"))
+
+
+def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(data_root, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(replace(CONFIG, steps=2), data_root, run, progress=False)
+
+    def torn_write(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_write)
+    with pytest.raises(OSError, match="disk full"):
+        train(CONFIG, data_root, run, resume=True, progress=False)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 2
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "ema.pt", "log.csv"]
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_root, tmp_path, monkeypatch):
+    real_loss = training.micro_batch_loss
+    calls = []
+
+    def nan_from_the_third_step(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    monkeypatch.setattr(training, "micro_batch_loss", nan_from_the_third_step)
+    with pytest.raises(NonFiniteLoss, match="step 3: the loss is nan"):
+        train(CONFIG, data_root, tmp_path / "run", progress=False)
+    payload = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert payload["step"] == 2 and all(torch.isfinite(v).all() for v in payload["model"].values())
+
+
+def test_resume_refuses_other_settings_and_a_new_run_refuses_an_old_folder(data_root, tmp_path):
+    train(replace(CONFIG, steps=2), data_root, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match=r"other \['size'\]"):
+        train(replace(CONFIG, size=32), data_root, tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(FileExistsError, match="pass resume=True"):
+        train(CONFIG, data_root, tmp_path / "run", progress=False)
+
+
+def test_gradient_accumulation_matches_the_full_batch(data_root, tmp_path):
+    train(CONFIG, data_root, tmp_path / "full", progress=False)
+    train(replace(CONFIG, grad_accum=2), data_root, tmp_path / "accum", progress=False)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "accum")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def _ddp_worker(rank, world_size, init_file, data_root, run_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        train(CONFIG, data_root, run_dir, rank=rank, world_size=world_size, progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ddp_processes_give_the_weights_of_one_process(data_root, tmp_path):
+    torch.set_num_threads(1)
+    train(CONFIG, data_root, tmp_path / "single", progress=False)
+    init_file = Path(tempfile.mkdtemp()) / "rendezvous"
+    mp.spawn(_ddp_worker, args=(2, str(init_file), str(data_root), str(tmp_path / "ddp")), nprocs=2, join=True)
+    a, b = weights(tmp_path / "single"), weights(tmp_path / "ddp")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert not all(torch.equal(a[k], load_checkpoint(tmp_path / "single" / "ema.pt")["model"][k]) for k in a)
+
+
+def test_clsfree_drops_the_condition_with_probability_p_uncond(data_root, tmp_path):
+    config = replace(CONFIG, kind="clsfree")
+    model = training.build_model(config)
+    assert model.config.cond_channels == 5
+    torch.nn.init.normal_(model.final_conv.weight, std=0.1)
+    denoiser = training.EDMPrecond(model)
+    batch = next(iter(torch.utils.data.DataLoader(training.EchoClips(data_root, "TRAIN", training.ClipConfig(4, 16)),
+                                                  batch_size=2)))
+    gens = lambda: training.sample_generators(0, [0, 1], "cpu")  # noqa: E731
+    with torch.no_grad():
+        dropped = training.micro_batch_loss(denoiser, batch, gens(), replace(config, p_uncond=1.0), "cpu")
+        kept = training.micro_batch_loss(denoiser, batch, gens(), replace(config, p_uncond=0.0), "cpu")
+        null = training.edm_loss(denoiser, batch["video"], torch.zeros(2, 5, 16, 16), generator=gens()).mean()
+    assert torch.allclose(dropped, null) and not torch.allclose(kept, null)
+    train(replace(config, steps=2), data_root, tmp_path / "clsfree", progress=False)
+    assert load_checkpoint(tmp_path / "clsfree" / "ema.pt")["config"]["cond_channels"] == 5

@@ -1,0 +1,49 @@
+"""The notebook figures in `viz` draw what they say: OT plans, grey-level distributions, network inputs."""
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.colors import LogNorm
+
+from freeecho_core.edm import SIGMA_DATA
+from freeecho_core.pseudo import exact_plan
+from freeecho_core.viz import plot_grey_level_distributions, show_network_input, show_plan
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_show_plan_marks_the_barycentric_map_on_a_log_scale():
+    a, x_a = np.array([0.3, 0.7]), np.array([0.0, 1.0])
+    b, x_b = np.array([0.5, 0.5]), np.array([0.25, 0.75])
+    plan, _ = exact_plan(a, x_a, b, x_b)  # [[0.3, 0], [0.2, 0.5]]
+    fig, ax = plt.subplots()
+    image = show_plan(ax, plan, x_a, x_b, "exact")
+    assert isinstance(image.norm, LogNorm) and image.get_array().mask[0, 1]
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), [0.25, (0.2 * 0.25 + 0.5 * 0.75) / 0.7])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.00", "1.00"]
+    assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title() == "exact"
+
+
+def test_grey_level_distributions_put_images_on_the_target_bins():
+    centres = (np.arange(4) + 0.5) / 4
+    target = (centres, np.array([0.1, 0.2, 0.3, 0.4]))
+    image = np.array([[0.1, 0.6], [0.9, 0.0]])
+    sector = np.array([[True, True], [True, False]])
+    fig, axes = plt.subplots(1, 2)
+    plot_grey_level_distributions(axes, target, {"image": image}, sector)
+    hist, cdf = axes[0].patches[1], axes[1].patches[1]
+    np.testing.assert_allclose(hist.get_data().values, [1 / 3, 0, 1 / 3, 1 / 3])
+    np.testing.assert_allclose(cdf.get_data().values, [1 / 3, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(axes[1].patches[0].get_data().values[-1], 1.0)
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["target", "image"]
+
+
+def test_network_input_is_scaled_by_c_in():
+    x = np.full((4, 4), 3.0)
+    fig, ax = plt.subplots()
+    show_network_input(ax, x, 1.5, "t_i = 5: ")
+    np.testing.assert_allclose(ax.images[0].get_array(), 3.0 / np.sqrt(1.5**2 + SIGMA_DATA**2))
+    assert ax.get_title() == "t_i = 5: $\\sigma$ = 1.5"
