@@ -49,7 +49,7 @@ def cmd_phantom(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     overrides = {"kind": args.kind} | ({"steps": args.steps} if args.steps is not None else {})
     config = config_from_profile(load_profile(args.profile)["train"], **overrides)
-    run_dir = args.run or Path("runs") / Path(args.profile).stem / config.kind
+    run_dir = args.run_dir or Path("runs") / Path(args.profile).stem / config.kind
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = args.device
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--profile", default="smoke", help="smoke, gpu-short, paper, or a YAML file with a train section")
     tr.add_argument("--data", required=True, type=Path, help="a CAMUS or EchoNet-Dynamic folder (real or phantom)")
     tr.add_argument("--kind", default="unconditional", choices=MODEL_KINDS)
-    tr.add_argument("--run", type=Path, help="checkpoint folder (default runs/<profile>/<kind>)")
+    tr.add_argument("--run-dir", type=Path, help="checkpoint folder (default runs/<profile>/<kind>)")
     tr.add_argument("--steps", type=int, help="override the profile's number of steps")
     tr.add_argument("--resume", action="store_true", help="continue from <run>/checkpoint.pt")
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")

@@ -43,7 +43,7 @@ def karras_sigmas(
 
     Returns a float64 tensor of n + 1 decreasing noise levels: sigmas[0] = sigma_max,
     sigmas[n - 1] = sigma_min, sigmas[n] = 0. Index i of this tensor is the paper's diffusion step t_i:
-    a larger index means less noise (sigmas[15] ~ 18.99, sigmas[35] ~ 1.9, sigmas[55] ~ 0.03).
+    a larger index means less noise (sigmas[15] = 18.99, sigmas[35] = 1.502, sigmas[55] = 0.02696).
     """
     if n < 2:
         raise ValueError(f"a schedule needs at least 2 steps, got n={n}")

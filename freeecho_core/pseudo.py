@@ -27,7 +27,7 @@ import torch
 from matplotlib import colormaps
 
 from freeecho_core.data.case import FIVE_LABELS
-from freeecho_core.sampler import Generators, randn_per_sample
+from freeecho_core.data.clips import resize_labels_nearest
 
 AUTHORS_INTENSITIES = {0: 0.0, 1: 0.5, 2: 0.0, 3: 1.0, 4: 0.2}  # label -> grey level in [0, 1] (authors' code)
 LV_LABEL = 2
@@ -59,17 +59,9 @@ def check_labels(labels) -> np.ndarray:
 
 
 def resize_labels(labels, size) -> np.ndarray:
-    """Nearest-neighbour resize of an (H, W) label map to (size, size) or size = (h, w).
-
-    Output pixel (i, j) takes the label of the input pixel under its centre; labels are never interpolated.
-    An integer-factor resize is exact both ways (upsampling repeats pixels, downsampling picks one per block).
-    """
-    labels = check_labels(labels)
-    h, w = (size, size) if np.isscalar(size) else size
-    H, W = labels.shape
-    rows = np.minimum(((np.arange(h) + 0.5) * H / h).astype(np.int64), H - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * W / w).astype(np.int64), W - 1)
-    return labels[rows[:, None], cols[None, :]]
+    """Nearest-neighbour resize of an (H, W) 5-label map to (size, size) or size = (h, w)
+    (`data.clips.resize_labels_nearest`: labels are never interpolated; integer factors are exact)."""
+    return resize_labels_nearest(check_labels(labels), size)
 
 
 def pseudo_image(labels, intensities=AUTHORS_INTENSITIES) -> np.ndarray:
@@ -283,21 +275,6 @@ def pseudo_video(image, frames: int) -> torch.Tensor:
         raise ValueError(f"image must lie in [0, 1], got [{I.min().item()}, {I.max().item()}]")
     I = I if I.ndim == 3 else I[None]
     return (2 * I - 1)[:, None, None].repeat(1, 1, frames, 1, 1)
-
-
-def noised_pseudo_video(init, sigmas, start_step: int, generator: Generators = None) -> torch.Tensor:
-    """The state SDEdit starts from at t_i = `start_step` (paper Fig. 1): x = init + sigmas[t_i] * n.
-
-    init: (B, C, K, H, W) pseudo video in [-1, 1]; sigmas: the schedule (`edm.karras_sigmas`). n ~ N(0, I)
-    is drawn as `sampler.sdedit_sample` draws it (float64, `randn_per_sample`, first from `generator`):
-    with fresh generators of the same seeds, this is exactly the x its first network call receives.
-    Returns float64 of the shape of init.
-    """
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64, device=init.device)
-    if not 0 <= start_step < len(sigmas) - 1:
-        raise ValueError(f"start_step must be in [0, {len(sigmas) - 2}], got {start_step}")
-    n = randn_per_sample(init.shape, generator, device=init.device)
-    return init.to(torch.float64) + sigmas[start_step] * n
 
 
 def sdedit_colour_image(labels) -> np.ndarray:

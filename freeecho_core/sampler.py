@@ -88,6 +88,16 @@ def euler_sample(
 SOLVERS = {"heun": heun_sample, "euler": euler_sample}
 
 
+def noise_to_step(init: torch.Tensor, sigmas, start_step: int, generator: Generators = None) -> torch.Tensor:
+    """The state SDEdit starts from (paper Fig. 1): x = init + sigmas[start_step] * n, n ~ N(0, I) drawn
+    from `generator` (per sample with a list). Returns float64: exactly what `sdedit_sample` integrates
+    from, so its first network call receives this x (for the same fresh generators)."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64, device=init.device)
+    if not 0 <= start_step < len(sigmas) - 1:
+        raise ValueError(f"start_step must be in [0, {len(sigmas) - 2}], got {start_step}")
+    return init.to(torch.float64) + sigmas[start_step] * randn_per_sample(init.shape, generator, device=init.device)
+
+
 def sdedit_sample(
     denoiser: Denoiser,
     init: torch.Tensor,
@@ -104,13 +114,10 @@ def sdedit_sample(
     x = init + sigmas[start_step] * n with n ~ N(0, I) drawn first from `generator`, and eq. (2) is solved
     on sigmas[start_step:] only: no network evaluation happens before `start_step` (the paper's t_i).
     """
-    if not 0 <= start_step < len(sigmas) - 1:
-        raise ValueError(f"start_step must be in [0, {len(sigmas) - 2}], got {start_step}")
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64, device=init.device)
-    n = randn_per_sample(init.shape, generator, device=init.device)
-    x = init.to(torch.float64) + sigmas[start_step] * n
+    x = noise_to_step(init, sigmas, start_step, generator)
     out = SOLVERS[solver](denoiser, x, sigmas[start_step:], generator=generator, **solver_kw)
     return out.to(init.dtype)
 

@@ -77,7 +77,8 @@ def show_plan(ax, plan: np.ndarray, x_a: np.ndarray, x_b: np.ndarray, title: str
 def plot_grey_level_distributions(axes, target, images: dict[str, np.ndarray], sector: np.ndarray):
     """Left: the fraction of sector pixels per bin (log scale) of the target histogram and of each named
     (H, W) image in [0, 1] on the target's bins; right: their cumulative distributions (W1 is the area
-    between two of them). target: (centres, weights) from `pseudo.intensity_histogram`."""
+    between two of them; the legend is on the right). target: (centres, weights) from
+    `pseudo.intensity_histogram`."""
     centres, weights = target
     edges = np.append(centres - (centres[1] - centres[0]) / 2, 1.0)
     axes[0].stairs(weights, edges, fill=True, color="0.75", label="target")
@@ -87,11 +88,10 @@ def plot_grey_level_distributions(axes, target, images: dict[str, np.ndarray], s
         axes[0].stairs(w, edges, lw=1.2, label=name)
         axes[1].stairs(np.cumsum(w), edges, lw=1.2, label=name)
     axes[0].set(yscale="log", ylim=(0.3 * weights[weights > 0].min(), 1.0), xlabel="grey level (0 black .. 1 white)",
-                ylabel="fraction of sector pixels per bin", title="histograms")
+                ylabel="fraction of sector pixels per bin", title="histograms (colours as on the right)")
     axes[1].set(ylim=(0, 1.02), xlabel="grey level (0 black .. 1 white)", ylabel="fraction of sector pixels below",
                 title="cumulative distributions")
-    for ax in axes:
-        ax.legend(fontsize=7)
+    axes[1].legend(loc="lower right", fontsize=8)
 
 
 def show_network_input(ax, x: np.ndarray, sigma: float, title: str = "", limit: float = 2.5):
@@ -99,5 +99,5 @@ def show_network_input(ax, x: np.ndarray, sigma: float, title: str = "", limit: 
     on the fixed grey scale [-limit, limit]; the title gives sigma."""
     c_in = precond_coefficients(torch.tensor(float(sigma), dtype=torch.float64))[2].item()
     ax.imshow(c_in * np.asarray(x), cmap="gray", vmin=-limit, vmax=limit)
-    ax.set_title(f"{title}$\\sigma$ = {sigma:.3g}", fontsize=9)
+    ax.set_title(f"{title}$\\sigma$ = {sigma:.4g}", fontsize=9)
     ax.axis("off")

@@ -36,7 +36,7 @@ def test_train_runs_a_profile_and_resumes(tmp_path, capsys):
     data = tmp_path / "data"
     assert main(["phantom", "--format", "camus", "--out", str(data), "--count", "3", "--height", "32",
                  "--frames", "6", "--workers", "1"]) == 0
-    args = ["train", "--profile", "smoke", "--data", str(data), "--run", str(tmp_path / "run"), "--device", "cpu"]
+    args = ["train", "--profile", "smoke", "--data", str(data), "--run-dir", str(tmp_path / "run"), "--device", "cpu"]
     assert main(args + ["--steps", "2"]) == 0
     assert main(args + ["--steps", "3", "--resume"]) == 0
     assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 4  # header and steps 1-3

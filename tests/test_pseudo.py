@@ -4,14 +4,13 @@ import pytest
 import torch
 
 from freeecho_core.edm import karras_sigmas
-from freeecho_core.sampler import sdedit_sample, seeded_generators
+from freeecho_core.sampler import noise_to_step, sdedit_sample, seeded_generators
 from freeecho_core.pseudo import (
     AUTHORS_INTENSITIES,
     barycentric_map,
     exact_plan,
     intensity_histogram,
     match_intensities,
-    noised_pseudo_video,
     pseudo_image,
     pseudo_video,
     resize_labels,
@@ -232,7 +231,7 @@ def test_sdedit_colours_are_tab20_luminances(labels):
 
 
 @pytest.mark.parametrize("t_i", [15, 35, 55])
-def test_noised_pseudo_video_is_the_state_sdedit_sample_starts_from(t_i, labels):
+def test_noise_to_step_is_the_state_sdedit_sample_starts_from(t_i, labels):
     init = pseudo_video(np.stack([pseudo_image(labels), sdedit_colour_image(labels)]), frames=3)
     sigmas = karras_sigmas()
     received = []
@@ -242,10 +241,10 @@ def test_noised_pseudo_video_is_the_state_sdedit_sample_starts_from(t_i, labels)
         return x  # stops nothing; only the first call matters
 
     sdedit_sample(recorder, init, sigmas, t_i, generator=seeded_generators([0, 1]))
-    x = noised_pseudo_video(init, sigmas, t_i, seeded_generators([0, 1]))
+    x = noise_to_step(init, sigmas, t_i, seeded_generators([0, 1]))
     assert x.dtype == torch.float64 and x.shape == init.shape
     assert received[0][1] == sigmas[t_i].item() and torch.equal(received[0][0], x)
     n = (x - init.double()) / sigmas[t_i]
     assert abs(n.std().item() - 1) < 0.05 and not torch.equal(n[0], n[1])  # one noise per sample
     with pytest.raises(ValueError, match="start_step"):
-        noised_pseudo_video(init, sigmas, 64)
+        noise_to_step(init, sigmas, 64)

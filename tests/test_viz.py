@@ -38,7 +38,7 @@ def test_grey_level_distributions_put_images_on_the_target_bins():
     np.testing.assert_allclose(hist.get_data().values, [1 / 3, 0, 1 / 3, 1 / 3])
     np.testing.assert_allclose(cdf.get_data().values, [1 / 3, 1 / 3, 2 / 3, 1])
     np.testing.assert_allclose(axes[1].patches[0].get_data().values[-1], 1.0)
-    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["target", "image"]
+    assert [t.get_text() for t in axes[1].get_legend().get_texts()] == ["target", "image"]
 
 
 def test_network_input_is_scaled_by_c_in():

@@ -104,11 +104,13 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return np.stack([cv2.resize(f.astype(np.float32), (size, size), interpolation=method) for f in frames])
 
 
-def resize_labels_nearest(labels: np.ndarray, size: int) -> np.ndarray:
-    """(..., H, W) integer labels -> (..., size, size), nearest neighbour at pixel centres (never bilinear)."""
+def resize_labels_nearest(labels: np.ndarray, size) -> np.ndarray:
+    """(..., H, W) integer labels -> (..., h, w) for size = h = w or (h, w): each output pixel takes the label
+    under its centre (nearest neighbour, never bilinear; integer factors are exact both ways)."""
     H, W = labels.shape[-2:]
-    rows = np.minimum(((np.arange(size) + 0.5) * H / size).astype(int), H - 1)
-    cols = np.minimum(((np.arange(size) + 0.5) * W / size).astype(int), W - 1)
+    h, w = (size, size) if np.isscalar(size) else size
+    rows = np.minimum(((np.arange(h) + 0.5) * H / h).astype(int), H - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * W / w).astype(int), W - 1)
     return labels[..., rows[:, None], cols[None, :]]
 
 
