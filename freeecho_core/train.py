@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from freeecho_core.checkpoint import code_version, load_checkpoint, save_checkpoint, unet_payload
+from freeecho_core.checkpoint import load_checkpoint, save_checkpoint, unet_payload
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.edm import EDMPrecond, edm_loss

@@ -12,8 +12,6 @@ V = pi / 4 * h * sum_i d_i^2, with d_i the chord lengths and h = L / n the long-
 from __future__ import annotations
 
 import csv
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 
 from freeecho_core.data.case import EchoCase
+from freeecho_core.data.staging import staged_folder
 
 FILELIST_TYPES = {"FileName": str, "EF": float, "ESV": float, "EDV": float, "FrameHeight": int,
                   "FrameWidth": int, "FPS": float, "NumberOfFrames": int, "Split": str}
@@ -119,16 +118,8 @@ def write_echonet_dataset(root: str | Path, cases: list[EchoCase], splits: list[
     """
     root, cases, splits = Path(root), list(cases), list(splits)
     _check_write_request(root, cases, splits)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
-    try:
+    with staged_folder(root, "EchoNet datasets") as staging:
         _write_dataset(staging, cases, splits)
-        if root.exists():
-            root.rmdir()
-        staging.rename(root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return root
 
 

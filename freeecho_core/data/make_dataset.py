@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +19,7 @@ from freeecho_core.checkpoint import code_version
 from freeecho_core.data.camus import write_camus_case
 from freeecho_core.data.echonet import write_echonet_dataset
 from freeecho_core.data.phantom import PhantomConfig, case_rng, make_case
+from freeecho_core.data.staging import staged_folder
 
 FORMATS = ("camus", "echonet")
 
@@ -69,21 +68,11 @@ def make_phantom_dataset(out: str | os.PathLike, fmt: str, count: int, seed: int
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not an empty folder; phantom datasets are written to a new one")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_folder(out, "phantom datasets") as staging:
         summaries = _render_into(staging, fmt, count, seed, config, workers or os.cpu_count(), progress)
         manifest = {"format": fmt, "count": count, "seed": seed, "config": asdict(config),
                     "code_version": code_version(), "cases": summaries}
         (staging / "phantom.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
