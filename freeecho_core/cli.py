@@ -13,6 +13,7 @@ import torch.distributed as dist
 from freeecho_core.bench import bench_forward
 from freeecho_core.data.make_dataset import FORMATS, make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig
+from freeecho_core.evaluate import EvalConfig, evaluate
 from freeecho_core.profiles import load_profile
 from freeecho_core.train import MODEL_KINDS, config_from_profile, train
 from freeecho_core.edm import karras_sigmas
@@ -68,6 +69,33 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"trained {config.kind} to step {config.steps}: {run_dir}/checkpoint.pt, {run_dir}/ema.pt, {run_dir}/log.csv")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    config = EvalConfig(samples=args.samples, start_steps=tuple(args.start_steps), guidance=args.guidance,
+                        solver=args.solver, batch=args.batch, seed=args.seed)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun: the maps are sharded
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = args.device
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    weights = {"inception": args.inception_weights, "i3d": args.i3d_weights, "r2plus1d": args.r2plus1d_weights}
+    try:
+        report = evaluate(args.data, args.unconditional, args.clsfree, args.out, config, split=args.split,
+                          feature_weights=weights, device=device, rank=rank, world_size=world_size,
+                          max_maps=args.max_maps)
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+    if report is None:
+        return
+    for name, row in report["methods"].items():
+        print(f"{name:>24}: SSIM {row['SSIM']:.3f}  PSNR {row['PSNR']:.2f} dB  over {row['maps']} maps")
+    for why in report["unavailable"].values():
+        print(f"unavailable: {why}")
+    print(f"wrote {Path(args.out) / 'metrics.json'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="freeecho", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from <run>/checkpoint.pt")
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     tr.set_defaults(func=cmd_train)
+    ev = sub.add_parser("evaluate", help="generate n videos per test map with every method and score them")
+    ev.add_argument("--data", required=True, type=Path, help="a CAMUS or EchoNet-Dynamic folder")
+    ev.add_argument("--unconditional", required=True, type=Path, help="ema.pt of the unconditional model")
+    ev.add_argument("--clsfree", type=Path, help="ema.pt of the Cls-Free model (omit to skip that baseline)")
+    ev.add_argument("--out", required=True, type=Path, help="folder for the videos and metrics.json (resumable)")
+    ev.add_argument("--split", default="TEST", choices=["TRAIN", "VAL", "TEST"])
+    ev.add_argument("--samples", type=int, default=EvalConfig.samples, help="videos per map (paper: 10)")
+    ev.add_argument("--start-steps", type=int, nargs="+", default=list(EvalConfig.start_steps))
+    ev.add_argument("--guidance", type=float, default=EvalConfig.guidance)
+    ev.add_argument("--solver", default=EvalConfig.solver, choices=["heun", "euler"])
+    ev.add_argument("--batch", type=int, default=EvalConfig.batch)
+    ev.add_argument("--seed", type=int, default=EvalConfig.seed)
+    ev.add_argument("--max-maps", type=int, help="score only the first N test maps")
+    ev.add_argument("--inception-weights", help="local InceptionV3 weights for FID (else FID is unavailable)")
+    ev.add_argument("--i3d-weights", help="local StyleGAN-V i3d_torchscript.pt for FVD")
+    ev.add_argument("--r2plus1d-weights", help="local torchvision r2plus1d_18 state dict for FVD-R(2+1)D")
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=cmd_evaluate)
     return parser
 
 

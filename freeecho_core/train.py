@@ -213,6 +213,14 @@ def ensure_trained(config: TrainConfig, data_root, run_dir, **kwargs) -> Path:
     return train(config, data_root, run_dir, resume=checkpoint.exists(), **kwargs)
 
 
+def trained_checkpoint(config: TrainConfig, data_root, run_dir, stored_dir=None, **kwargs) -> tuple[Path, str]:
+    """The EMA checkpoint to use for a profile: `stored_dir`/ema.pt when it is there (a committed run),
+    else train (or finish) the run in `run_dir`. Returns (path to ema.pt, "stored" or "trained here")."""
+    if stored_dir is not None and (Path(stored_dir) / "ema.pt").is_file():
+        return Path(stored_dir) / "ema.pt", "stored"
+    return ensure_trained(config, data_root, run_dir, **kwargs) / "ema.pt", "trained here"
+
+
 def optimizer_step(denoiser, model, optimizer, loader, sampler: StepBatches, config: TrainConfig, step: int,
                    device, world_size: int) -> float:
     """One optimizer step over `grad_accum` micro-batches; raises NonFiniteLoss before touching the weights."""

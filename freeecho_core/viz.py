@@ -101,3 +101,12 @@ def show_network_input(ax, x: np.ndarray, sigma: float, title: str = "", limit: 
     ax.imshow(c_in * np.asarray(x), cmap="gray", vmin=-limit, vmax=limit)
     ax.set_title(f"{title}$\\sigma$ = {sigma:.4g}", fontsize=9)
     ax.axis("off")
+
+
+def sigma_axis(ax, steps, sigmas) -> None:
+    """A top axis labelling the start steps t_i of the bottom axis with their noise levels sigma[t_i]."""
+    top = ax.twiny()
+    top.set_xlim(ax.get_xlim())
+    top.set_xticks(list(steps))
+    top.set_xticklabels([f"{float(sigmas[t]):.2g}" for t in steps], fontsize=8)
+    top.set_xlabel("noise level $\\sigma$ at $t_i$")

@@ -1,0 +1,149 @@
+"""Metrics of the paper's Table 1 (section 3, "Evaluation"): SSIM, PSNR, FID and FVD.
+
+Protocol: for each test ED map, n generated clips are compared with the real clip of the same map; SSIM and
+PSNR are computed per frame on grey levels in [0, 1] (data_range = 1), averaged over the frames, then over
+the n samples. FID (InceptionV3 features of frames) and FVD (I3D features of clips, the StyleGAN-V TorchScript
+detector; or R(2+1)-D, the paper's choice) compare the feature statistics of all generated clips with those of
+all real test clips through one `frechet_distance`.
+
+Honesty rule (DESIGN.md section 6): pretrained feature networks are loaded from a local weights path the user
+gives; without it a metric is reported as unavailable with the reason, never replaced by anything else.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+
+def to_unit(video: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] model range -> [0, 1] grey levels, clipped."""
+    return ((video + 1) / 2).clamp(0, 1)
+
+
+def ssim_psnr(generated: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """Mean per-frame SSIM and PSNR (dB) of n generated clips against the real clip of the same map.
+
+    generated: (n, K, H, W), reference: (K, H, W), both grey levels in [0, 1] (data_range = 1). Each frame of
+    each sample is compared with the same frame of the reference; the values are averaged over frames and
+    samples (the paper's protocol).
+    """
+    if generated.ndim != 4 or generated.shape[1:] != reference.shape:
+        raise ValueError(f"generated (n, K, H, W) {tuple(generated.shape)} must match reference {tuple(reference.shape)}")
+    n, K, H, W = generated.shape
+    preds = generated.reshape(n * K, 1, H, W).double()
+    target = reference.expand(n, K, H, W).reshape(n * K, 1, H, W).double()
+    ssim = structural_similarity_index_measure(preds, target, data_range=1.0, reduction="none")
+    psnr = peak_signal_noise_ratio(preds, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return float(ssim.mean()), float(psnr.clamp(max=100.0).mean())
+
+
+def gaussian_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (d,) and covariance (d, d) of (N, d) features, float64."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"need (N >= 2, d) features, got shape {features.shape}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1, S1, mu2, S2) -> float:
+    """Frechet distance of N(mu1, S1) and N(mu2, S2): |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2).
+
+    The matrix square root is taken of the symmetric positive semi-definite S1^1/2 S2 S1^1/2 through its
+    eigenvalues (negative round-off clipped to 0), in float64: stable where sqrtm of S1 S2 is not.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    S1, S2 = np.atleast_2d(np.asarray(S1, np.float64)), np.atleast_2d(np.asarray(S2, np.float64))
+    w, V = np.linalg.eigh((S1 + S1.T) / 2)
+    root_S1 = (V * np.sqrt(np.clip(w, 0, None))) @ V.T
+    M = root_S1 @ S2 @ root_S1
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh((M + M.T) / 2), 0, None)).sum()
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(S1) + np.trace(S2) - 2 * cross)
+
+
+class MetricUnavailable(Exception):
+    """A metric that cannot be computed here; the message says why."""
+
+
+@dataclass
+class FeatureNetwork:
+    """A pretrained feature extractor: `features(videos) -> (N, d)` for videos (N, K, H, W) in [0, 1]."""
+
+    name: str
+    net: torch.nn.Module
+    kind: str  # "frames" (one feature per frame: FID) or "clips" (one per clip: FVD)
+
+    @torch.no_grad()
+    def features(self, videos: torch.Tensor, batch: int = 8) -> np.ndarray:
+        device = next(self.net.parameters(), torch.empty(0)).device
+        return np.concatenate([self._features(videos[i : i + batch].to(device)).cpu().double().numpy()
+                               for i in range(0, len(videos), batch)])
+
+    def _features(self, videos: torch.Tensor) -> torch.Tensor:
+        N, K, H, W = videos.shape
+        if self.name == "inception":  # uint8-range RGB frames at any size; the net resizes to 299
+            frames = (videos.reshape(N * K, 1, H, W) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
+            return self.net(frames).reshape(N * K, -1)
+        if self.name == "i3d":  # StyleGAN-V detector: (N, 3, K, 224, 224) in [-1, 1]
+            x = F.interpolate(videos.reshape(N * K, 1, H, W), size=(224, 224), mode="bilinear", align_corners=False)
+            x = (2 * x - 1).reshape(N, K, 1, 224, 224).permute(0, 2, 1, 3, 4).expand(-1, 3, -1, -1, -1)
+            return self.net(x, rescale=False, resize=False, return_features=True)
+        # r2plus1d: Kinetics normalisation at 112 x 112, the pooled 512-d features
+        x = F.interpolate(videos.reshape(N * K, 1, H, W), size=(112, 112), mode="bilinear", align_corners=False)
+        x = x.reshape(N, K, 1, 112, 112).permute(0, 2, 1, 3, 4).expand(-1, 3, -1, -1, -1)
+        mean = torch.tensor([0.43216, 0.394666, 0.37645], device=x.device).reshape(1, 3, 1, 1, 1)
+        std = torch.tensor([0.22803, 0.22145, 0.216989], device=x.device).reshape(1, 3, 1, 1, 1)
+        return self.net((x - mean) / std)
+
+
+FEATURE_NETWORKS = {"inception": "FID", "i3d": "FVD", "r2plus1d": "FVD-R(2+1)D"}
+
+
+def load_feature_network(name: str, weights: str | Path | None, device="cpu") -> FeatureNetwork:
+    """Load a pretrained feature network from a local file, or raise MetricUnavailable saying why.
+
+    inception: torch-fidelity's InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth) through torchmetrics;
+    i3d: StyleGAN-V's i3d_torchscript.pt; r2plus1d: torchvision's r2plus1d_18 Kinetics-400 state dict.
+    inception and r2plus1d need the optional extra `pip install -e .[fid]`.
+    """
+    if name not in FEATURE_NETWORKS:
+        raise ValueError(f"unknown feature network {name!r}; choose one of {sorted(FEATURE_NETWORKS)}")
+    metric = FEATURE_NETWORKS[name]
+    if not weights:
+        raise MetricUnavailable(f"{metric}: no weights file given for {name} (nothing is downloaded here)")
+    weights = Path(weights)
+    if not weights.is_file():
+        raise MetricUnavailable(f"{metric}: weights file {weights} does not exist")
+    try:
+        net = _build(name, weights)
+    except ImportError as err:
+        raise MetricUnavailable(f"{metric}: {err.name or err} is not installed (pip install -e .[fid])") from err
+    return FeatureNetwork(name, net.eval().to(device), "frames" if name == "inception" else "clips")
+
+
+def _build(name: str, weights: Path) -> torch.nn.Module:
+    if name == "i3d":
+        with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.x, but it is the file's format
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(weights), map_location="cpu")
+    if name == "inception":
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        return NoTrainInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+    from torchvision.models.video import r2plus1d_18
+
+    net = r2plus1d_18(weights=None)
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    net.fc = torch.nn.Identity()
+    return net
+
+
+def frechet_metric(network: FeatureNetwork, generated: torch.Tensor, real: torch.Tensor) -> float:
+    """FID or FVD: the Frechet distance of the feature statistics of generated and real videos (N, K, H, W)."""
+    return frechet_distance(*gaussian_statistics(network.features(generated)),
+                            *gaussian_statistics(network.features(real)))
