@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from freeecho_core.bench import bench_forward
+from freeecho_core.bench import SUITES, bench_forward, run_suite
 from freeecho_core.data.make_dataset import FORMATS, make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.evaluate import EvalConfig, evaluate
@@ -28,6 +28,10 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.suite:
+        records = run_suite(args.suite, device=args.device, compile=args.compile, out=args.out)
+        print(f"{len(records)} records" + (f"; wrote {args.out}" if args.out else ""))
+        return
     records = []
     for preset in args.preset:
         record = bench_forward(preset, batch=args.batch, frames=args.frames, size=args.size,
@@ -101,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="model presets, parameter counts and the noise schedule")
     info.set_defaults(func=cmd_info)
-    bench = sub.add_parser("bench", help="time one network evaluation per preset; store JSON")
+    bench = sub.add_parser("bench", help="benchmark suites (sampling, reference mode, training, OT, phantom) or "
+                                         "one network evaluation per preset; store JSON")
+    bench.add_argument("--suite", choices=sorted(SUITES), help="run a whole suite (smoke: seconds, for CI; cpu: "
+                       "a few minutes; gpu: the paper size) instead of the per-preset evaluation timing")
+    bench.add_argument("--compile", action="store_true", help="with --suite: add torch.compile'd variants")
     bench.add_argument("--preset", nargs="+", default=sorted(PRESETS), choices=sorted(PRESETS))
     bench.add_argument("--batch", type=int, default=1)
     bench.add_argument("--frames", type=int, default=8)

@@ -9,6 +9,7 @@ from freeecho_core.sampler import (
     euler_sample,
     heun_sample,
     randn_per_sample,
+    reference_sdedit_sample,
     sdedit_sample,
     seeded_generators,
 )
@@ -130,3 +131,69 @@ def test_guidance_weight_one_is_the_conditional_model_and_zero_the_unconditional
         assert torch.allclose(cfg_denoiser(D, cond, 1.0)(x, sigma), D_c, atol=1e-5)
         assert torch.allclose(cfg_denoiser(D, cond, 0.0)(x, sigma), D_u, atol=1e-5)
         assert torch.allclose(cfg_denoiser(D, cond, 7.0)(x, sigma), D_u + 7 * (D_c - D_u), atol=1e-4)
+
+
+class RecordingDenoiser:
+    """The Gaussian denoiser that records the (x, sigma) of every call."""
+
+    def __init__(self, gaussian):
+        self.D, self.calls = gaussian, []
+
+    def __call__(self, x, sigma):
+        self.calls.append((x.clone(), float(sigma)))
+        return self.D(x, sigma)
+
+
+@pytest.mark.parametrize("start_step", [0, 5, 15, 35, 55, 63])
+def test_reference_mode_always_costs_127_network_evaluations(gaussian, start_step):
+    init = torch.zeros(1, 1, 2, 4, 4)
+    reference_sdedit_sample(gaussian, init, SIGMAS, start_step, generator=torch.Generator().manual_seed(0))
+    assert gaussian.calls == 127
+    gaussian.calls = 0
+    sdedit_sample(gaussian, init, SIGMAS, start_step, generator=torch.Generator().manual_seed(0),
+                  S_churn=80.0, S_tmin=0.05, S_tmax=50.0)
+    assert gaussian.calls == 2 * (64 - start_step) - 1  # the clean method: 97 at t_i = 15
+
+
+def test_reference_mode_overwrites_the_state_and_injects_only_the_churn(gaussian):
+    init = torch.linspace(-1, 1, 4 * 32 * 32, dtype=torch.float64).reshape(1, 1, 4, 32, 32)
+    D = RecordingDenoiser(gaussian)
+    reference_sdedit_sample(D, init, SIGMAS, 15, generator=torch.Generator().manual_seed(3))
+    x, sigma = D.calls[2 * 15]  # the first evaluation at step t_i = 15
+    sigma_i = SIGMAS[15].item()
+    assert sigma == pytest.approx(math.sqrt(2) * sigma_i)  # the network is told sqrt(2) sigma_i ...
+    assert (x - init).std().item() == pytest.approx(1.003 * sigma_i, rel=0.03)  # ... but the noise is sigma_i
+    assert D.calls[0][0].std().item() == pytest.approx(80.0, rel=0.03)  # the run began from pure noise
+
+
+def test_reference_mode_adds_no_noise_above_S_tmax(gaussian):
+    init = torch.rand(1, 1, 2, 8, 8, dtype=torch.float64)
+    D = RecordingDenoiser(gaussian)
+    reference_sdedit_sample(D, init, SIGMAS, 5, generator=torch.Generator().manual_seed(0))
+    x, sigma = D.calls[2 * 5]
+    assert SIGMAS[5] > 50 and sigma == SIGMAS[5].item()
+    assert torch.equal(x, init)  # the noise-free pseudo video, at the level sigma_5 ~ 51
+
+
+def test_reference_mode_result_does_not_depend_on_the_discarded_steps(gaussian):
+    """The 2 t_i evaluations before t_i are wasted: garbage there leaves the video unchanged."""
+    calls = []
+
+    def garbage_first(x, sigma):
+        calls.append(1)
+        return torch.full_like(x, 1e3) if len(calls) <= 2 * 35 else gaussian(x, sigma)
+
+    init = torch.rand(2, 1, 2, 8, 8, dtype=torch.float64)
+    out = reference_sdedit_sample(gaussian, init, SIGMAS, 35, generator=seeded_generators([1, 2]))
+    assert torch.equal(reference_sdedit_sample(garbage_first, init, SIGMAS, 35, generator=seeded_generators([1, 2])), out)
+    with pytest.raises(ValueError, match="start_step"):
+        reference_sdedit_sample(gaussian, init, SIGMAS, 64)
+
+
+def test_reference_mode_without_churn_solves_the_ode_from_the_noise_free_pseudo_video(gaussian):
+    init = torch.linspace(-1, 1, 2 * 4 * 8 * 8, dtype=torch.float64).reshape(2, 1, 4, 8, 8)
+    out = reference_sdedit_sample(gaussian, init, SIGMAS, 35, S_churn=0.0, generator=torch.Generator().manual_seed(0))
+    expected = exact_ode_solution(init, SIGMAS[35].item(), gaussian.mu, gaussian.s)
+    assert torch.allclose(out, expected, atol=3e-3)  # Heun's discretisation error on 29 steps: ~1e-3
+    noised = exact_ode_solution(init + SIGMAS[35] * torch.randn_like(init), SIGMAS[35].item(), gaussian.mu, gaussian.s)
+    assert not torch.allclose(out, noised, atol=3e-2)  # sdedit_sample would have noised init to sigma_35
