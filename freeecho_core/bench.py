@@ -112,6 +112,9 @@ def build_denoiser(preset: str, *, channels: int = 1, device="cpu", channels_las
     weights and torch.compile'd). Returns (net, denoiser)."""
     torch.manual_seed(seed)
     net = UNet3D(unet3d_config(preset, channels=channels)).to(device).eval()
+    # A trained net's last layer is not zero: with EDM's zero initialisation D = c_skip x, and every variant
+    # of the network would agree trivially.
+    torch.nn.init.normal_(net.final_conv.weight, std=0.1)
     if channels_last:
         for p in net.parameters():
             if p.ndim == 5:
@@ -138,10 +141,12 @@ def forward_gflop(preset: str, channels: int, frames: int, size: int) -> float:
 def bench_forward(
     preset: str, *, batch: int = 1, frames: int = 8, size: int = 64, device: str = "cpu",
     dtype: str = "float32", repeats: int = 3, seed: int = 0, channels: int = 1, channels_last: bool = False,
-    compile: bool = False, warmup: int = 1,
+    compile: bool = False, warmup: int = 1, reference_output: torch.Tensor | None = None,
 ) -> dict:
     """Seconds per network evaluation D(x, sigma) of a UNet3D preset on a (batch, channels, frames, size, size)
-    video. channels=3 in float32 is the authors' cost profile."""
+    video. channels=3 in float32 is the authors' cost profile. With `reference_output` (the float32 output of
+    the same seeded net and input, or of its first samples) the record holds the largest absolute deviation of this variant's output
+    from it: `max_abs_diff`, on x0_hat in [-1, 1] units."""
     check_video_size(preset, size)
     dev = torch.device(device)
     net, D = build_denoiser(preset, channels=channels, device=dev, channels_last=channels_last,
@@ -151,7 +156,7 @@ def bench_forward(
 
     def evaluate():
         with torch.no_grad(), autocast(dev, dtype):
-            D(x, sigma)
+            return D(x, sigma)
 
     times = time_call(evaluate, dev, repeats, warmup)
     gflop = forward_gflop(preset, channels, frames, size)
@@ -164,7 +169,17 @@ def bench_forward(
     record["seconds_per_video"] = record["seconds_median"] / batch
     record["gflop_per_video"] = gflop
     record["achieved_tflops"] = gflop * batch / record["seconds_median"] / 1e3
+    if reference_output is not None:
+        out = evaluate().float()[: len(reference_output)]  # a larger batch: its first samples are the same
+        record["max_abs_diff"] = float((out - reference_output.to(out.device)).abs().max())
     return record | environment(dev)
+
+
+def forward_output(preset: str, *, batch: int, frames: int, size: int, device="cpu", seed: int = 0) -> torch.Tensor:
+    """The float32 output D(x, sigma = 1) of the seeded net on the seeded input that `bench_forward` times."""
+    _, D = build_denoiser(preset, device=device, seed=seed)
+    with torch.no_grad():
+        return D(video(batch, 1, frames, size, device), torch.ones(batch, device=device))
 
 
 # ----------------------------------------------------------------------------- sampling: ours and reference
@@ -616,15 +631,17 @@ def suite_sampling(run: SuiteRun, device: str, compile: bool) -> None:
 
 
 def suite_variants(run: SuiteRun, device: str, compile: bool) -> None:
-    """Whole-network variants of our evaluation at the variant size, each with its speedup over float32,
-    then the operator variants."""
+    """Whole-network variants of our evaluation at the variant size, each with its speedup over float32 and
+    its output's largest deviation from float32's, then the operator variants."""
     s = run.sizes
     kw = dict(frames=s.variant_frames, size=s.variant_size, device=device, repeats=s.forward_repeats)
     variants = [dict(dtype="float32"), dict(dtype="bfloat16"), dict(dtype="float32", channels_last=True),
                 dict(dtype="bfloat16", channels_last=True)] + ([dict(dtype="bfloat16", compile=True)] if compile else [])
+    reference = forward_output(s.preset, batch=s.variant_batch, frames=s.variant_frames, size=s.variant_size,
+                               device=device)
     base = None
     for v in variants + [dict(dtype="float32", batch=2 * s.variant_batch)]:
-        record = bench_forward(s.preset, **({"batch": s.variant_batch} | v), **kw)
+        record = bench_forward(s.preset, **({"batch": s.variant_batch} | v), **kw, reference_output=reference)
         base = base or record
         speedup = base["seconds_per_video"] / record["seconds_per_video"]
         run.add(record | {"benchmark": "forward_variant", "speedup_vs_float32": speedup})
@@ -695,7 +712,7 @@ def results_table(paths) -> list[dict]:
                 "throughput": f"{r['throughput']:.3g} {r['throughput_unit']}",
                 "extrapolated": bool(r.get("extrapolated")),
                 "speedup_vs_reference": r.get("speedup_vs_reference"), "ratio_to_floor": r.get("ratio_to_floor"),
-                "speedup": r.get("speedup_vs_float32", r.get("speedup")),
+                "speedup": r.get("speedup_vs_float32", r.get("speedup")), "max_abs_diff": r.get("max_abs_diff"),
                 "commit": r["code_version"]["commit"][:10] + ("+" if r["code_version"].get("dirty") else ""),
             })
     return rows
@@ -713,3 +730,38 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# Issue 9's targets for one H100 at the paper size (24 x 128 x 128, t_i = 15): (what, "at most"/"at least", value).
+H100_TARGETS = (
+    ("sampling, ours, batch 8: seconds per video", "at most", 0.6),
+    ("sampling, batch 8: speedup over the reference mode", "at least", 5.0),
+    ("training, batch 16: optimizer steps per second", "at least", 2.0),
+    ("training, batch 16: peak memory (GB)", "at most", 70.0),
+)
+
+
+def measured_at_paper_size(r: dict, benchmark: str, batch: int) -> bool:
+    """A measured (not extrapolated, not failed) record of the paper net at 24 x 128 x 128 and this batch."""
+    return (r["benchmark"] == benchmark and r.get("preset") == "paper" and r["batch"] == batch
+            and r["shape"][2:] == [24, 128, 128] and not r.get("extrapolated") and "error" not in r)
+
+
+def target_rows(records: list[dict]) -> list[dict]:
+    """Issue 9's H100 targets against one stored suite: per target the best measured value (None where the
+    suite measured nothing that qualifies, e.g. a CPU suite that extrapolates), and whether it is met."""
+    ours = [r for r in records if measured_at_paper_size(r, "sampling", 8) and r["mode"] == "ours"
+            and r["start_step"] == 15]
+    train = [r for r in records if measured_at_paper_size(r, "training", 16)]
+    fastest = max(train, key=lambda r: r["throughput"], default=None)
+    reached = [
+        min((r["seconds_per_video"] for r in ours), default=None),
+        max((r["speedup_vs_reference"] for r in ours if r.get("speedup_vs_reference")), default=None),
+        fastest["throughput"] if fastest else None,
+        fastest["peak_memory_gb"] if fastest else None,
+    ]
+    rows = []
+    for (what, bound, target), value in zip(H100_TARGETS, reached):
+        met = None if value is None else (value <= target if bound == "at most" else value >= target)
+        rows.append({"target": what, "bound": f"{bound} {target:g}", "reached": value, "met": met})
+    return rows

@@ -13,6 +13,7 @@ from freeecho_core.bench import (
     markdown_table,
     results_table,
     run_suite,
+    target_rows,
 )
 from freeecho_core.cli import main
 from freeecho_core.unet3d import (
@@ -183,3 +184,33 @@ def test_bench_forward_still_accepts_the_plain_evaluation_options():
     assert r["gflop_per_video"] > 0 and r["seconds_per_video"] == r["seconds_median"]
     with pytest.raises(ValueError, match="multiples of 2"):
         bench_forward("tiny", size=9)
+
+
+def test_targets_read_only_measured_paper_size_records():
+    def sampling(batch, seconds, speedup, extrapolated=False):
+        return {"benchmark": "sampling", "mode": "ours", "preset": "paper", "batch": batch, "start_step": 15,
+                "shape": [batch, 1, 24, 128, 128], "seconds_per_video": seconds, "speedup_vs_reference": speedup,
+                "extrapolated": extrapolated}
+
+    def training(throughput, memory):
+        return {"benchmark": "training", "preset": "paper", "batch": 16, "shape": [16, 1, 24, 128, 128],
+                "throughput": throughput, "peak_memory_gb": memory, "extrapolated": False}
+
+    records = [sampling(8, 0.7, 4.0), sampling(8, 0.5, 6.0), sampling(8, 0.1, 50.0, extrapolated=True),
+               sampling(1, 0.05, 9.0), training(2.5, 75.0), training(1.5, 40.0),
+               {"benchmark": "training", "preset": "paper", "batch": 16, "shape": [16, 1, 24, 128, 128],
+                "error": "out of memory"}]
+    rows = target_rows(records)
+    assert [r["reached"] for r in rows] == [0.5, 6.0, 2.5, 75.0]  # the fastest training run sets both figures
+    assert [r["met"] for r in rows] == [True, True, True, False]
+    cpu_only = [sampling(8, 0.5, 6.0, extrapolated=True)]
+    assert all(r["reached"] is None and r["met"] is None for r in target_rows(cpu_only))
+
+
+def test_network_variants_record_their_deviation_from_float32(smoke):
+    _, records = smoke
+    variants = [r for r in records if r["benchmark"] == "forward_variant"]
+    exact = [r["max_abs_diff"] for r in variants if r["dtype"] == "float32"]
+    bf16 = [r["max_abs_diff"] for r in variants if r["dtype"] == "bfloat16"]
+    assert len(exact) == 3 and max(exact) < 1e-5  # layout and batching change nothing but rounding
+    assert len(bf16) == 2 and 0 < min(bf16) and max(bf16) < 2 / 255  # bf16: below one grey level of 255
