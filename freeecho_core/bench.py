@@ -682,7 +682,7 @@ def summary_line(r: dict) -> str:
 
 def describe(r: dict) -> str:
     """What a record measured, in words."""
-    parts = [r.get("mode"), r.get("op"), r.get("variant"), r.get("method"), r.get("what")]
+    parts = [r.get("preset"), r.get("mode"), r.get("op"), r.get("variant"), r.get("method"), r.get("what")]
     if r.get("bins"):
         parts.append(f"{r['bins']} bins")
     if r.get("nfe"):
@@ -706,7 +706,8 @@ def results_table(paths) -> list[dict]:
             if r["benchmark"] in ("suite", "profile", "activation_memory") or "error" in r:
                 continue
             rows.append({
-                "file": Path(path).name, "benchmark": r["benchmark"], "what": describe(r), "device": r["device"],
+                "file": Path(path).name, "benchmark": r["benchmark"], "mode": r.get("mode"), "what": describe(r),
+                "device": r["device"],
                 "dtype": r["dtype"], "batch": r["batch"], "shape": "x".join(map(str, r["shape"])),
                 "seconds": r["seconds_median"], "per_video_s": r.get("seconds_per_video"),
                 "throughput": f"{r['throughput']:.3g} {r['throughput_unit']}",
@@ -716,20 +717,6 @@ def results_table(paths) -> list[dict]:
                 "commit": r["code_version"]["commit"][:10] + ("+" if r["code_version"].get("dirty") else ""),
             })
     return rows
-
-
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    """A Markdown table of `columns` of `rows`: floats to 4 significant digits, None as a dash."""
-    def cell(v):
-        if v is None:
-            return "-"
-        if isinstance(v, bool):
-            return "yes" if v else "no"
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 # Issue 9's targets for one H100 at the paper size (24 x 128 x 128, t_i = 15): (what, "at most"/"at least", value).

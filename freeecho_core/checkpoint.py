@@ -26,7 +26,9 @@ def code_version() -> dict:
         version["commit"] = subprocess.run(
             git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
-        status = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"],
+        # Dirty means the package's own code differs from the commit; results written elsewhere in the
+        # checkout (a benchmark JSON being filled in, say) do not count.
+        status = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "--", "."],
                                 capture_output=True, text=True, check=True).stdout
         version["dirty"] = bool(status.strip())
     except (OSError, subprocess.CalledProcessError):

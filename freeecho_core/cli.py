@@ -10,11 +10,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from freeecho_core.anatomy import ANATOMY_COLUMNS
 from freeecho_core.bench import SUITES, bench_forward, run_suite
 from freeecho_core.data.make_dataset import FORMATS, make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.evaluate import EvalConfig, evaluate
 from freeecho_core.profiles import load_profile
+from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
 from freeecho_core.train import MODEL_KINDS, config_from_profile, train
 from freeecho_core.edm import karras_sigmas
 from freeecho_core.unet3d import PRESETS, UNet3D, count_parameters
@@ -73,6 +75,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"trained {config.kind} to step {config.steps}: {run_dir}/checkpoint.pt, {run_dir}/ema.pt, {run_dir}/log.csv")
 
 
+def cmd_segmenter(args: argparse.Namespace) -> None:
+    config = seg_config_from_profile(load_profile(args.profile))
+    out = args.out or Path("runs") / Path(args.profile).stem / "segmenter.pt"
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    train_segmenter(config, args.data, out, device=device)
+    _, payload = load_segmenter(out)
+    dice = ", ".join(f"{name} {value:.3f}" for name, value in payload["val_dice"].items())
+    print(f"wrote {out}; held-out (VAL) Dice: {dice or 'no VAL clips'}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     config = EvalConfig(samples=args.samples, start_steps=tuple(args.start_steps), guidance=args.guidance,
                         solver=args.solver, batch=args.batch, seed=args.seed)
@@ -87,14 +99,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     try:
         report = evaluate(args.data, args.unconditional, args.clsfree, args.out, config, split=args.split,
                           feature_weights=weights, device=device, rank=rank, world_size=world_size,
-                          max_maps=args.max_maps)
+                          max_maps=args.max_maps, segmenter=args.segmenter)
     finally:
         if world_size > 1:
             dist.destroy_process_group()
     if report is None:
         return
     for name, row in report["methods"].items():
-        print(f"{name:>24}: SSIM {row['SSIM']:.3f}  PSNR {row['PSNR']:.2f} dB  over {row['maps']} maps")
+        anatomy = "".join(f"  {c} {row[c]:.3g}" for c in ANATOMY_COLUMNS if c in row)
+        print(f"{name:>24}: SSIM {row['SSIM']:.3f}  PSNR {row['PSNR']:.2f} dB{anatomy}  over {row['maps']} maps")
     for why in report["unavailable"].values():
         print(f"unavailable: {why}")
     print(f"wrote {Path(args.out) / 'metrics.json'}")
@@ -154,8 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--inception-weights", help="local InceptionV3 weights for FID (else FID is unavailable)")
     ev.add_argument("--i3d-weights", help="local StyleGAN-V i3d_torchscript.pt for FVD")
     ev.add_argument("--r2plus1d-weights", help="local torchvision r2plus1d_18 state dict for FVD-R(2+1)D")
+    ev.add_argument("--segmenter", type=Path, help="a segmenter checkpoint (freeecho segmenter) for the anatomy "
+                    "metrics: Dice, EF proxy, LV area roughness, FD-seg, FVD-seg")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=cmd_evaluate)
+    seg = sub.add_parser("segmenter", help="train the 2-D segmenter that the anatomy metrics read videos with")
+    seg.add_argument("--profile", default="smoke", help="its `segment` section, at the `train` clip size")
+    seg.add_argument("--data", required=True, type=Path, help="a CAMUS or EchoNet-Dynamic folder (real or phantom)")
+    seg.add_argument("--out", type=Path, help="checkpoint to write (default runs/<profile>/segmenter.pt)")
+    seg.add_argument("--device", default="auto")
+    seg.set_defaults(func=cmd_segmenter)
     return parser
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from freeecho_core.anatomy import ANATOMY_COLUMNS, feature_distances, finite_mean, map_scores
 from freeecho_core.checkpoint import code_version, load_checkpoint, unet_from_payload
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips
@@ -31,6 +32,7 @@ from freeecho_core.metrics import (FEATURE_NETWORKS, MetricUnavailable, frechet_
                                    ssim_psnr, to_unit)
 from freeecho_core.pseudo import match_intensities, pseudo_video, sdedit_colour_image
 from freeecho_core.sampler import SOLVERS, cfg_denoiser, sdedit_sample
+from freeecho_core.segmenter import SegUNet, load_segmenter
 from freeecho_core.train import one_hot_maps
 
 METHOD_KINDS = ("sdedit", "clsfree", "free-echo", "free-echo-stochastic")
@@ -157,10 +159,35 @@ def generate_all(data: EchoClips, models: dict, out: Path, config: EvalConfig, d
     return made
 
 
+def load_judge(segmenter: str | os.PathLike | None, clip: ClipConfig, device) -> tuple[SegUNet | None, dict]:
+    """The anatomy segmenter of `segmenter` (None: no anatomy metrics), checked against the clip size."""
+    if not segmenter:
+        return None, {}
+    net, payload = load_segmenter(segmenter, device)
+    if (payload["config"]["frames"], payload["config"]["size"]) != (clip.frames, clip.size):
+        raise ValueError(f"{segmenter}: trained on clips of {payload['config']['frames']} x {payload['config']['size']}"
+                         f" pixels, but the evaluated clips are {clip.frames} x {clip.size}: train one at that size")
+    return net, {"path": str(segmenter), "val_dice": payload["val_dice"]}
+
+
+def anatomy_row(judge: SegUNet, structures: list[str], clips: list, generated: list[torch.Tensor],
+                real: torch.Tensor) -> dict:
+    """The anatomy columns of one method: per-map scores averaged over maps, and the pooled FD-seg / FVD-seg."""
+    per_map = [map_scores(judge, g, r, c.ed_map, structures) for g, r, c in zip(generated, real, clips)]
+    row = {name: finite_mean([m[name] for m in per_map]) for name in per_map[0]}
+    try:
+        row |= feature_distances(judge, generated, real)
+    except ValueError as why:  # fewer than 2 real clips: no covariance
+        row["feature_distances_unavailable"] = str(why)
+    return row | {"anatomy_per_map": {f"{c.case_id}_{c.view}": m for c, m in zip(clips, per_map)}}
+
+
 def score(data: EchoClips, out: Path, methods: list[Method], feature_weights: dict, max_maps: int | None = None,
-          device="cpu") -> dict:
-    """SSIM/PSNR per map (mean over frames and samples) and FID/FVD per method, or why they are unavailable."""
+          device="cpu", segmenter: str | os.PathLike | None = None) -> dict:
+    """SSIM/PSNR per map (mean over frames and samples) and FID/FVD per method, or why they are unavailable;
+    with a `segmenter` checkpoint, the anatomy metrics of `freeecho_core.anatomy` too."""
     clips = [data.clip(i) for i in range(len(data))][:max_maps]
+    judge, judge_info = load_judge(segmenter, data.config, device)
     real = torch.stack([to_unit(torch.from_numpy(c.video)) for c in clips])
     networks, unavailable = {}, {}
     for name in FEATURE_NETWORKS:
@@ -179,15 +206,20 @@ def score(data: EchoClips, out: Path, methods: list[Method], feature_weights: di
                            for c, s, p in zip(clips, ssim, psnr)}}
         for name, net in networks.items():
             row[FEATURE_NETWORKS[name]] = frechet_metric(net, torch.cat(generated), real)
+        if judge is not None:
+            row |= anatomy_row(judge, list(judge_info["val_dice"]), clips, generated, real)
         results[method.name] = row
-    return {"methods": results, "unavailable": unavailable}
+    if judge is None:
+        unavailable["anatomy"] = "anatomy metrics: no segmenter checkpoint given"
+    return {"methods": results, "unavailable": unavailable, "segmenter": judge_info}
 
 
 def evaluate(data_root, unconditional: str | os.PathLike, clsfree: str | os.PathLike | None, out,
              config: EvalConfig = EvalConfig(), *, split: str = "TEST", feature_weights: dict | None = None,
              device="cpu", rank: int = 0, world_size: int = 1, max_maps: int | None = None,
-             progress: bool = True) -> dict | None:
-    """Generate (resumably, sharded over processes) and score; process 0 writes and returns <out>/metrics.json."""
+             progress: bool = True, segmenter: str | os.PathLike | None = None) -> dict | None:
+    """Generate (resumably, sharded over processes) and score; process 0 writes and returns <out>/metrics.json.
+    `segmenter`: a checkpoint of `freeecho_core.segmenter` for the anatomy metrics (optional)."""
     out, device = Path(out), torch.device(device)
     models, train_config = {}, {}
     models["unconditional"], train_config = load_denoiser(unconditional, device)
@@ -203,7 +235,7 @@ def evaluate(data_root, unconditional: str | os.PathLike, clsfree: str | os.Path
         dist.barrier()
     if rank:
         return None
-    metrics = score(data, out, methods, feature_weights or {}, max_maps, device)
+    metrics = score(data, out, methods, feature_weights or {}, max_maps, device, segmenter)
     report = {"dataset": str(data_root), "split": split, "clip": asdict(clip), "config": asdict(config),
               "checkpoints": {"unconditional": str(unconditional), "clsfree": str(clsfree) if clsfree else None},
               "train_config": train_config, "generated_now": made, "code_version": code_version(), **metrics}
@@ -225,20 +257,26 @@ PAPER_TABLE1 = {
 
 def markdown_table(reports: dict[str, dict], paper: dict[str, str] | None = None) -> str:
     """Table 1 layout: dataset, method, t_i, SSIM, PSNR, FID, FVD (mean +- std over maps; "n/a" where a metric
-    is unavailable). `paper` maps a dataset label of ours to the paper's real dataset whose numbers are
-    added as separate rows, labelled as the paper's."""
-    lines = ["| dataset | method | t_i | SSIM | PSNR (dB) | FID | FVD |", "|---|---|---|---|---|---|---|"]
+    is unavailable), then the anatomy columns that any report holds (Dice per structure, EF proxy error,
+    LV area roughness, FD-seg, FVD-seg; "-" for the paper, which did not measure them). `paper` maps a
+    dataset label of ours to the paper's real dataset whose numbers are added as separate rows, labelled
+    as the paper's."""
+    anatomy = [c for c in ANATOMY_COLUMNS if any(c in row for r in reports.values() for row in r["methods"].values())]
+    header = ["dataset", "method", "t_i", "SSIM", "PSNR (dB)", "FID", "FVD", *anatomy]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, report in reports.items():
         for name, row in report["methods"].items():
             method, _, step = name.partition("@")
-            fid, fvd = (f"{row[m]:.2f}" if m in row else "n/a" for m in ("FID", "FVD"))
-            lines.append(f"| {label} | {method} | {step or '-'} | {row['SSIM']:.3f} +- {row['SSIM_std']:.3f} "
-                         f"| {row['PSNR']:.2f} +- {row['PSNR_std']:.2f} | {fid} | {fvd} |")
+            cells = [label, method, step or "-", f"{row['SSIM']:.3f} +- {row['SSIM_std']:.3f}",
+                     f"{row['PSNR']:.2f} +- {row['PSNR_std']:.2f}",
+                     *(f"{row[m]:.2f}" if m in row else "n/a" for m in ("FID", "FVD")),
+                     *(f"{row[c]:.3g}" if c in row else "n/a" for c in anatomy)]
+            lines.append("| " + " | ".join(cells) + " |")
         real = (paper or {}).get(label)
         for name, values in PAPER_TABLE1.get(real, {}).items():
             method, _, step = name.partition("@")
-            lines.append(f"| *paper, real {real}* | *{method}* | *{step or '-'}* | *{values[0]:.2f}* "
-                         f"| *{values[1]:.2f}* | *{values[2]:.2f}* | *{values[3]:.2f}* |")
+            cells = [f"paper, real {real}", method, step or "-", *(f"{v:.2f}" for v in values)]
+            lines.append("| " + " | ".join(f"*{c}*" for c in cells) + " |" + " - |" * len(anatomy))
     return "\n".join(lines)
 
 

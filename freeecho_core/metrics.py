@@ -1,4 +1,5 @@
-"""Metrics of the paper's Table 1 (section 3, "Evaluation"): SSIM, PSNR, FID and FVD.
+"""Metrics of the paper's Table 1 (section 3, "Evaluation"): SSIM, PSNR, FID and FVD; and the Dice overlap that
+the anatomy metrics (`freeecho_core.anatomy`) build on.
 
 Protocol: for each test ED map, n generated clips are compared with the real clip of the same map; SSIM and
 PSNR are computed per frame on grey levels in [0, 1] (data_range = 1), averaged over the frames, then over
@@ -41,6 +42,13 @@ def ssim_psnr(generated: torch.Tensor, reference: torch.Tensor) -> tuple[float, 
     ssim = structural_similarity_index_measure(preds, target, data_range=1.0, reduction="none")
     psnr = peak_signal_noise_ratio(preds, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
     return float(ssim.mean()), float(psnr.clamp(max=100.0).mean())
+
+
+def dice(pred: np.ndarray, target: np.ndarray, label: int) -> float:
+    """Dice coefficient 2 |P and T| / (|P| + |T|) of one label in two label maps; 1 when both lack it."""
+    p, t = np.asarray(pred) == label, np.asarray(target) == label
+    total = p.sum() + t.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(p, t).sum() / total)
 
 
 def gaussian_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -110,3 +110,17 @@ def sigma_axis(ax, steps, sigmas) -> None:
     top.set_xticks(list(steps))
     top.set_xticklabels([f"{float(sigmas[t]):.2g}" for t in steps], fontsize=8)
     top.set_xlabel("noise level $\\sigma$ at $t_i$")
+
+
+def rows_table(rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table of `columns` of `rows`: floats to 4 significant digits, None as a dash."""
+    def cell(v):
+        if v is None:
+            return "-"
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

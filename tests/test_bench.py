@@ -10,12 +10,12 @@ from freeecho_core.bench import (
     activation_memory,
     add_ratios,
     extrapolate_sampling,
-    markdown_table,
     results_table,
     run_suite,
     target_rows,
 )
 from freeecho_core.cli import main
+from freeecho_core.viz import rows_table
 from freeecho_core.unet3d import (
     SpatialLinearAttention,
     TemporalAttention,
@@ -67,11 +67,11 @@ def test_results_table_reads_stored_suites(smoke):
     rows = results_table([path])
     timed = [r for r in records if r["benchmark"] not in ("suite", "profile", "activation_memory")]
     assert len(rows) == len(timed)
-    ours = next(r for r in rows if r["benchmark"] == "sampling" and r["what"].startswith("ours"))
+    ours = next(r for r in rows if r["benchmark"] == "sampling" and r["mode"] == "ours")
     assert ours["speedup_vs_reference"] > 0 and "97 NFE" in ours["what"] and ours["commit"]
     extrapolated = [r for r in rows if r["extrapolated"]]
     assert [r["benchmark"] for r in extrapolated] == ["training"]  # batch 4 from the measured batch 2
-    table = markdown_table(rows, ["benchmark", "what", "seconds", "extrapolated", "ratio_to_floor"])
+    table = rows_table(rows, ["benchmark", "what", "seconds", "extrapolated", "ratio_to_floor"])
     assert len(table.splitlines()) == len(rows) + 2 and "| - |" in table
 
 

@@ -42,3 +42,15 @@ def test_train_runs_a_profile_and_resumes(tmp_path, capsys):
     assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 4  # header and steps 1-3
     assert main(["train", "--profile", "nosuch", "--data", str(data)]) == 2
     assert "profile 'nosuch' not found" in capsys.readouterr().err
+
+
+def test_segmenter_trains_at_the_profile_clip_size_and_reports_held_out_dice(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["phantom", "--format", "camus", "--out", str(data), "--count", "3", "--height", "32",
+                 "--frames", "6", "--workers", "1"]) == 0
+    out = tmp_path / "seg.pt"
+    assert main(["segmenter", "--profile", "smoke", "--data", str(data), "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}; held-out (VAL) Dice: LV cavity 0." in printed and "left atrium" in printed
+    assert main(["segmenter", "--data", str(tmp_path / "nothing")]) == 2
+    assert "neither a CAMUS folder" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import freeecho_core.evaluate as evaluation
 from freeecho_core.data.make_dataset import make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.evaluate import EvalConfig, evaluate, method_specs, sample_seeds
+from freeecho_core.segmenter import SegConfig, train_segmenter
 from freeecho_core.train import TrainConfig, train
 
 CONFIG = EvalConfig(samples=2, batch=2, solver="euler", start_steps=(15, 55))
@@ -33,7 +34,7 @@ def test_every_method_is_generated_scored_and_reported(trained, tmp_path):
     assert list(report["methods"]) == names
     for row in report["methods"].values():
         assert -1 <= row["SSIM"] <= 1 and np.isfinite(row["PSNR"]) and row["samples_per_map"] == 2
-    assert set(report["unavailable"]) == {"FID", "FVD", "FVD-R(2+1)D"}
+    assert set(report["unavailable"]) == {"FID", "FVD", "FVD-R(2+1)D", "anatomy"}
     assert json.loads((tmp_path / "metrics.json").read_text())["code_version"]["package"] == "0.1.0"
     videos = np.load(next((tmp_path / "videos" / "free-echo@55").iterdir()))
     assert videos.dtype == np.uint8 and videos.shape == (2, 4, 16, 16)
@@ -85,3 +86,21 @@ def test_table_and_ordering_read_the_report():
     table = evaluation.markdown_table({"phantom CAMUS": report}, paper={"phantom CAMUS": "CAMUS"})
     assert "| phantom CAMUS | free-echo | 35 | 0.300 +- 0.000 | 6.00 +- 0.00 | n/a | n/a |" in table
     assert "| *paper, real CAMUS* | *clsfree* | *-* | *0.52* | *22.49* | *22.50* | *150.80* |" in table
+
+
+def test_anatomy_columns_join_the_report_and_the_table(trained, tmp_path):
+    data, unconditional, _ = trained
+    segmenter = train_segmenter(SegConfig(frames=4, size=16, steps=20, batch_size=8), data, tmp_path / "seg.pt",
+                                progress=False)
+    config = EvalConfig(samples=2, batch=2, solver="euler", start_steps=(55,), methods=("free-echo",))
+    report = evaluate(data, unconditional, None, tmp_path / "eval", config, segmenter=segmenter, progress=False)
+    row = report["methods"]["free-echo@55"]
+    assert {"Dice LV", "Dice myo", "Dice LA", "EF proxy error", "LV area roughness", "FD-seg", "FVD-seg"} <= set(row)
+    assert 0 <= row["Dice LV"] <= 1 and row["FD-seg"] >= 0 and "anatomy" not in report["unavailable"]
+    assert set(report["segmenter"]["val_dice"]) == {"LV cavity", "myocardium", "left atrium"}
+    table = evaluation.markdown_table({"phantom CAMUS": report}, paper={"phantom CAMUS": "CAMUS"})
+    assert "| Dice LV | Dice myo | Dice LA | EF proxy error | LV area roughness | FD-seg | FVD-seg |" in table
+    assert "| *150.80* | - | - | - | - | - | - | - |" in table  # the paper measured none of them
+    wrong = train_segmenter(SegConfig(frames=4, size=32, steps=1), data, tmp_path / "seg32.pt", progress=False)
+    with pytest.raises(ValueError, match="trained on clips of 4 x 32"):
+        evaluate(data, unconditional, None, tmp_path / "eval", config, segmenter=wrong, progress=False)

@@ -6,6 +6,7 @@ import papermill
 import pytest
 import yaml
 
+from freeecho_core.segmenter import seg_config_from_profile
 from freeecho_core.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ def test_the_three_profiles_exist():
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
 def test_profiles_name_only_declared_parameters_of_every_notebook(profile):
     sections = yaml.safe_load(profile.read_text())
-    sections.pop("train")
+    sections.pop("train"), sections.pop("segment")
     assert set(sections) == set(NOTEBOOKS), f"{profile.name} must have one section per notebook"
     for name, values in sections.items():
         declared = notebook_defaults(name)
@@ -46,3 +47,12 @@ def test_smoke_profile_equals_the_notebook_defaults():
     smoke = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
     for name in NOTEBOOKS:
         assert smoke[name] == notebook_defaults(name), name
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
+def test_profiles_hold_a_segmenter_at_the_training_clip_size(profile):
+    sections = yaml.safe_load(profile.read_text())
+    config = seg_config_from_profile(sections)
+    assert (config.frames, config.size) == (sections["train"]["frames"], sections["train"]["size"])
+    with pytest.raises(ValueError, match="frames and size come from"):
+        seg_config_from_profile(sections | {"segment": {"size": 64}})

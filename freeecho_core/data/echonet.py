@@ -73,7 +73,7 @@ def lv_tracings(lv_mask: np.ndarray, n_chords: int = 20) -> np.ndarray:
         raise ValueError(f"lv_tracings needs a non-empty (H, W) LV mask, got shape {mask.shape}, "
                          f"{mask.sum()} pixels")
     field = mask.astype(np.float64)
-    c, u = _principal_axis(mask)
+    c, u = principal_axis(mask)
     to_base, to_apex = _boundary_distance(field, np.stack([c, c]), np.stack([u, -u]))
     apex, base = c - to_apex * u, c + to_base * u
     p = apex + ((np.arange(n_chords) + 0.5) / n_chords)[:, None] * (base - apex)
@@ -206,7 +206,7 @@ def read_echonet_video(root: str | Path, filename: str, filelist: list[dict] | N
                          entry["ESV"], entry["EDV"], entry["FPS"], entry["Split"])
 
 
-def _principal_axis(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def principal_axis(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centroid (x, y) of the mask pixels and the unit major axis of their scatter, pointing down the image."""
     ys, xs = np.nonzero(mask)
     P = np.stack([xs, ys], axis=1).astype(np.float64)

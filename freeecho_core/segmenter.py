@@ -1,0 +1,167 @@
+"""A compact 2-D segmentation network that judges generated videos (issue 7; not part of the paper's method).
+
+`SegUNet` labels each frame with the CAMUS classes (0 background, 1 LV cavity, 2 myocardium, 3 left atrium).
+It is trained on the labelled frames of a dataset's TRAIN split (phantom and real CAMUS: every annotated frame;
+EchoNet-Dynamic: the two traced frames, LV only) and scored by Dice on the VAL split, so that its own accuracy
+is known before it measures anything. Its bottleneck features (global average pooled) are the feature space
+of the `FD-seg` and `FVD-seg` distances in `freeecho_core.anatomy`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from freeecho_core.checkpoint import code_version, load_checkpoint, save_checkpoint
+from freeecho_core.data.case import CAMUS_LABELS
+from freeecho_core.data.clips import UNLABELLED, ClipConfig
+from freeecho_core.data.dataset import EchoClips
+from freeecho_core.metrics import dice
+
+CLASSES = len(CAMUS_LABELS)  # 0 background, 1 LV, 2 myocardium, 3 LA
+
+
+@dataclass(frozen=True)
+class SegConfig:
+    frames: int = 24  # K frames per clip: must match the clips the segmenter will judge
+    size: int = 128  # S x S pixels: likewise
+    dim: int = 16  # channels of the first level; doubled per level
+    levels: int = 3  # resolution levels (S must be divisible by 2 ** (levels - 1))
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 16  # frames per step
+    lr: float = 1e-3  # Adam learning rate
+    seed: int = 0  # data order and initial weights
+
+    def __post_init__(self):
+        if self.size % 2 ** (self.levels - 1):
+            raise ValueError(f"size {self.size} must be divisible by 2 ** (levels - 1) = {2 ** (self.levels - 1)}")
+
+
+def conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.SiLU(),
+                         nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.SiLU())
+
+
+class SegUNet(nn.Module):
+    """A plain 2-D UNet: (N, 1, S, S) grey frames in [-1, 1] -> (N, 4, S, S) class logits."""
+
+    def __init__(self, config: SegConfig):
+        super().__init__()
+        self.config = config
+        dims = [config.dim * 2 ** k for k in range(config.levels)]
+        self.down = nn.ModuleList(conv_block(c_in, c_out) for c_in, c_out in zip([1] + dims[:-1], dims))
+        self.up = nn.ModuleList(conv_block(c_low + c_skip, c_skip) for c_low, c_skip in zip(dims[:0:-1], dims[-2::-1]))
+        self.head = nn.Conv2d(dims[0], CLASSES, 1)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The activations of every level, full resolution first; the last is the bottleneck."""
+        skips = []
+        for k, block in enumerate(self.down):
+            x = block(x if k == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        return skips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = self.encode(x)
+        h = skips[-1]
+        for block, skip in zip(self.up, skips[-2::-1]):
+            h = block(torch.cat([F.interpolate(h, size=skip.shape[-2:], mode="nearest"), skip], dim=1))
+        return self.head(h)
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, S, S) -> (N, d) bottleneck activations averaged over the pixels (d = dim * 2 ** (levels - 1))."""
+        return self.encode(x)[-1].mean(dim=(-2, -1))
+
+
+def labelled_frames(data: EchoClips) -> tuple[np.ndarray, np.ndarray]:
+    """Every annotated frame of a split: (N, S, S) float32 grey in [-1, 1] and (N, S, S) int64 CAMUS labels."""
+    frames, labels = [], []
+    for i in range(len(data)):
+        clip = data.clip(i)
+        keep = (clip.frame_labels >= 0).all(axis=(1, 2))
+        frames.append(clip.video[keep])
+        labels.append(clip.frame_labels[keep])
+    frames, labels = np.concatenate(frames), np.concatenate(labels)
+    if len(frames) == 0:
+        raise ValueError(f"{data.root}: the {data.split} split has no labelled frames to train a segmenter on")
+    return frames, labels
+
+
+@torch.no_grad()
+def segment(net: SegUNet, video: torch.Tensor | np.ndarray, batch: int = 64) -> np.ndarray:
+    """CAMUS labels of every frame: (..., S, S) grey in [-1, 1] -> (..., S, S) int64 (argmax of the logits)."""
+    video = torch.as_tensor(np.asarray(video, dtype=np.float32))
+    frames = video.reshape(-1, 1, *video.shape[-2:])
+    device = next(net.parameters()).device
+    out = torch.cat([net(frames[i : i + batch].to(device)).argmax(1).cpu() for i in range(0, len(frames), batch)])
+    return out.reshape(video.shape).numpy()
+
+
+def dice_report(net: SegUNet, data: EchoClips) -> dict[str, float]:
+    """Mean Dice per structure over the labelled frames of a split, for the structures its labels contain."""
+    frames, labels = labelled_frames(data)
+    pred = segment(net, frames)
+    present = [k for k in range(1, CLASSES) if (labels == k).any()]
+    return {CAMUS_LABELS[k]: float(np.mean([dice(p, t, k) for p, t in zip(pred, labels)])) for k in present}
+
+
+def train_segmenter(config: SegConfig, data_root: str | os.PathLike, out: str | os.PathLike, *,
+                    device="cpu", progress: bool = True) -> Path:
+    """Train on the TRAIN split's labelled frames (cross-entropy, Adam, seeded order), score Dice on VAL and
+    write `out` (a weights-only checkpoint holding the config, weights, the VAL Dice and the code version)."""
+    clip = ClipConfig(frames=config.frames, size=config.size)
+    frames, labels = labelled_frames(EchoClips(data_root, "TRAIN", clip, seed=config.seed))
+    torch.manual_seed(config.seed)
+    net = SegUNet(config).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    rng = np.random.default_rng(config.seed)
+    x_all, y_all = torch.from_numpy(frames)[:, None], torch.from_numpy(labels)
+    for _ in tqdm(range(config.steps), disable=not progress, desc="train segmenter", unit="step"):
+        idx = torch.from_numpy(rng.integers(0, len(frames), config.batch_size))
+        loss = F.cross_entropy(net(x_all[idx].to(device)), y_all[idx].to(device), ignore_index=UNLABELLED)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    net.eval()
+    val = EchoClips(data_root, "VAL", clip, seed=config.seed)
+    report = dice_report(net, val) if len(val) else {}
+    payload = {"config": asdict(config), "model": net.state_dict(), "val_dice": report, "train_frames": len(frames),
+               "data_root": str(data_root), "code_version": code_version()}
+    return save_checkpoint(out, payload)
+
+
+def load_segmenter(path: str | os.PathLike, device="cpu") -> tuple[SegUNet, dict]:
+    """The segmenter of a checkpoint written by `train_segmenter` (weights only) and its payload."""
+    payload = load_checkpoint(path)
+    if "val_dice" not in payload:
+        raise ValueError(f"{path} is not a segmenter checkpoint (no 'val_dice' entry): train one with "
+                         f"train_segmenter or `freeecho segmenter`")
+    net = SegUNet(SegConfig(**payload["config"]))
+    net.load_state_dict(payload["model"])
+    return net.to(device).eval(), payload
+
+
+def seg_config_from_profile(profile: dict) -> SegConfig:
+    """The segmenter of a profile (params/<profile>.yaml): its `segment` section, at the clip frames and size of
+    its `train` section (the segmenter judges the videos of the models trained there)."""
+    section = profile.get("segment", {})
+    not_allowed = (set(section) - set(SegConfig.__dataclass_fields__)) | ({"frames", "size"} & set(section))
+    if not_allowed:
+        raise ValueError(f"unknown or fixed segmenter settings {sorted(not_allowed)} (frames and size come from "
+                         f"`train`)")
+    return SegConfig(frames=profile["train"]["frames"], size=profile["train"]["size"], **section)
+
+
+def trained_segmenter(config: SegConfig, data_root, path, **kwargs) -> tuple[Path, str]:
+    """`path` when a segmenter with this config is already there, else train it. Returns (path, source)."""
+    path = Path(path)
+    if path.is_file() and load_checkpoint(path)["config"] == asdict(config):
+        return path, "stored"
+    return train_segmenter(config, data_root, path, **kwargs), "trained here"

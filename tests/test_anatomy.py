@@ -1,0 +1,106 @@
+"""The anatomy metrics (issue 7): Dice, the area-length EF proxy, roughness, segmenter features, and the
+segmenter that reads generated videos."""
+import numpy as np
+import pytest
+import torch
+
+from freeecho_core.anatomy import (camus_from_five, clip_features, ef_area_proxy, feature_distances, frame_features,
+                                   lv_area_curve, map_scores, roughness)
+from freeecho_core.data.make_dataset import make_phantom_dataset
+from freeecho_core.data.phantom import PhantomConfig, make_case
+from freeecho_core.metrics import dice
+from freeecho_core.segmenter import SegConfig, SegUNet, load_segmenter, segment, train_segmenter
+
+SEG = SegConfig(frames=4, size=32, steps=150, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    return make_phantom_dataset(tmp_path_factory.mktemp("anatomy") / "camus", "camus", 5, 0,
+                                PhantomConfig(height=48, frames=8), workers=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def segmenter(phantom, tmp_path_factory):
+    return train_segmenter(SEG, phantom, tmp_path_factory.mktemp("seg") / "segmenter.pt", progress=False)
+
+
+def test_dice_of_a_map_with_itself_is_one_and_falls_as_it_shifts():
+    labels = np.zeros((64, 64), np.int64)
+    labels[16:48, 20:40] = 1
+    assert dice(labels, labels, 1) == 1.0
+    scores = [dice(np.roll(labels, shift, axis=1), labels, 1) for shift in (0, 2, 5, 10, 25)]
+    assert all(a > b for a, b in zip(scores, scores[1:])) and scores[-1] == 0.0
+    assert dice(labels, labels, 3) == 1.0  # absent from both: perfect agreement
+
+
+@pytest.mark.parametrize("index", [0, 2, 3, 5])
+@pytest.mark.parametrize("view", ["2CH", "4CH"])
+def test_ef_proxy_on_true_phantom_labels_is_within_005_of_the_drawn_ef(index, view):
+    case = make_case(0, index, view, PhantomConfig(height=64, frames=16))
+    assert ef_area_proxy(case.labels) == pytest.approx(case.ef, abs=0.05)  # measured: within 0.021
+
+
+def test_ef_proxy_and_area_curve_of_a_known_shape():
+    clip = np.zeros((3, 40, 40), np.int64)
+    clip[0, 5:35, 10:30] = 1  # A = 600, L = 30
+    clip[1, 5:35, 15:25] = 1  # A = 300, L = 30: V falls to a quarter
+    clip[2] = clip[0]
+    assert list(lv_area_curve(clip)) == [600, 300, 600]
+    assert ef_area_proxy(clip) == pytest.approx(0.75)
+    assert np.isnan(ef_area_proxy(np.zeros((3, 8, 8), np.int64)))
+
+
+def test_roughness_is_zero_for_a_straight_curve_and_high_for_flicker():
+    assert roughness(np.linspace(100, 50, 10)) == pytest.approx(0.0)
+    flicker = np.array([100, 60, 100, 60, 100, 60], float)
+    assert roughness(flicker) == pytest.approx(80 / 80)
+    assert roughness(np.cos(np.linspace(0, 2 * np.pi, 24)) * 10 + 100) < 0.01
+    assert np.isnan(roughness(np.array([1.0, 2.0])))
+
+
+def test_five_labels_map_back_to_camus_labels():
+    assert list(camus_from_five(np.array([0, 1, 2, 3, 4]))) == [0, 0, 1, 2, 3]
+
+
+def test_segmenter_features_are_deterministic_and_per_sample():
+    torch.manual_seed(0)
+    net = SegUNet(SegConfig(size=32, dim=8)).eval()
+    videos = torch.rand(3, 4, 32, 32)
+    first, again = frame_features(net, videos), frame_features(net, videos)
+    assert first.shape == (3, 4, 32) and np.array_equal(first, again)
+    assert np.allclose(frame_features(net, videos[1:2]), first[1:2], atol=1e-6)  # batch does not matter
+    clips = clip_features(first)
+    assert clips.shape == (3, 64) and np.allclose(clips[:, :32], first.mean(axis=1))
+
+
+def test_trained_segmenter_reports_its_held_out_dice_and_reads_true_frames(phantom, segmenter):
+    net, payload = load_segmenter(segmenter)
+    assert set(payload["val_dice"]) == {"LV cavity", "myocardium", "left atrium"}
+    assert payload["val_dice"]["LV cavity"] > 0.8, payload["val_dice"]  # measured ~0.95 after 150 steps
+    assert payload["config"]["size"] == 32 and payload["code_version"]["package"]
+    from freeecho_core.data.clips import ClipConfig
+    from freeecho_core.data.dataset import EchoClips
+
+    clip = EchoClips(phantom, "TEST", ClipConfig(frames=4, size=32)).clip(0)
+    real = torch.from_numpy((clip.video + 1) / 2)
+    scores = map_scores(net, real[None], real, clip.ed_map, list(payload["val_dice"]))
+    assert scores["Dice LV"] > 0.8 and scores["EF proxy error"] == 0.0  # the real clip judged against itself
+    assert set(scores) == {"Dice LV", "Dice myo", "Dice LA", "EF proxy error", "LV area roughness",
+                           "real EF proxy", "real LV area roughness"}
+    shifted = map_scores(net, torch.roll(real, 8, dims=-1)[None], real, clip.ed_map, ["LV cavity"])
+    assert shifted["Dice LV"] < scores["Dice LV"] - 0.2  # a video off the map scores lower
+    noise = torch.rand(4, 4, 32, 32)
+    distances = feature_distances(net, [noise[:2], noise[2:]], torch.stack([real, real.flip(-1)]))
+    near = feature_distances(net, [real[None], real.flip(-1)[None]], torch.stack([real, real.flip(-1)]))
+    assert distances["FD-seg"] > near["FD-seg"] and distances["FVD-seg"] > near["FVD-seg"]
+    assert segment(net, clip.video).shape == clip.video.shape
+
+
+def test_a_diffusion_checkpoint_is_not_taken_for_a_segmenter(tmp_path):
+    from freeecho_core.checkpoint import save_checkpoint, unet_payload
+    from freeecho_core.unet3d import UNet3D, unet3d_config
+
+    path = save_checkpoint(tmp_path / "ema.pt", unet_payload(UNet3D(unet3d_config("tiny"))))
+    with pytest.raises(ValueError, match="not a segmenter checkpoint"):
+        load_segmenter(path)
