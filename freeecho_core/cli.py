@@ -12,13 +12,16 @@ import torch.distributed as dist
 
 from freeecho_core.anatomy import ANATOMY_COLUMNS
 from freeecho_core.bench import SUITES, bench_forward, run_suite
+from freeecho_core.data.clips import ClipConfig
+from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.make_dataset import FORMATS, make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig
-from freeecho_core.evaluate import EvalConfig, evaluate
+from freeecho_core.edm import karras_sigmas
+from freeecho_core.evaluate import EvalConfig, evaluate, load_denoiser
+from freeecho_core.generate import CONVENTIONS, DEFAULT_CHECKPOINT, VIDEO_FORMATS, GenerateConfig, generate_from_map
 from freeecho_core.profiles import load_profile
 from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
 from freeecho_core.train import MODEL_KINDS, config_from_profile, train
-from freeecho_core.edm import karras_sigmas
 from freeecho_core.unet3d import PRESETS, UNet3D, count_parameters
 
 
@@ -83,6 +86,20 @@ def cmd_segmenter(args: argparse.Namespace) -> None:
     _, payload = load_segmenter(out)
     dice = ", ".join(f"{name} {value:.3f}" for name, value in payload["val_dice"].items())
     print(f"wrote {out}; held-out (VAL) Dice: {dice or 'no VAL clips'}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    config = GenerateConfig(start_step=args.t_start, samples=args.samples, mapping=args.mapping, solver=args.solver,
+                            seed=args.seed, fps=args.fps)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    target = None
+    if args.data:
+        _, train_config = load_denoiser(args.checkpoint, "cpu")
+        clip = ClipConfig(frames=train_config.get("frames", 24), size=train_config.get("size", 128))
+        target = EchoClips(args.data, "TRAIN", clip, seed=train_config.get("seed", 0)).intensity_histogram()
+    result = generate_from_map(args.map, args.checkpoint, args.out, config, convention=args.labels, target=target,
+                               video_format=args.format, device=device)
+    print(f"wrote {len(result['files'])} videos of {result['videos'].shape[1]} frames to {args.out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -171,6 +188,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "metrics: Dice, EF proxy, LV area roughness, FD-seg, FVD-seg")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=cmd_evaluate)
+    gen = sub.add_parser("generate", help="videos from your own ED map (PNG or NIfTI, CAMUS or 5-label)")
+    gen.add_argument("--map", required=True, type=Path, help="the ED label map: .png, .nii or .nii.gz, any size")
+    gen.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                     help="ema.pt of an unconditional model (default: the stored GPU run)")
+    gen.add_argument("--t-start", type=int, default=GenerateConfig.start_step, help="start step t_i of 64 (paper: 15)")
+    gen.add_argument("--samples", type=int, default=GenerateConfig.samples)
+    gen.add_argument("--out", required=True, type=Path, help="folder for the videos, frames (.npy) and record (.json)")
+    gen.add_argument("--labels", default="auto", choices=CONVENTIONS, help="the map's label convention")
+    gen.add_argument("--mapping", default=GenerateConfig.mapping, choices=["barycentric", "stochastic"])
+    gen.add_argument("--solver", default=GenerateConfig.solver, choices=["heun", "euler"])
+    gen.add_argument("--format", default="avi", choices=sorted(VIDEO_FORMATS))
+    gen.add_argument("--fps", type=float, default=GenerateConfig.fps)
+    gen.add_argument("--seed", type=int, default=GenerateConfig.seed)
+    gen.add_argument("--data", type=Path, help="the training dataset, whose grey levels are the OT target "
+                     "(default: the echo phantom's)")
+    gen.add_argument("--device", default="auto")
+    gen.set_defaults(func=cmd_generate)
     seg = sub.add_parser("segmenter", help="train the 2-D segmenter that the anatomy metrics read videos with")
     seg.add_argument("--profile", default="smoke", help="its `segment` section, at the `train` clip size")
     seg.add_argument("--data", required=True, type=Path, help="a CAMUS or EchoNet-Dynamic folder (real or phantom)")
@@ -184,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+    except (ValueError, OSError, KeyError) as err:
         print(f"freeecho {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
