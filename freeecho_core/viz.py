@@ -1,6 +1,8 @@
 """Figures shared by the notebooks: label overlays, galleries, clip animations, OT plans and noised inputs."""
 from __future__ import annotations
 
+import re
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -38,7 +40,7 @@ def show_five_label_map(ax, ed_map: np.ndarray, title: str = "ED map (5 labels)"
 
 
 def animate_clips(videos: list[np.ndarray], titles: list[str], fps: float = 8.0) -> animation.FuncAnimation:
-    """Side-by-side animation of (T, H, W) clips (uint8 or [-1, 1]); show with `.to_jshtml()`."""
+    """Side-by-side animation of (T, H, W) clips (uint8 or [-1, 1]); show with `animation_html`."""
     fig, axes = plt.subplots(1, len(videos), figsize=(2.6 * len(videos), 2.8), squeeze=False)
     images = []
     for ax, video, title in zip(axes[0], videos, titles):
@@ -110,6 +112,16 @@ def sigma_axis(ax, steps, sigmas) -> None:
     top.set_xticks(list(steps))
     top.set_xticklabels([f"{float(sigmas[t]):.2g}" for t in steps], fontsize=8)
     top.set_xlabel("noise level $\\sigma$ at $t_i$")
+
+
+# matplotlib's player links Font Awesome 4 from a CDN for its button icons; the book's theme (and JupyterLab)
+# serve Font Awesome themselves, so the link is dropped to keep pages free of internet requests.
+FONT_AWESOME_CDN = re.compile(r'<link rel="stylesheet"\s+href="https://maxcdn\.bootstrapcdn\.com/font-awesome/[^"]*">\s*')
+
+
+def animation_html(anim: animation.FuncAnimation) -> str:
+    """The self-contained HTML player of an animation (frames embedded as base64), with no CDN link."""
+    return FONT_AWESOME_CDN.sub("", anim.to_jshtml())
 
 
 def rows_table(rows: list[dict], columns: list[str]) -> str:

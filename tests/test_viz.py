@@ -47,3 +47,12 @@ def test_network_input_is_scaled_by_c_in():
     show_network_input(ax, x, 1.5, "t_i = 5: ")
     np.testing.assert_allclose(ax.images[0].get_array(), 3.0 / np.sqrt(1.5**2 + SIGMA_DATA**2))
     assert ax.get_title() == "t_i = 5: $\\sigma$ = 1.5"
+
+
+def test_animation_html_is_self_contained():
+    from freeecho_core.viz import animate_clips, animation_html
+
+    anim = animate_clips([np.zeros((3, 8, 8), np.uint8), np.full((3, 8, 8), 0.5, np.float32)], ["a", "b"])
+    html = animation_html(anim)
+    assert "maxcdn" in anim.to_jshtml() and "https://" not in html  # the CDN link is gone ...
+    assert html.count("data:image/png;base64") == 3 and 'class="animation"' in html  # ... the frames are inside
