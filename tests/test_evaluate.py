@@ -6,24 +6,10 @@ import pytest
 import torch
 
 import freeecho_core.evaluate as evaluation
-from freeecho_core.data.make_dataset import make_phantom_dataset
-from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.evaluate import EvalConfig, evaluate, method_specs, sample_seeds
 from freeecho_core.segmenter import SegConfig, train_segmenter
-from freeecho_core.train import TrainConfig, train
 
 CONFIG = EvalConfig(samples=2, batch=2, solver="euler", start_steps=(15, 55))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    data = make_phantom_dataset(root / "camus", "camus", 3, 0, PhantomConfig(height=32, frames=6), workers=2,
-                                progress=False)
-    config = TrainConfig(preset="tiny", frames=4, size=16, batch_size=2, steps=2, checkpoint_every=2)
-    for kind in ("unconditional", "clsfree"):
-        train(TrainConfig(**{**config.__dict__, "kind": kind}), data, root / kind, progress=False)
-    return data, root / "unconditional" / "ema.pt", root / "clsfree" / "ema.pt"
 
 
 def test_every_method_is_generated_scored_and_reported(trained, tmp_path):

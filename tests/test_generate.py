@@ -13,26 +13,12 @@ from freeecho_core.data.case import to_five_labels
 from freeecho_core.data.phantom import PhantomConfig, make_case
 from freeecho_core.generate import (GenerateConfig, fan_sector, five_label_map, generate_from_map, prepare_map,
                                     read_map, write_video)
-from freeecho_core.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
 def camus_map():
     """A phantom's ED labels in the CAMUS convention (0-3), 64 rows."""
     return make_case(0, 0, "4CH", PhantomConfig(height=64, frames=4)).labels[0].astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gen")
-    from freeecho_core.data.make_dataset import make_phantom_dataset
-
-    data = make_phantom_dataset(root / "camus", "camus", 3, 0, PhantomConfig(height=32, frames=6), workers=2,
-                                progress=False)
-    config = TrainConfig(preset="tiny", frames=4, size=16, batch_size=2, steps=2, checkpoint_every=2)
-    train(config, data, root / "unconditional", progress=False)
-    train(TrainConfig(**{**config.__dict__, "kind": "clsfree"}), data, root / "clsfree", progress=False)
-    return root / "unconditional" / "ema.pt", root / "clsfree" / "ema.pt"
 
 
 def test_png_and_nifti_maps_read_the_same_labels(camus_map, tmp_path):
@@ -100,8 +86,8 @@ def test_videos_are_written_whole_and_decode(tmp_path, container):
         write_video(tmp_path / "v.gif", video, 25)
 
 
-def test_generation_from_a_map_file_writes_videos_frames_and_a_record(model, camus_map, tmp_path):
-    unconditional, clsfree = model
+def test_generation_from_a_map_file_writes_videos_frames_and_a_record(trained, camus_map, tmp_path):
+    _, unconditional, clsfree = trained
     cv2.imwrite(str(tmp_path / "ed.png"), camus_map)
     config = GenerateConfig(start_step=63, samples=2, solver="euler", stochastic_sampler=False)
     result = generate_from_map(tmp_path / "ed.png", unconditional, tmp_path / "out", config)
@@ -121,8 +107,8 @@ def test_generation_from_a_map_file_writes_videos_frames_and_a_record(model, cam
         generate_from_map(tmp_path / "ed.png", tmp_path / "missing.pt", None, config)
 
 
-def test_generate_command(model, camus_map, tmp_path, capsys):
-    unconditional, _ = model
+def test_generate_command(trained, camus_map, tmp_path, capsys):
+    _, unconditional, _ = trained
     nib.save(nib.Nifti1Image(camus_map.T.copy(), np.eye(4)), tmp_path / "ed.nii.gz")
     args = ["generate", "--map", str(tmp_path / "ed.nii.gz"), "--checkpoint", str(unconditional), "--t-start", "55",
             "--samples", "1", "--out", str(tmp_path / "out"), "--solver", "euler", "--format", "mp4", "--device", "cpu"]
