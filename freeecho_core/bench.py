@@ -293,7 +293,7 @@ def bench_training(
     """Seconds per optimizer step of the training loop's own code (train.micro_batch_loss: the EDM loss, bf16
     autocast on CUDA when `bf16`; backward; Adam; EMA) on random clips, without data loading. On CUDA the peak
     memory is torch.cuda.max_memory_allocated; running out of memory is recorded, not raised."""
-    from freeecho_core.train import TrainConfig, micro_batch_loss, sample_generators, update_ema
+    from freeecho_core.train import TrainConfig, ema_decay, micro_batch_loss, sample_generators, update_ema
 
     check_video_size(preset, size)
     dev = torch.device(device)
@@ -310,7 +310,7 @@ def bench_training(
         gens = sample_generators(seed, list(range(step[0] * batch, (step[0] + 1) * batch)), dev)
         micro_batch_loss(D, clips, gens, config, dev).backward()
         optimizer.step()
-        update_ema(ema, net, config.ema_decay)
+        update_ema(ema, net, ema_decay(config, (step[0] + 1) * batch))
         step[0] += 1
 
     dtype = "bfloat16" if bf16 and dev.type == "cuda" else "float32"

@@ -16,6 +16,7 @@ from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.make_dataset import FORMATS, make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig
+from freeecho_core.data.stats import folder_statistics, summary_rows
 from freeecho_core.edm import karras_sigmas
 from freeecho_core.evaluate import EvalConfig, evaluate, load_denoiser
 from freeecho_core.generate import CONVENTIONS, DEFAULT_CHECKPOINT, VIDEO_FORMATS, GenerateConfig, generate_from_map
@@ -51,6 +52,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_phantom(args: argparse.Namespace) -> None:
+    if args.stats:
+        rows = summary_rows(folder_statistics(args.stats, args.limit))
+        print(f"{'statistic':>12}  {'median':>8}  range over {rows[0]['recordings']} recordings ({args.stats})")
+        for r in rows:
+            print(f"{r['statistic']:>12}  {r['median']:8.3f}  [{r['min']:.3f}, {r['max']:.3f}]")
+        return
+    if args.format is None or args.out is None:
+        raise ValueError("give --format and --out to render a dataset, or --stats DIR to measure one")
     config = PhantomConfig(height=args.height, frames=args.frames, cycles=args.cycles)
     out = make_phantom_dataset(args.out, args.format, args.count, args.seed, config, workers=args.workers)
     print(f"wrote {args.count} phantom {'patients' if args.format == 'camus' else 'videos'} to {out}")
@@ -150,8 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, help="JSON file for the results")
     bench.set_defaults(func=cmd_bench)
     phantom = sub.add_parser("phantom", help="render a phantom dataset in the CAMUS or EchoNet-Dynamic format")
-    phantom.add_argument("--format", required=True, choices=FORMATS)
-    phantom.add_argument("--out", required=True, type=Path, help="new (or empty) folder to write")
+    phantom.add_argument("--format", choices=FORMATS, help="dataset format to render (with --out)")
+    phantom.add_argument("--out", type=Path, help="new (or empty) folder to write")
+    phantom.add_argument("--stats", type=Path, metavar="DIR",
+                         help="instead of rendering, print the grey-level statistics of a CAMUS or EchoNet folder "
+                              "(real or phantom) inside the scan fan")
+    phantom.add_argument("--limit", type=int, default=None, help="with --stats: the first N recordings only")
     phantom.add_argument("--count", type=int, default=8, help="patients (CAMUS: 2CH and 4CH each) or videos")
     phantom.add_argument("--seed", type=int, default=0)
     phantom.add_argument("--height", type=int, default=PhantomConfig.height, help="image rows (pixels)")

@@ -21,7 +21,7 @@ import torch
 
 from freeecho_core.checkpoint import code_version
 from freeecho_core.data.case import CAMUS_LABELS, FIVE_LABELS, to_five_labels
-from freeecho_core.data.clips import resize_labels_nearest
+from freeecho_core.data.clips import resize_frames, resize_labels_nearest
 from freeecho_core.data.phantom import PhantomConfig, make_case
 from freeecho_core.evaluate import AUTHORS_CHURN, EvalConfig, Method, generate, load_denoiser
 from freeecho_core.pseudo import check_labels, intensity_histogram
@@ -130,9 +130,8 @@ def phantom_target(size: int, frames: int, cases: int = 4, bins: int = 256):
     pooled = 0.0
     for index in range(cases):
         case = make_case(0, index, ("2CH", "4CH")[index % 2], PhantomConfig(height=size, frames=frames))
-        square = cv2.resize(case.frames.transpose(1, 2, 0), (size, size), interpolation=cv2.INTER_AREA)
-        sector = cv2.resize(case.sector.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
-        video = square.reshape(size, size, -1).transpose(2, 0, 1) / 255.0
+        video = resize_frames(case.frames, size) / 255.0  # frame by frame: OpenCV takes at most 4 channels
+        sector = resize_labels_nearest(case.sector, size).astype(bool)
         centres, weights = intensity_histogram(video, sector, bins)
         pooled = pooled + weights
     return centres, pooled / pooled.sum()

@@ -40,6 +40,8 @@ class UNet3DConfig:
 
 PRESETS = {
     "paper": UNet3DConfig(),
+    # Sized for a 2-core CPU (0.52 M parameters): dim 16, one residual block per level, 4 heads of 16.
+    "cpu": UNet3DConfig(dim=16, res_blocks=1, attn_heads=4, attn_dim_head=16),
     "tiny": UNet3DConfig(dim=8, dim_mults=(1, 2), res_blocks=1, attn_heads=2, attn_dim_head=8, groups=4),
 }
 

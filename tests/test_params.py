@@ -18,8 +18,8 @@ def notebook_defaults(name: str) -> dict:
     return {k: ast.literal_eval(v["default"]) for k, v in papermill.inspect_notebook(str(NOTEBOOKS[name])).items()}
 
 
-def test_the_three_profiles_exist():
-    assert {p.stem for p in PROFILES} == {"smoke", "gpu-short", "paper"}
+def test_the_four_profiles_exist():
+    assert {p.stem for p in PROFILES} == {"smoke", "cpu", "gpu-short", "paper"}
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)

@@ -1,8 +1,10 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from freeecho_core.data.echonet import lv_tracings, method_of_disks_volume
-from freeecho_core.data.phantom import PhantomConfig, draw_heart, make_case, volume_curve
+from freeecho_core.data.phantom import LOOKS, PhantomConfig, draw_heart, make_case, volume_curve
 
 SMALL = PhantomConfig(height=48, frames=12)
 
@@ -41,12 +43,15 @@ def test_labels_and_image_live_in_the_sector(case_2ch):
         assert {1, 2, 3} <= set(np.unique(c.labels[k])), f"frame {k} lacks a structure"
 
 
-def test_labels_are_aligned_with_the_image(case_2ch):
-    """Blood is dark and myocardium bright exactly where the labels say so."""
-    c = case_2ch
+@pytest.mark.parametrize("look", sorted(LOOKS))
+def test_labels_are_aligned_with_the_image(look):
+    """Blood is darker than the myocardium exactly where the labels say so, in both scanner looks; EchoNet's
+    blood is near-black (CAMUS's higher gain lifts it into grey)."""
+    c = make_case(7, 3, "2CH", replace(SMALL, look=look))
     lv, myo = c.labels == 1, c.labels == 2
-    assert np.median(c.frames[lv]) < 40
-    assert np.median(c.frames[myo]) > 150
+    assert np.mean(c.frames[myo]) > np.mean(c.frames[lv]) + 30
+    if look == "echonet":
+        assert np.median(c.frames[lv]) < 40
 
 
 def test_cavity_shrinks_to_end_systole_and_refills(case_2ch):
@@ -66,13 +71,14 @@ def test_volume_curve_honours_the_ejection_fraction():
 
 
 def test_speckle_is_coherent_from_frame_to_frame_in_the_myocardium(beat_64):
+    """Tissue-attached scatterers keep the myocardium's speckle correlated between neighbouring frames, while
+    the out-of-plane decorrelation keeps it from being frozen."""
     c = beat_64
     correlations = []
     for k in range(len(c.frames) - 1):
         both = (c.labels[k] == 2) & (c.labels[k + 1] == 2)
         correlations.append(np.corrcoef(c.frames[k][both].astype(float), c.frames[k + 1][both].astype(float))[0, 1])
-    assert np.median(correlations) > 0.8
-    assert max(correlations) < 0.999  # the images do change
+    assert 0.5 < np.median(correlations) < 0.97
 
 
 def test_drawn_parameters_stay_in_the_design_ranges():
@@ -80,7 +86,8 @@ def test_drawn_parameters_stay_in_the_design_ranges():
     for _ in range(200):
         h = draw_heart(rng, "4CH")
         assert 0.35 <= h.ef <= 0.70 and 14 <= h.depth <= 16 and 7.5 <= h.lv_length <= 9.5
-        assert 0.34 <= h.es_phase <= 0.42 and 40 <= h.dynamic_range <= 55
+        assert 0.34 <= h.es_phase <= 0.42 and 32 <= h.dynamic_range <= 40
+        assert 72 <= np.degrees(2 * h.half_angle) <= 80
     with pytest.raises(ValueError, match="view must be"):
         draw_heart(rng, "PLAX")
 

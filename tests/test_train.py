@@ -4,6 +4,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -13,7 +14,7 @@ import freeecho_core.train as training
 from freeecho_core.checkpoint import load_checkpoint, unet_from_payload
 from freeecho_core.data.make_dataset import make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig
-from freeecho_core.train import NonFiniteLoss, TrainConfig, read_log, train
+from freeecho_core.train import NonFiniteLoss, TrainConfig, ema_decay, read_log, train
 
 CONFIG = TrainConfig(preset="tiny", frames=4, size=16, batch_size=4, steps=4, checkpoint_every=2, seed=3)
 
@@ -137,3 +138,17 @@ def test_clsfree_drops_the_condition_with_probability_p_uncond(data_root, tmp_pa
     assert torch.allclose(dropped, null) and not torch.allclose(kept, null)
     train(replace(config, steps=2), data_root, tmp_path / "clsfree", progress=False)
     assert load_checkpoint(tmp_path / "clsfree" / "ema.pt")["config"]["cond_channels"] == 5
+
+
+def test_ema_warm_up_forgets_the_initial_weights_in_runs_of_any_length():
+    """EDM's ramp-up: the half-life is ema_rampup x the images seen, capped at ema_halflife. The weight the
+    EMA still gives the initial network after a run is the product of the per-step decays."""
+    paper = TrainConfig()
+    assert ema_decay(paper, 10**9) == pytest.approx(0.995, abs=1e-4)  # the authors' decay once warmed up
+    assert ema_decay(paper, 16) == pytest.approx(0.5 ** (16 / (16 * 0.05)))  # first step: ~1e-6
+    for config, steps in ((TrainConfig(batch_size=4, ema_rampup=0.1), 30),
+                          (TrainConfig(batch_size=4, ema_halflife=2000.0, ema_rampup=0.1), 3600), (paper, 100_000)):
+        betas = np.array([ema_decay(config, (k + 1) * config.batch_size) for k in range(steps)])
+        assert np.all(np.diff(betas) >= 0) and betas.prod() < 1e-2, (config, steps)
+    no_rampup = [0.995] * 30  # the old fixed decay: a smoke run's EMA kept 86 % of its initial weights
+    assert np.prod(no_rampup) > 0.85

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.ndimage import binary_dilation, label as connected_components
+from scipy.ndimage import binary_dilation, binary_opening, label as connected_components
 
 from freeecho_core.data.case import to_five_labels
 
@@ -54,14 +54,18 @@ class Clip:
     sector: np.ndarray
 
 
-def sector_from_frames(frames: np.ndarray, min_fraction: float = 0.5) -> np.ndarray:
-    """The scan fan of a recording: pixels non-zero in at least `min_fraction` of the frames, largest
-    connected component, then its convex hull (a fan is convex; the hull also closes black cavities that
-    touch its edge). frames: (T, H, W) uint8 -> (H, W) bool."""
-    often_lit = (frames > 0).mean(axis=0) >= min_fraction
-    components, n = connected_components(often_lit)
+SECTOR_GREY = 16  # grey level a fan pixel reaches in some frame; codec noise and black borders stay below
+
+
+def sector_from_frames(frames: np.ndarray, min_grey: int = SECTOR_GREY) -> np.ndarray:
+    """The scan fan of a recording: pixels brighter than `min_grey` in some frame (codec noise outside the fan of
+    MJPG and h264 files stays at grey 1-8), opened to cut thin links to depth markers and text, the largest
+    connected component, then its convex hull (a fan is convex; the hull also closes the dark cavities inside
+    it). frames: (T, H, W) uint8 -> (H, W) bool."""
+    lit = binary_opening(frames.max(axis=0) > min_grey, iterations=1)
+    components, n = connected_components(lit)
     if n == 0:
-        raise ValueError("the frames are black: no scan sector found")
+        raise ValueError(f"the frames are black: no pixel brighter than grey {min_grey}, no scan sector found")
     largest = components == 1 + np.argmax(np.bincount(components.ravel())[1:])
     points = np.argwhere(largest)[:, ::-1].astype(np.int32)
     hull = np.zeros(frames.shape[1:], np.uint8)

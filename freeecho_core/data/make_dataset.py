@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +62,13 @@ def _echonet_case(args):
 def make_phantom_dataset(out: str | os.PathLike, fmt: str, count: int, seed: int = 0,
                          config: PhantomConfig = PhantomConfig(), workers: int | None = None,
                          progress: bool = True) -> Path:
-    """Render `count` phantom patients (CAMUS: 2CH and 4CH each; EchoNet: one 4CH video each) into `out`."""
+    """Render `count` phantom patients (CAMUS: 2CH and 4CH each; EchoNet: one 4CH video each) into `out`, with
+    the scanner look of that format (`phantom.LOOKS`: gain, grey curve, fan and framing)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
-    out = Path(out)
+    out, config = Path(out), replace(config, look=fmt)
     with staged_folder(out, "phantom datasets") as staging:
         summaries = _render_into(staging, fmt, count, seed, config, workers or os.cpu_count(), progress)
         manifest = {"format": fmt, "count": count, "seed": seed, "config": asdict(config),

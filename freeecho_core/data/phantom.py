@@ -1,4 +1,4 @@
-"""A beating-heart echo phantom in the apical 2- and 4-chamber views (DESIGN.md section 4).
+"""A beating-heart echo phantom in the apical 2- and 4-chamber views: the embedded default data.
 
 Geometry: a bullet-shaped left ventricle (a half superellipse about the mitral-plane midpoint, apex up
 towards the probe), a myocardial wall that thickens in systole, a left atrium below the mitral plane, and
@@ -7,13 +7,18 @@ contraction to end systole, rapid filling, diastasis and the atrial kick; the ap
 moves towards it, and the width follows so that every frame's LV volume (by revolution about the long axis,
 the method of disks) is exactly the drawn curve: the ejection fraction is honoured by construction.
 
-Rendering: a convolution speckle model. Scatterers are attached to tissue in the end-diastolic
-configuration and carried by the same motion as the labels, so speckle stays coherent over frames. They are
-splatted onto a depth x angle grid with complex amplitudes (tissue echogenicity, a random phase and the
-round-trip carrier phase), convolved with a separable point-spread function (axial Gaussian, lateral Gaussian
-that widens away from the focus), turned into an envelope, given depth-dependent noise and near-field clutter,
-log-compressed and scan-converted to the fan. Labels are evaluated on the output pixel grid from the same
-geometry, so they are aligned with the image.
+Rendering: a convolution speckle model. Scatterers are attached to tissue in the end-diastolic configuration
+and carried by the same motion as the labels; their complex amplitudes renew with a time constant
+(out-of-plane motion), so speckle decorrelates over frames at the rate of real recordings. Echogenicity is
+set per tissue (dark blood with trabeculations and papillary muscles, dim patchy myocardium, a bright
+pericardium, valves and mitral annulus, dim surroundings); walls reflect specularly, so the lateral walls,
+which run along the beam, fade, and one lateral segment drops out. Scatterers are splatted onto a
+depth x angle grid with the round-trip carrier phase, convolved with a separable point-spread function
+(axial Gaussian, lateral Gaussian that widens away from the focus), attenuated with depth and partly given
+back by the time-gain compensation, joined by stationary near-field clutter and electronic noise that grows
+with depth, log-compressed with the gain and grey curve of a dataset format (`LOOKS`) and scan-converted to
+the fan. Labels are evaluated on the output pixel grid from the same geometry, so they are aligned with the
+image.
 """
 from __future__ import annotations
 
@@ -25,10 +30,43 @@ from scipy.ndimage import gaussian_filter, gaussian_filter1d, map_coordinates
 
 from freeecho_core.data.case import EchoCase
 
-# Echogenicity (relative scattering amplitude) per tissue class, the look of the targets.
-AMPLITUDE = {"blood": 0.004, "tissue": 0.22, "myocardium": 1.0, "pericardium": 1.9, "thin_wall": 0.75,
-             "valve": 1.4}
+# Echogenicity (relative scattering amplitude) per tissue class: dark blood, dim myocardium, a bright
+# pericardium, valves and fibrous annulus; the surrounding tissue is dimmer than the myocardium.
+AMPLITUDE = {"blood": 0.004, "tissue": 0.16, "myocardium": 0.55, "pericardium": 1.9, "thin_wall": 0.6,
+             "valve": 1.2, "annulus": 1.6, "trabeculae": 0.18}
 BODY = {name: i for i, name in enumerate(["tissue", "lv", "myo", "la", "rv", "ra", "valve"])}
+SPECULAR = 0.7  # share of a wall's echo that is specular (fades as the wall turns parallel to the beam)
+DECORRELATION_TIME = 0.3  # s: out-of-plane motion renews the speckle with this time constant
+ATTENUATION_DB_PER_CM = 3.0  # round trip, about 0.5 dB/cm/MHz at 3 MHz
+TGC_SHARE = 0.8  # the share of the attenuation the time-gain compensation gives back
+
+
+@dataclass(frozen=True)
+class ScannerLook:
+    """The scanner settings and frame layout of one dataset format (gain and grey curve, fan, framing)."""
+
+    gain_db: float  # added to every echo (dB) before log compression; the reference is the 99.5th percentile
+    reject: float  # exponent of the grey curve after log compression (> 1 darkens the low echoes)
+    noise_floor: float  # electronic noise before the gain, relative to the reference echo
+    dynamic_range_db: tuple[float, float]  # range of the log-compression window
+    opening_deg: tuple[float, float]  # range of the fan's opening angle
+    square: bool  # a square frame as tall as the fan (its sides cut, the probe off-centre), as EchoNet stores
+    apex_x: tuple[float, float]  # range of the probe's column as a fraction of the frame width (square frames)
+
+
+# Tuned to real figures (grey 0-255, every pixel in the fan of every frame): EchoNet-Dynamic A4C at 112 px
+# (11 videos) mean 49 [39-71], median 31 [10-58], near-black (< 16) share 0.36 [0.18-0.54], 95th / 50th
+# percentile 2.6-8.8, fan 58-89 deg reaching the bottom of the frame, apex at 0.33-0.58 of the width;
+# a CAMUS frame (higher gain): mean 121, median 108, 5th / 95th percentile 54 / 234, near-black share 0.01,
+# fan 75 deg.
+LOOKS = {
+    "echonet": ScannerLook(gain_db=-1.0, reject=1.4, noise_floor=0.003, dynamic_range_db=(30.0, 38.0),
+                            opening_deg=(78.0, 89.0), square=True,
+                           apex_x=(0.42, 0.56)),
+    "camus": ScannerLook(gain_db=-1.0, reject=1.0, noise_floor=0.012, dynamic_range_db=(32.0, 40.0),
+                          opening_deg=(72.0, 80.0), square=False,
+                         apex_x=(0.5, 0.5)),
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +75,11 @@ class PhantomConfig:
     frames: int = 16  # frames rendered, ED at frame 0
     cycles: float = 1.0  # cardiac cycles the frames span
     scatterers_per_cell: float = 2.0  # scatterer density on the depth x angle grid
+    look: str = "camus"  # scanner settings of a format (LOOKS): "camus" or "echonet"
+
+    def __post_init__(self):
+        if self.look not in LOOKS:
+            raise ValueError(f"look must be one of {sorted(LOOKS)}, got {self.look!r}")
 
 
 @dataclass(frozen=True)
@@ -61,20 +104,26 @@ class Heart:
     heart_rate: float  # beats per minute
     dynamic_range: float  # log compression in dB
     lateral_offset: float  # LV axis shift at the apex (cm), image right positive
+    probe_x: float = 0.5  # probe column as a fraction of the frame width
+    dropout: float = 0.5  # depth of the lateral-wall dropout (0 none .. 1 the wall vanishes there)
+    dropout_at: float = 0.5  # where along the lateral wall it is deepest (fraction of the LV length from the apex)
+    gain_offset: float = 0.0  # dB added to the look's gain (the sonographer's setting)
 
 
-def draw_heart(rng: np.random.Generator, view: str) -> Heart:
-    """Draw one case's geometry and motion within the ranges of DESIGN.md section 4."""
+def draw_heart(rng: np.random.Generator, view: str, look: ScannerLook = LOOKS["camus"]) -> Heart:
+    """Draw one case's geometry and motion: an adult apical view (depth 14-16 cm, LV 7.5-9.5 cm long and
+    4.3-5.3 cm wide at ED, wall 0.8-1.2 cm, EF 35-70 %, end systole at 34-42 % of the cycle)."""
     if view not in ("2CH", "4CH"):
         raise ValueError(f"view must be '2CH' or '4CH', got {view!r}")
     u = rng.uniform
     return Heart(
-        view=view, depth=u(14.0, 16.0), half_angle=np.deg2rad(u(75.0, 85.0) / 2), apex_depth=u(2.5, 3.5),
+        view=view, depth=u(14.0, 16.0), half_angle=np.deg2rad(u(*look.opening_deg) / 2), apex_depth=u(2.5, 3.5),
         tilt=np.deg2rad(u(-4.0, 10.0)), lv_length=u(7.5, 9.5), lv_width=u(4.3, 5.3), wall=u(0.8, 1.2),
         apex_wall=u(0.6, 0.9), shape_power=u(1.9, 2.4), base_shortening=u(0.10, 0.19),
         la_length=u(4.0, 5.0), la_width=u(3.4, 4.4), ef=u(0.35, 0.70), es_phase=u(0.34, 0.42),
-        heart_rate=u(55.0, 85.0), dynamic_range=u(40.0, 55.0),
-        lateral_offset=u(0.6, 1.4) if view == "4CH" else u(-0.3, 0.3),
+        heart_rate=u(55.0, 85.0), dynamic_range=u(*look.dynamic_range_db),
+        lateral_offset=u(0.6, 1.4) if view == "4CH" else u(-0.3, 0.3), probe_x=u(*look.apex_x),
+        dropout=u(0.3, 0.9), dropout_at=u(0.35, 0.8), gain_offset=u(-3.0, 3.0),
     )
 
 
@@ -199,12 +248,14 @@ def camus_labels(points: np.ndarray, g: FrameGeometry, heart: Heart) -> np.ndarr
     return labels
 
 
-def pixel_grid(heart: Heart, height: int):
-    """Output pixel centres (H*W, 2) in cm, the (H, W) shape, the spacing, and the sector mask."""
+def pixel_grid(heart: Heart, height: int, square: bool = False):
+    """Output pixel centres (H*W, 2) in cm, the (H, W) shape, the spacing, and the sector mask. The fan reaches
+    the bottom row; the frame holds the whole fan, or (`square`) a square as tall as the fan with the probe at
+    column `heart.probe_x` of its width, the fan's sides cut by the frame."""
     spacing = heart.depth / height
-    half_width_cm = heart.depth * np.sin(heart.half_angle)
-    width = int(round(2 * half_width_cm / spacing))
-    x = (np.arange(width) + 0.5) * spacing - width * spacing / 2
+    width = height if square else int(round(2 * heart.depth * np.sin(heart.half_angle) / spacing))
+    probe = heart.probe_x if square else 0.5
+    x = (np.arange(width) + 0.5) * spacing - probe * width * spacing
     z = (np.arange(height) + 0.5) * spacing
     X, Z = np.meshgrid(x, z)
     r, theta = np.hypot(X, Z), np.arctan2(X, Z)
@@ -222,41 +273,78 @@ def place_scatterers(heart: Heart, rng: np.random.Generator, count: int):
     return points, magnitude * np.exp(1j * phase)
 
 
+def smooth_field(rng: np.random.Generator, points: np.ndarray, depth: float, cells: int, blur: float) -> np.ndarray:
+    """A unit-variance random field, smooth over depth / cells * blur cm, sampled at `points` (N, 2) cm."""
+    field = gaussian_filter(rng.normal(size=(cells, cells)), blur)
+    field = (field - field.mean()) / (field.std() + 1e-9)
+    iz = np.clip((points[:, 1] / depth * (cells - 1)).astype(int), 0, cells - 1)
+    ix = np.clip(((points[:, 0] / depth + 0.75) / 1.5 * (cells - 1)).astype(int), 0, cells - 1)
+    return field[iz, ix]
+
+
+def beam_incidence(points: np.ndarray, g: FrameGeometry, power: float, h: float = 0.05) -> np.ndarray:
+    """|cos| of the angle between the beam (from the probe at the origin) and the normal of the LV surface
+    through each point (the gradient of |v| / epicardial half-width): 1 where the wall faces the probe, near 0
+    where it runs along the beam, as the lateral walls of an apical view do."""
+
+    def shape(p):
+        u, v = local_coordinates(p, g)
+        return np.abs(v) / np.maximum(epicardium(u, g, power), 1e-3)
+
+    grad = np.stack([shape(points + [h, 0]) - shape(points - [h, 0]),
+                     shape(points + [0, h]) - shape(points - [0, h])], axis=1)
+    normal = grad / np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-12)
+    beam = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+    return np.abs((normal * beam).sum(axis=1))
+
+
 def classify_scatterers(points: np.ndarray, heart: Heart, rng: np.random.Generator):
     """Tissue class, echogenicity and the body whose motion carries each scatterer (ED configuration)."""
     g0 = frame_geometry(heart, 0.0)
-    cavity, wall, wall_depth = lv_regions(points, g0, heart.shape_power)
+    p = heart.shape_power
+    cavity, wall, wall_depth = lv_regions(points, g0, p)
     la = la_region(points, g0, heart)
     body = np.full(len(points), BODY["tissue"])
-    amp = np.full(len(points), AMPLITUDE["tissue"])
-    # Slowly varying echogenicity of the surrounding tissue (fibrous bands, lung shadowing at the edges).
-    field = gaussian_filter(rng.normal(size=(24, 24)), 3.0)
-    field = (field - field.mean()) / (field.std() + 1e-9)
-    iz = np.clip((points[:, 1] / heart.depth * 23).astype(int), 0, 23)
-    ix = np.clip(((points[:, 0] / heart.depth + 0.7) / 1.4 * 23).astype(int), 0, 23)
-    amp *= np.exp(0.6 * field[iz, ix])
-    # The pericardium: a bright band just outside the epicardium.
+    # Surrounding tissue: dim, with slowly varying echogenicity (fibrous bands, lung shadowing at the edges).
+    amp = AMPLITUDE["tissue"] * np.exp(0.8 * smooth_field(rng, points, heart.depth, 24, 3.0))
     u0, v0 = local_coordinates(points, g0)
-    r_epi = epicardium(u0, g0, heart.shape_power)
-    pericardium = ~wall & ~cavity & (np.abs(v0) >= r_epi) & (np.abs(v0) < epicardium(u0, _inflated(g0, 0.3),
-                                                                                         heart.shape_power))
-    amp[pericardium] = AMPLITUDE["pericardium"]
+    r_epi = epicardium(u0, g0, p)
+    pericardium = ~wall & ~cavity & (np.abs(v0) >= r_epi) & (np.abs(v0) < epicardium(u0, _inflated(g0, 0.3), p))
+    # Specular reflection: walls and pericardium fade where they run along the beam.
+    facing = (1 - SPECULAR) + SPECULAR * beam_incidence(points, g0, p)
+    amp[pericardium] = AMPLITUDE["pericardium"] * facing[pericardium]
     if heart.view == "4CH":
         rv, ra = right_heart_regions(points, g0, heart)
-        rv_wall_zone = np.abs(v0) < epicardium(u0, _inflated(g0, 1.6), heart.shape_power)
+        rv_wall_zone = np.abs(v0) < epicardium(u0, _inflated(g0, 1.6), p)
         rv_cavity = rv & ~wall
         body[rv_cavity], amp[rv_cavity] = BODY["rv"], AMPLITUDE["blood"]
         ra_cavity = ra & ~rv & ~wall
         body[ra_cavity], amp[ra_cavity] = BODY["ra"], AMPLITUDE["blood"]
         rv_free_wall = rv_wall_zone & ~rv & ~wall & ~cavity & ~pericardium & (points[:, 0] < g0.apex[0] - 1.0)
-        amp[rv_free_wall] *= 1.6
+        amp[rv_free_wall] = AMPLITUDE["thin_wall"] * facing[rv_free_wall]
     la_cavity = la & ~wall
     body[la_cavity], amp[la_cavity] = BODY["la"], AMPLITUDE["blood"]
     la_wall = la_region(points, _inflated_la(g0), heart) & ~la & ~wall & ~cavity
-    amp[la_wall] = AMPLITUDE["thin_wall"]
+    amp[la_wall] = AMPLITUDE["thin_wall"] * facing[la_wall]
     body[la_wall] = BODY["la"]
-    body[wall], amp[wall] = BODY["myo"], AMPLITUDE["myocardium"] * (0.75 + 0.5 * rng.uniform(size=wall.sum()))
-    body[cavity], amp[cavity] = BODY["lv"], AMPLITUDE["blood"]
+    # Myocardium: dim and patchy, with a dropout on the lateral wall, a bright fibrous mitral annulus.
+    patchy = np.exp(0.55 * smooth_field(rng, points, heart.depth, 48, 2.0))
+    s = u0 / g0.length
+    dropout = 1 - heart.dropout * np.exp(-(((s - heart.dropout_at) / 0.15) ** 2)) * (v0 > 0)
+    amp_wall = AMPLITUDE["myocardium"] * patchy * facing * dropout
+    annulus = wall & (s > 0.93)
+    amp_wall = np.where(annulus, AMPLITUDE["annulus"], amp_wall)
+    body[wall], amp[wall] = BODY["myo"], amp_wall[wall]
+    # LV cavity: blood, with trabeculations along the endocardium and two papillary muscles.
+    r_endo = np.maximum(endocardium(u0, g0, p), 1e-6)
+    near_wall = np.exp(-(r_endo - np.abs(v0)) / 0.2)
+    papillary = np.zeros(len(points), bool)
+    for side in (-1.0, 1.0):
+        at = (u0 - 0.62 * g0.length) ** 2 / 1.1 ** 2 + (v0 - side * 0.8 * r_endo) ** 2 / 0.3 ** 2 < 1  # on the wall
+        papillary |= at
+    amp_cavity = AMPLITUDE["blood"] + AMPLITUDE["trabeculae"] * near_wall * patchy
+    amp_cavity = np.where(papillary, 0.4 * AMPLITUDE["myocardium"] * patchy, amp_cavity)
+    body[cavity], amp[cavity] = BODY["lv"], amp_cavity[cavity]
     return body, amp, wall_depth
 
 
@@ -370,51 +458,63 @@ def scan_convert(image: np.ndarray, grid: PolarGrid, points: np.ndarray, shape, 
 
 def render_case(heart: Heart, config: PhantomConfig, rng: np.random.Generator, case_id: str) -> EchoCase:
     """Render one recording of `config.frames` frames from ED (frame 0) and its CAMUS labels."""
-    pixels, shape, spacing, sector = pixel_grid(heart, config.height)
-    grid = PolarGrid(heart.depth, heart.half_angle, n_r=3 * config.height, n_theta=2 * shape[1])
+    look = LOOKS[config.look]
+    pixels, shape, spacing, sector = pixel_grid(heart, config.height, look.square)
+    fan_columns = int(round(2 * heart.depth * np.sin(heart.half_angle) / spacing))
+    grid = PolarGrid(heart.depth, heart.half_angle, n_r=3 * config.height, n_theta=2 * fan_columns)
     count = int(config.scatterers_per_cell * grid.n_r * grid.n_theta * 1.2)
-    points0, amplitude0 = place_scatterers(heart, rng, count)
+    points0, speckle = place_scatterers(heart, rng, count)
     body, echogenicity, wall_depth = classify_scatterers(points0, heart, rng)
-    amplitude0 = amplitude0 * echogenicity
-    clutter_pts, clutter_amp = place_scatterers(heart, rng, count // 6)
-    near_field = np.exp(-clutter_pts[:, 1] / 1.2) * 0.6
-    clutter = splat(grid, clutter_pts, clutter_amp * near_field)
+    # Stationary near-field clutter (reverberation between the probe and the chest wall).
+    clutter_pts, clutter_amp = place_scatterers(heart, rng, count // 4)
+    clutter = splat(grid, clutter_pts, clutter_amp * 0.9 * np.exp(-clutter_pts[:, 1] / 1.6))
     wavelength = heart.depth / grid.n_r * 3.0  # three depth samples per carrier period
     r_axis = np.linspace(0, heart.depth, grid.n_r)
     focus = heart.depth * 0.45
-    lateral_sigmas = 2.8 * np.sqrt(1 + ((r_axis - focus) / (0.35 * heart.depth)) ** 2)
-    noise_std = 0.0004 * np.exp(2.5 * r_axis / heart.depth)[:, None]
-    attenuation = np.exp(-0.5 * r_axis / heart.depth)[:, None]
+    lateral_sigmas = 3.6 * np.sqrt(1 + ((r_axis - focus) / (0.35 * heart.depth)) ** 2)  # beam widens off focus
+    residual_db = (1 - TGC_SHARE) * ATTENUATION_DB_PER_CM * r_axis  # attenuation the TGC does not give back
+    attenuation = 10 ** (-residual_db / 20)[:, None]
     frames_per_cycle = config.frames / config.cycles
+    fps = float(frames_per_cycle * heart.heart_rate / 60.0)
+    rho = np.exp(-1 / (fps * DECORRELATION_TIME))  # speckle memory from one frame to the next
     es_index = int(round(heart.es_phase * frames_per_cycle))
     heart = replace(heart, es_phase=es_index / frames_per_cycle)  # ES on a rendered frame: exact 1 - EF there
     g0 = frame_geometry(heart, 0.0)
-    envelopes, labels = [], []
+    echoes, labels = [], []
     for k in range(config.frames):
+        if k:
+            fresh = rng.normal(size=count) + 1j * rng.normal(size=count)
+            speckle = rho * speckle + np.sqrt(1 - rho**2) * fresh
         g = frame_geometry(heart, k / frames_per_cycle)
         pts = move_scatterers(points0, body, wall_depth, heart, g0, g)
         carrier = np.exp(1j * 4 * np.pi * np.hypot(pts[:, 0], pts[:, 1]) / wavelength)
-        rf = splat(grid, pts, amplitude0 * carrier) + clutter
+        rf = splat(grid, pts, speckle * echogenicity * carrier) + clutter
         valve = mitral_leaflets(g, np.random.default_rng(rng.integers(2**32)), 300)
         rf += splat(grid, valve, AMPLITUDE["valve"] * np.exp(1j * rng.uniform(0, 2 * np.pi, len(valve))))
-        rf = point_spread(rf, grid, axial_sigma=2.0, lateral_sigmas=lateral_sigmas) * attenuation
-        rf += noise_std * (rng.normal(size=rf.shape) + 1j * rng.normal(size=rf.shape))
-        envelopes.append(scan_convert(np.abs(rf), grid, pixels, shape, sector))
+        echoes.append(point_spread(rf, grid, axial_sigma=2.5, lateral_sigmas=lateral_sigmas) * attenuation)
         labels.append(np.where(sector, camus_labels(pixels, g, heart).reshape(shape), 0))
-    frames = log_compress(np.stack(envelopes), sector, heart.dynamic_range)
+    # Electronic noise, growing with depth with half the TGC's gain in dB (the receive filter narrows with depth),
+    # relative to the strongest echoes of the first frame.
+    scale = np.percentile(np.abs(echoes[0]), 99.5)
+    noise_std = look.noise_floor * scale * (10 ** (TGC_SHARE * ATTENUATION_DB_PER_CM * r_axis / 40))[:, None]
+    envelopes = [scan_convert(np.abs(e + noise_std * (rng.normal(size=e.shape) + 1j * rng.normal(size=e.shape))),
+                              grid, pixels, shape, sector) for e in echoes]
+    frames = log_compress(np.stack(envelopes), sector, heart.dynamic_range, look.gain_db + heart.gain_offset,
+                          look.reject)
     return EchoCase(
         case_id=case_id, view=heart.view, frames=frames, labels=np.stack(labels).astype(np.uint8), sector=sector,
-        es_index=es_index, ef=heart.ef, fps=float(frames_per_cycle * heart.heart_rate / 60.0),
-        pixel_spacing_mm=float(spacing * 10),
+        es_index=es_index, ef=heart.ef, fps=fps, pixel_spacing_mm=float(spacing * 10),
     )
 
 
-def log_compress(envelope: np.ndarray, sector: np.ndarray, dynamic_range: float) -> np.ndarray:
-    """20 log10 of the envelope over `dynamic_range` dB below a reference (99.5th percentile in the fan of
-    frame 0, shared by all frames so brightness does not flicker), to uint8."""
+def log_compress(envelope: np.ndarray, sector: np.ndarray, dynamic_range: float, gain_db: float = 0.0,
+                 reject: float = 1.0) -> np.ndarray:
+    """20 log10 of the envelope plus `gain_db`, shown over `dynamic_range` dB below a reference (the 99.5th
+    percentile in the fan of frame 0, shared by all frames so brightness does not flicker), through the grey
+    curve x ** reject, to uint8."""
     reference = np.percentile(envelope[0][sector], 99.5)
-    db = 20 * np.log10(np.maximum(envelope, 1e-12) / reference)
-    grey = np.clip((db + dynamic_range) / dynamic_range, 0, 1) ** 1.2 * 255  # mild reject curve
+    db = 20 * np.log10(np.maximum(envelope, 1e-12) / reference) + gain_db
+    grey = np.clip((db + dynamic_range) / dynamic_range, 0, 1) ** reject * 255
     return np.where(sector, grey, 0).round().astype(np.uint8)
 
 
@@ -426,11 +526,11 @@ def case_rng(seed: int, index: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index, *stream]))
 
 
-def draw_patient(seed: int, index: int, view: str) -> Heart:
+def draw_patient(seed: int, index: int, view: str, look: ScannerLook = LOOKS["camus"]) -> Heart:
     """A patient's heart seen in `view`: size, shape, EF and rhythm are the patient's (shared by both views);
     sector, tilt and lateral position are the acquisition's (drawn per view)."""
     patient = draw_heart(case_rng(seed, index), "2CH")
-    acquisition = draw_heart(case_rng(seed, index, VIEW_CODE[view]), view)
+    acquisition = draw_heart(case_rng(seed, index, VIEW_CODE[view]), view, look)
     return replace(acquisition, lv_length=patient.lv_length, lv_width=patient.lv_width, wall=patient.wall,
                    apex_wall=patient.apex_wall, shape_power=patient.shape_power,
                    base_shortening=patient.base_shortening, la_length=patient.la_length,
@@ -442,7 +542,7 @@ def make_case(seed: int, index: int, view: str, config: PhantomConfig = PhantomC
               case_id: str | None = None) -> EchoCase:
     """One phantom recording; the same (seed, index, view, config) always gives the same case, and the
     2CH and 4CH cases of one index show the same heart."""
-    heart = draw_patient(seed, index, view)
+    heart = draw_patient(seed, index, view, LOOKS[config.look])
     case = render_case(heart, config, case_rng(seed, index, VIEW_CODE[view], 1), case_id or f"phantom{index:04d}")
     rng = case_rng(seed, index, 0)
     return replace(case, sex=str(rng.choice(["F", "M"])), age=int(rng.integers(25, 90)),

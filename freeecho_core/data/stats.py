@@ -1,0 +1,125 @@
+"""Grey-level statistics of echo recordings inside the scan fan: how a phantom compares with a real download.
+
+The statistics (all on grey 0-255, every pixel inside the fan of every frame unless stated):
+- mean, median, 5th and 95th percentile, and the 95th / 50th percentile ratio (how peaked the bright tail is);
+- near_black: the share of fan pixels darker than 16 (blood pools and dark far field);
+- lv_mean, myo_mean: mean grey of the LV cavity and the myocardium at end diastole, and their contrast-to-noise
+  ratio cnr = (myo_mean - lv_mean) / sqrt(var_myo + var_lv). EchoNet traces only the LV: there the myocardium is
+  the ring that `clips.myocardium_ring` grows around it (the authors' construction);
+- opening_deg: the fan's opening angle from straight-line fits of its two edges, and apex_x: where the edges
+  meet, as a fraction of the frame width;
+- speckle_corr: the Pearson correlation of the speckle of frames 40 ms apart (rounded to whole frames at the
+  recording's frame rate, at least one), averaged over the recording. Speckle is a frame minus its Gaussian blur
+  (sigma 2 px), on the fan pixels away from its border: what stays is the fine texture, not the anatomy (whose
+  dark chambers and bright walls would correlate over any lag).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import binary_erosion, gaussian_filter
+
+from freeecho_core.data.clips import myocardium_ring, sector_from_frames
+
+NEAR_BLACK = 16  # grey level below which a pixel counts as near-black
+SPECKLE_LAG_S = 0.040  # frame separation of the speckle correlation
+STATISTICS = ("mean", "median", "p5", "p95", "p95_p50", "near_black", "lv_mean", "myo_mean", "cnr",
+              "opening_deg", "apex_x", "speckle_corr")
+
+
+def fan_edges(sector: np.ndarray) -> tuple[float, float]:
+    """(opening angle in degrees, apex column as a fraction of the width) of a fan mask (H, W) bool, from
+    least-squares lines through its left and right edges, on the rows of the upper 60 % of the fan (above its
+    arc) down to the first row where an edge meets the frame."""
+    H, W = sector.shape
+    rows = np.flatnonzero(sector.any(axis=1))
+    if len(rows) == 0:
+        raise ValueError("the fan mask is empty")
+    left = np.array([np.argmax(sector[r]) for r in rows], float)
+    right = np.array([W - np.argmax(sector[r][::-1]) for r in rows], float)  # one past the last fan pixel
+    touching = (left == 0) | (right == W)
+    end = np.argmax(touching) if touching.any() else len(rows)
+    end = min(end, int(0.6 * (rows[-1] - rows[0] + 1)))
+    start = max(1, end // 10)  # skip the few rows at the tip, where the mask is a pixel or two wide
+    if end - start < 3:
+        raise ValueError("the fan's edges are not visible on enough rows to measure its opening")
+    (b_l, a_l), (b_r, a_r) = (np.polyfit(rows[start:end] + 0.5, edge[start:end], 1) for edge in (left, right))
+    opening = np.degrees(np.arctan(b_r) - np.arctan(b_l))
+    apex_row = (a_l - a_r) / (b_r - b_l)
+    return float(opening), float((a_l + b_l * apex_row) / W)
+
+
+def recording_statistics(frames: np.ndarray, sector: np.ndarray | None = None, lv: np.ndarray | None = None,
+                         myo: np.ndarray | None = None, fps: float = 50.0) -> dict:
+    """The statistics of one recording. frames: (T, H, W) uint8; sector: (H, W) bool (found from the frames when
+    None); lv, myo: (H, W) bool masks at the first frame (end diastole), or None for no cavity figures."""
+    sector = sector_from_frames(frames) if sector is None else sector
+    fan = frames[:, sector].astype(np.float64)
+    p5, p50, p95 = np.percentile(fan, [5, 50, 95])
+    stats = {"mean": fan.mean(), "median": p50, "p5": p5, "p95": p95, "p95_p50": p95 / max(p50, 1.0),
+             "near_black": (fan < NEAR_BLACK).mean()}
+    stats["opening_deg"], stats["apex_x"] = fan_edges(sector)
+    lag = max(1, int(round(SPECKLE_LAG_S * fps)))
+    if len(frames) > lag:
+        inner = binary_erosion(sector, iterations=3)
+        texture = frames.astype(np.float64) - gaussian_filter(frames.astype(np.float64), (0, 2, 2))
+        speckle = texture[:, inner]
+        stats["speckle_corr"] = np.mean([np.corrcoef(speckle[t], speckle[t + lag])[0, 1]
+                                         for t in range(len(frames) - lag)])
+    if lv is not None and myo is not None and lv.any() and myo.any():
+        cavity, wall = frames[0][lv].astype(np.float64), frames[0][myo].astype(np.float64)
+        stats |= {"lv_mean": cavity.mean(), "myo_mean": wall.mean(),
+                  "cnr": (wall.mean() - cavity.mean()) / np.sqrt(wall.var() + cavity.var() + 1e-12)}
+    return {k: float(v) for k, v in stats.items()}
+
+
+def folder_statistics(root: str | Path, limit: int | None = None) -> list[dict]:
+    """`recording_statistics` of every recording in a CAMUS (NIfTI) or EchoNet-Dynamic folder, read with the
+    project's readers (the first `limit` recordings when given). Each row also names its recording."""
+    root = Path(root)
+    if (root / "FileList.csv").is_file():
+        return _echonet_statistics(root, limit)
+    return _camus_statistics(root, limit)
+
+
+def _echonet_statistics(root: Path, limit: int | None) -> list[dict]:
+    from freeecho_core.data.echonet import read_echonet_video, read_filelist, read_tracings
+
+    filelist, tracings = read_filelist(root), read_tracings(root)
+    rows = []
+    for entry in filelist[:limit]:
+        record = read_echonet_video(root, entry["FileName"], filelist, tracings)
+        sector = sector_from_frames(record.frames)
+        ring = myocardium_ring(record.ed_mask, sector) == 2
+        frames = record.frames[record.ed_index:]
+        rows.append({"recording": record.filename}
+                    | recording_statistics(frames, sector, record.ed_mask, ring, record.fps))
+    return rows
+
+
+def _camus_statistics(root: Path, limit: int | None) -> list[dict]:
+    from freeecho_core.data.camus import list_camus_patients, read_camus_sequence
+
+    rows = []
+    for patient in list_camus_patients(root)[:limit]:
+        for view in ("2CH", "4CH"):
+            if not (patient / f"Info_{view}.cfg").is_file():
+                continue
+            record = read_camus_sequence(patient, view)
+            ed = record.labels[record.ed_index]
+            frames = record.frames[record.ed_index:] if record.ed_index < record.es_index else record.frames[::-1]
+            rows.append({"recording": f"{record.patient} {view}"}
+                        | recording_statistics(frames, None, ed == 1, ed == 2, record.info["FrameRate"]))
+    return rows
+
+
+def summary_rows(rows: list[dict]) -> list[dict]:
+    """One row per statistic: median and range over the recordings."""
+    out = []
+    for name in STATISTICS:
+        values = np.array([r[name] for r in rows if name in r])
+        if len(values):
+            out.append({"statistic": name, "median": float(np.median(values)), "min": float(values.min()),
+                        "max": float(values.max()), "recordings": len(values)})
+    return out
