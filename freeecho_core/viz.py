@@ -1,6 +1,8 @@
 """Figures shared by the notebooks: label overlays, galleries, clip animations, OT plans and noised inputs."""
 from __future__ import annotations
 
+import html
+
 import re
 
 import matplotlib.pyplot as plt
@@ -136,3 +138,11 @@ def rows_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def html_table(rows: list[dict], columns: list[str]) -> str:
+    """An HTML table of `columns` of `rows` (rendered as a table by the notebook and by the book alike)."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(row.get(c, '-')))}</td>" for c in columns) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -63,7 +63,7 @@ LOOKS = {
     "echonet": ScannerLook(gain_db=-1.0, reject=1.4, noise_floor=0.003, dynamic_range_db=(30.0, 38.0),
                             opening_deg=(78.0, 89.0), square=True,
                            apex_x=(0.42, 0.56)),
-    "camus": ScannerLook(gain_db=-1.0, reject=1.0, noise_floor=0.012, dynamic_range_db=(32.0, 40.0),
+    "camus": ScannerLook(gain_db=-1.0, reject=1.0, noise_floor=0.015, dynamic_range_db=(30.0, 36.0),
                           opening_deg=(72.0, 80.0), square=False,
                          apex_x=(0.5, 0.5)),
 }
@@ -216,25 +216,31 @@ def lv_regions(points: np.ndarray, g: FrameGeometry, power: float):
     return cavity, wall, depth_in_wall
 
 
-def la_region(points: np.ndarray, g: FrameGeometry, heart: Heart) -> np.ndarray:
+def la_radius(points: np.ndarray, g: FrameGeometry, heart: Heart) -> np.ndarray:
+    """Normalised elliptical radius of the LA (< 1 inside its ellipse; infinite above the mitral plane)."""
     u, v = local_coordinates(points, g)
     a, b = heart.la_length / 2 * g.la_scale ** 0.5, heart.la_width / 2 * g.la_scale ** 0.5
     centre = g.length + a * 0.92
-    return (u > g.length) & (((u - centre) / a) ** 2 + (v / b) ** 2 < 1)
+    return np.where(u > g.length, np.sqrt(((u - centre) / a) ** 2 + (v / b) ** 2), np.inf)
+
+
+def la_region(points: np.ndarray, g: FrameGeometry, heart: Heart) -> np.ndarray:
+    return la_radius(points, g, heart) < 1
 
 
 def right_heart_regions(points: np.ndarray, g: FrameGeometry, heart: Heart):
-    """4CH only: RV cavity (left of the septum, shorter than the LV) and RA (below it)."""
+    """4CH only: RV cavity (left of the septum, shorter than the LV) and RA (below it), as masks, and the
+    normalised elliptical radius of each (< 1 inside its ellipse)."""
     u, v = local_coordinates(points, g)
     septum = -(g.half_width + g.wall)
     rv_len, rv_w = 0.78 * heart.lv_length, 0.85 * heart.lv_width * (g.half_width / (heart.lv_width / 2)) ** 0.5
     rv_centre_u = heart.lv_length - rv_len / 2 + 0.2
-    rv = ((((u - rv_centre_u) / (rv_len / 2)) ** 2 + ((v - septum + rv_w / 2) / (rv_w / 2)) ** 2) < 1)
-    rv &= (v < septum - 0.05) & (u <= g.length)
+    rv_q = np.sqrt(((u - rv_centre_u) / (rv_len / 2)) ** 2 + ((v - septum + rv_w / 2) / (rv_w / 2)) ** 2)
+    rv = (rv_q < 1) & (v < septum - 0.05) & (u <= g.length)
     ra_a, ra_b = heart.la_length / 2 * 0.95, heart.la_width / 2
-    ra = (u > g.length + 0.1) & ((((u - g.length - ra_a) / ra_a) ** 2
-                                   + ((v - septum + ra_b - 0.2) / ra_b) ** 2) < 1) & (v < -0.35)
-    return rv, ra
+    ra_q = np.sqrt(((u - g.length - ra_a) / ra_a) ** 2 + ((v - septum + ra_b - 0.2) / ra_b) ** 2)
+    ra = (u > g.length + 0.1) & (ra_q < 1) & (v < -0.35)
+    return rv, ra, rv_q, ra_q
 
 
 def camus_labels(points: np.ndarray, g: FrameGeometry, heart: Heart) -> np.ndarray:
@@ -298,6 +304,13 @@ def beam_incidence(points: np.ndarray, g: FrameGeometry, power: float, h: float 
     return np.abs((normal * beam).sum(axis=1))
 
 
+def chamber_echo(q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Echogenicity inside a chamber of normalised radius q (< 1): blood, rising towards the wall through
+    trabeculations, so that chambers have soft, irregular borders instead of sharp black ellipses."""
+    border = np.exp(-np.clip(1 - q, 0, None) / 0.07) * rng.uniform(0.3, 1.0, len(q))
+    return AMPLITUDE["blood"] + AMPLITUDE["trabeculae"] * border
+
+
 def classify_scatterers(points: np.ndarray, heart: Heart, rng: np.random.Generator):
     """Tissue class, echogenicity and the body whose motion carries each scatterer (ED configuration)."""
     g0 = frame_geometry(heart, 0.0)
@@ -314,16 +327,18 @@ def classify_scatterers(points: np.ndarray, heart: Heart, rng: np.random.Generat
     facing = (1 - SPECULAR) + SPECULAR * beam_incidence(points, g0, p)
     amp[pericardium] = AMPLITUDE["pericardium"] * facing[pericardium]
     if heart.view == "4CH":
-        rv, ra = right_heart_regions(points, g0, heart)
-        rv_wall_zone = np.abs(v0) < epicardium(u0, _inflated(g0, 1.6), p)
+        rv, ra, rv_q, ra_q = right_heart_regions(points, g0, heart)
         rv_cavity = rv & ~wall
-        body[rv_cavity], amp[rv_cavity] = BODY["rv"], AMPLITUDE["blood"]
+        body[rv_cavity], amp[rv_cavity] = BODY["rv"], chamber_echo(rv_q, rng)[rv_cavity]
         ra_cavity = ra & ~rv & ~wall
-        body[ra_cavity], amp[ra_cavity] = BODY["ra"], AMPLITUDE["blood"]
-        rv_free_wall = rv_wall_zone & ~rv & ~wall & ~cavity & ~pericardium & (points[:, 0] < g0.apex[0] - 1.0)
-        amp[rv_free_wall] = AMPLITUDE["thin_wall"] * facing[rv_free_wall]
+        body[ra_cavity], amp[ra_cavity] = BODY["ra"], chamber_echo(ra_q, rng)[ra_cavity]
+        # The RV free wall and the RA wall: thin bright shells around the chambers (the tricuspid annulus and
+        # the atrial septum where the shells meet the LV and LA).
+        shells = ((rv_q >= 1) & (rv_q < 1.12)) | ((ra_q >= 1) & (ra_q < 1.15))
+        right_walls = shells & ~rv & ~ra & ~wall & ~cavity & ~la & (v0 < 0)
+        amp[right_walls] = AMPLITUDE["thin_wall"] * (0.5 + 0.5 * facing[right_walls])
     la_cavity = la & ~wall
-    body[la_cavity], amp[la_cavity] = BODY["la"], AMPLITUDE["blood"]
+    body[la_cavity], amp[la_cavity] = BODY["la"], chamber_echo(la_radius(points, g0, heart), rng)[la_cavity]
     la_wall = la_region(points, _inflated_la(g0), heart) & ~la & ~wall & ~cavity
     amp[la_wall] = AMPLITUDE["thin_wall"] * facing[la_wall]
     body[la_wall] = BODY["la"]

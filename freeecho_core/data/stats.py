@@ -24,6 +24,14 @@ from freeecho_core.data.clips import myocardium_ring, sector_from_frames
 
 NEAR_BLACK = 16  # grey level below which a pixel counts as near-black
 SPECKLE_LAG_S = 0.040  # frame separation of the speckle correlation
+# Figures measured on real public recordings, what the phantom's scanner looks were tuned to (grey 0-255):
+# EchoNet-Dynamic, 11 apical 4-chamber videos at 112 px, median [range]; CAMUS, one frame of the NIfTI release.
+REAL_FIGURES = {
+    "echonet": {"mean": "49 [39-71]", "median": "31 [10-58]", "p5": "1", "p95": "163", "p95_p50": "[2.6-8.8]",
+                "near_black": "0.36 [0.18-0.54]", "lv_mean": "19", "myo_mean": "72", "cnr": "1.25 [0.89-1.64]",
+                "opening_deg": "87 [58-89]", "apex_x": "[0.33-0.58]", "speckle_corr": "0.78 [0.56-0.87]"},
+    "camus": {"mean": "121", "median": "108", "p5": "54", "p95": "234", "near_black": "0.01", "opening_deg": "75"},
+}
 STATISTICS = ("mean", "median", "p5", "p95", "p95_p50", "near_black", "lv_mean", "myo_mean", "cnr",
               "opening_deg", "apex_x", "speckle_corr")
 
@@ -112,6 +120,21 @@ def _camus_statistics(root: Path, limit: int | None) -> list[dict]:
             rows.append({"recording": f"{record.patient} {view}"}
                         | recording_statistics(frames, None, ed == 1, ed == 2, record.info["FrameRate"]))
     return rows
+
+
+def comparison_rows(phantom: dict[str, list[dict]]) -> list[dict]:
+    """One row per statistic: the real figures beside the median [range] of each phantom format's recordings.
+    phantom: {format: folder_statistics rows}."""
+    summaries = {fmt: {r["statistic"]: r for r in summary_rows(rows)} for fmt, rows in phantom.items()}
+    out = []
+    for name in STATISTICS:
+        row = {"statistic": name}
+        for fmt in ("echonet", "camus"):
+            row[f"real {fmt}"] = REAL_FIGURES[fmt].get(name, "-")
+            r = summaries.get(fmt, {}).get(name)
+            row[f"phantom {fmt}"] = f"{r['median']:.3g} [{r['min']:.3g}-{r['max']:.3g}]" if r else "-"
+        out.append(row)
+    return out
 
 
 def summary_rows(rows: list[dict]) -> list[dict]:
