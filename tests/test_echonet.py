@@ -7,6 +7,8 @@ import pytest
 from scipy.ndimage import map_coordinates
 
 from freeecho_core.data.case import EchoCase
+from freeecho_core.data.clips import ClipConfig
+from freeecho_core.data.dataset import EchoClips, ejection_fractions
 from freeecho_core.data.echonet import (ed_es_frames, lv_tracings, mask_from_tracings, method_of_disks_volume,
                                         read_echonet_video, read_filelist, read_tracings, read_video,
                                         write_echonet_dataset)
@@ -255,3 +257,45 @@ def test_video_without_two_tracings_is_named(dataset):
     path.write_text("\n".join(lines[:1] + lines[22:66]) + "\n")  # second video: an ED tracing of 2 rows
     with pytest.raises(ValueError, match=re.escape(str(path)) + f": {NAMES[1]}.avi: tracing rows must be"):
         read_echonet_video(root, NAMES[1])
+
+
+def test_a_video_without_tracings_is_skipped_counted_and_reported_once(dataset):
+    """The real release has videos with fewer than two traced frames: the dataset leaves them out, with one
+    warning naming how many and why, and trains on the rest."""
+    root, _ = dataset
+    path = root / "VolumeTracings.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:1] + lines[22:]) + "\n")  # the first video keeps only one traced frame
+    with pytest.warns(UserWarning, match=r"skipped 1 of 1 TRAIN videos with fewer than two traced frames") as caught:
+        train = EchoClips(root, "TRAIN", ClipConfig(frames=4, size=32))
+    assert len(caught) == 1 and len(train) == 0 and train.skipped == [NAMES[0]]
+    assert len(EchoClips(root, "VAL", ClipConfig(frames=4, size=32))) == 1
+    with pytest.warns(UserWarning, match="skipped 1 of 2 videos"):
+        assert [r["case"] for r in ejection_fractions(root)] == [NAMES[1]]
+
+
+def test_a_full_size_filelist_with_missing_tracings_loads_with_one_summary(tmp_path):
+    """EchoNet-Dynamic's FileList.csv: 10,030 rows (TRAIN 7,465 / VAL 1,288 / TEST 1,277), CRLF line ends,
+    names of varying length; tracings missing for 7 videos and a single traced frame for 5."""
+    root = tmp_path / "echonet"
+    root.mkdir()
+    splits = ["TRAIN"] * 7465 + ["VAL"] * 1288 + ["TEST"] * 1277
+    names = [f"0X{i:X}" for i in range(len(splits))]  # some much shorter than the usual 18 characters
+    header = "FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split"
+    rows = [f"{n},55.0,30.0,70.0,112,112,{50 if i % 5 else 37},120,{s}" for i, (n, s) in enumerate(zip(names, splits))]
+    (root / "FileList.csv").write_bytes(("\r\n".join([header] + rows) + "\r\n").encode())
+    tracing_rows = ["FileName,X1,Y1,X2,Y2,Frame"]
+    for i, name in enumerate(names):
+        if i % 1000 == 3:  # no tracings (7 videos, all TRAIN or VAL)
+            continue
+        frames = (10,) if i % 2000 == 501 else (10, 40)  # 5 videos with one traced frame
+        for frame in frames:
+            tracing_rows += [f"{name}.avi,50,20,52,90,{frame}", f"{name}.avi,40,40,60,40,{frame}",
+                             f"{name}.avi,41,60,59,60,{frame}"]
+    (root / "VolumeTracings.csv").write_text("\n".join(tracing_rows) + "\n")
+    with pytest.warns(UserWarning) as caught:
+        train = EchoClips(root, "TRAIN", ClipConfig(frames=16, size=64))
+    assert len(caught) == 1
+    skipped = len(train.skipped)
+    assert skipped == sum(1 for i in range(7465) if i % 1000 == 3 or i % 2000 == 501) and len(train) == 7465 - skipped
+    assert f"skipped {skipped} of 7465 TRAIN videos" in str(caught[0].message)

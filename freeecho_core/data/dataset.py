@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch.utils.data import Dataset
 from freeecho_core.data.camus import list_camus_patients, read_camus_frame, read_camus_info, read_camus_sequence
 from freeecho_core.data.clips import Clip, ClipConfig, myocardium_ring, prepare_clip, sector_from_frames
 from freeecho_core.data.echonet import (lv_tracings, method_of_disks_volume, read_echonet_video, read_filelist,
-                                        read_tracings)
+                                        read_tracings, skipped_message, traced_videos)
 from freeecho_core.pseudo import intensity_histogram
 
 CACHE_DIR = ".freeecho_cache"  # default cache folder inside a dataset root
@@ -59,6 +60,7 @@ class EchoClips(Dataset):
         self.views, self.seed = tuple(views), seed
         self.format = detect_format(self.root)
         self._cached: dict[int, Clip] = {}
+        self.skipped: list[str] = []  # EchoNet videos left out for lack of ED/ES tracings
         if self.format == "camus":
             patients = list_camus_patients(self.root)
             split_of = camus_splits([p.name for p in patients], seed)
@@ -66,7 +68,12 @@ class EchoClips(Dataset):
                           if (p / f"Info_{v}.cfg").is_file()]
         else:
             self._filelist, self._tracings = read_filelist(self.root), read_tracings(self.root)
-            self.items = [row["FileName"] for row in self._filelist if row["Split"] == split]
+            in_split = [row for row in self._filelist if row["Split"] == split]
+            usable, self.skipped = traced_videos(in_split, self._tracings)
+            self.items = [row["FileName"] for row in usable]
+            if self.skipped:
+                warnings.warn(skipped_message(self.root, self.skipped, len(in_split), f"{split} videos"),
+                              stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -167,7 +174,10 @@ def ejection_fractions(root: str | Path) -> list[dict]:
                                  "recorded": read_camus_info(patient / f"Info_{view}.cfg")["EF"] / 100})
     else:
         filelist, tracings = read_filelist(root), read_tracings(root)
-        for entry in filelist:
+        usable, skipped = traced_videos(filelist, tracings)
+        if skipped:
+            warnings.warn(skipped_message(root, skipped, len(filelist)), stacklevel=2)
+        for entry in usable:
             record = read_echonet_video(root, entry["FileName"], filelist, tracings)
             rows.append({"case": record.filename, "view": "4CH", "lv": [record.ed_mask, record.es_mask],
                          "recorded": record.ef / 100})

@@ -145,6 +145,20 @@ def read_tracings(root: str | Path) -> dict[str, dict[int, np.ndarray]]:
     return {name: {f: np.array(r) for f, r in frames.items()} for name, frames in tracings.items()}
 
 
+def traced_videos(filelist: list[dict], tracings: dict[str, dict]) -> tuple[list[dict], list[str]]:
+    """Split FileList rows into those with ED and ES tracings (two or more traced frames) and the names of
+    those without: the real release has videos with no or one traced frame, which EchoNet's own loader skips."""
+    usable = [row for row in filelist if len(tracings.get(row["FileName"], {})) >= 2]
+    skipped = [row["FileName"] for row in filelist if len(tracings.get(row["FileName"], {})) < 2]
+    return usable, skipped
+
+
+def skipped_message(root: str | Path, skipped: list[str], total: int, what: str = "videos") -> str:
+    """The one-line summary of the videos left out for lack of tracings."""
+    return (f"{Path(root) / 'VolumeTracings.csv'}: skipped {len(skipped)} of {total} {what} with fewer than two "
+            f"traced frames (no ED/ES labels), e.g. {', '.join(skipped[:3])}")
+
+
 def read_video(path: str | Path, n_frames: int | None = None) -> np.ndarray:
     """(T, H, W) uint8 grey frames of a video (all of them, or the first `n_frames`) via cv2.VideoCapture.
 

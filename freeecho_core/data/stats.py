@@ -92,11 +92,12 @@ def folder_statistics(root: str | Path, limit: int | None = None) -> list[dict]:
 
 
 def _echonet_statistics(root: Path, limit: int | None) -> list[dict]:
-    from freeecho_core.data.echonet import read_echonet_video, read_filelist, read_tracings
+    from freeecho_core.data.echonet import read_echonet_video, read_filelist, read_tracings, traced_videos
 
     filelist, tracings = read_filelist(root), read_tracings(root)
+    usable, _ = traced_videos(filelist, tracings)
     rows = []
-    for entry in filelist[:limit]:
+    for entry in usable[:limit]:
         record = read_echonet_video(root, entry["FileName"], filelist, tracings)
         sector = sector_from_frames(record.frames)
         ring = myocardium_ring(record.ed_mask, sector) == 2
