@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from freeecho_core.anatomy import ANATOMY_COLUMNS
-from freeecho_core.bench import SUITES, bench_forward, run_suite
+from freeecho_core.bench import SUITES, bench_forward, cpu_training_suite, run_suite
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.make_dataset import FORMATS, make_phantom_dataset
@@ -34,6 +34,10 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.suite == "cpu-training":
+        records = cpu_training_suite(repeats=args.repeats, out=args.out)
+        print(f"{len(records)} records" + (f"; wrote {args.out}" if args.out else ""))
+        return
     if args.suite:
         records = run_suite(args.suite, device=args.device, compile=args.compile, out=args.out)
         print(f"{len(records)} records" + (f"; wrote {args.out}" if args.out else ""))
@@ -146,8 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
     bench = sub.add_parser("bench", help="benchmark suites (sampling, reference mode, training, OT, phantom) or "
                                          "one network evaluation per preset; store JSON")
-    bench.add_argument("--suite", choices=sorted(SUITES), help="run a whole suite (smoke: seconds, for CI; cpu: "
-                       "a few minutes; gpu: the paper size) instead of the per-preset evaluation timing")
+    bench.add_argument("--suite", choices=sorted(SUITES) + ["cpu-training"],
+                       help="run a whole suite (smoke: seconds, for CI; cpu: a few minutes; gpu: the paper size; "
+                            "cpu-training: training steps of the cpu preset, eager and compiled, 1 and 2 threads) "
+                            "instead of the per-preset evaluation timing")
     bench.add_argument("--compile", action="store_true", help="with --suite: add torch.compile'd variants")
     bench.add_argument("--preset", nargs="+", default=sorted(PRESETS), choices=sorted(PRESETS))
     bench.add_argument("--batch", type=int, default=1)

@@ -214,3 +214,19 @@ def test_network_variants_record_their_deviation_from_float32(smoke):
     bf16 = [r["max_abs_diff"] for r in variants if r["dtype"] == "bfloat16"]
     assert len(exact) == 3 and max(exact) < 1e-5  # layout and batching change nothing but rounding
     assert len(bf16) == 2 and 0 < min(bf16) and max(bf16) < 2 / 255  # bf16: below one grey level of 255
+
+
+def test_cpu_training_suite_times_eager_compiled_threads_and_bf16(tmp_path):
+    """The cpu-training suite's code path at a tiny size: every configuration gives one record with its
+    thread count, dtype and (compiled) first-step time, and the thread count is restored."""
+    import torch
+
+    from freeecho_core.bench import cpu_training_suite
+
+    threads = torch.get_num_threads()
+    tiny = [(2, 8, 2, False, 1, "float32"), (2, 8, 2, False, 1, "bfloat16")]
+    records = cpu_training_suite(preset="tiny", repeats=1, configurations=tiny, out=tmp_path / "t.json",
+                                 log=lambda line: None)
+    assert [r["dtype"] for r in records] == ["float32", "bfloat16"] and all(r["threads"] == 1 for r in records)
+    assert all(r["throughput_unit"] == "it/s" and r["seconds_median"] > 0 for r in records)
+    assert torch.get_num_threads() == threads and (tmp_path / "t.json").is_file()
