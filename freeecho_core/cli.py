@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="videos from your own ED map (PNG or NIfTI, CAMUS or 5-label)")
     gen.add_argument("--map", required=True, type=Path, help="the ED label map: .png, .nii or .nii.gz, any size")
     gen.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
-                     help="ema.pt of an unconditional model (default: the stored GPU run)")
+                     help="ema.pt of an unconditional model (default: the stored CPU model, "
+                          "checkpoints/cpu/phantom-camus/unconditional/ema.pt)")
     gen.add_argument("--t-start", type=int, default=GenerateConfig.start_step, help="start step t_i of 64 (paper: 15)")
     gen.add_argument("--samples", type=int, default=GenerateConfig.samples)
     gen.add_argument("--out", required=True, type=Path, help="folder for the videos, frames (.npy) and record (.json)")

@@ -28,8 +28,9 @@ from freeecho_core.pseudo import check_labels, intensity_histogram
 
 CONVENTIONS = ("auto", "camus", "five")
 VIDEO_FORMATS = {"avi": "MJPG", "mp4": "mp4v"}  # container -> OpenCV fourcc
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "gpu-short" / "phantom-camus" / \
-    "unconditional" / "ema.pt"  # the stored GPU run, when one has been committed
+# The stored model trained on a 2-core CPU (the cpu profile: 16 frames x 64 x 64, phantom CAMUS data).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "cpu" / "phantom-camus" / \
+    "unconditional" / "ema.pt"
 
 
 @dataclass(frozen=True)

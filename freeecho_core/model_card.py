@@ -1,0 +1,59 @@
+"""Model cards: what a stored model is, written beside its checkpoint as `model_card.json`.
+
+A card records the training configuration and step count, the wall time of training summed over every resumed
+segment of its log.csv, the machine, the data it was trained on (the phantom manifest's seed and settings when
+the data is a phantom), the command that trains or resumes it, the code version, and any held-out scores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from freeecho_core.bench import cpu_model
+from freeecho_core.checkpoint import code_version, load_checkpoint
+from freeecho_core.train import read_log
+
+CARD_NAME = "model_card.json"
+
+
+def training_seconds(log_path: str | os.PathLike) -> float:
+    """Wall seconds of training in a log.csv: each resumed process restarts its clock, so the last time of every
+    segment (where the clock falls back) is summed."""
+    seconds = read_log(log_path)["seconds"]
+    ends = np.flatnonzero(np.diff(seconds) < 0)
+    return float(seconds[ends].sum() + seconds[-1])
+
+
+def data_summary(data_root: str | os.PathLike) -> dict:
+    """The dataset a model was trained on: its path and, for a phantom, the manifest's format, count and settings."""
+    root = Path(data_root)
+    summary = {"path": str(data_root)}
+    manifest = root / "phantom.json"
+    if manifest.is_file():
+        phantom = json.loads(manifest.read_text())
+        summary |= {"phantom": {k: phantom[k] for k in ("format", "count", "seed", "config")}}
+    return summary
+
+
+def write_model_card(run_dir: str | os.PathLike, data_root: str | os.PathLike, command: str,
+                     scores: dict | None = None) -> Path:
+    """Write `run_dir`/model_card.json for the checkpoint in `run_dir` (checkpoint.pt, or ema.pt alone)."""
+    run_dir = Path(run_dir)
+    source = run_dir / "checkpoint.pt" if (run_dir / "checkpoint.pt").is_file() else run_dir / "ema.pt"
+    payload = load_checkpoint(source)
+    files = {p.name: round(p.stat().st_size / 1e6, 2) for p in sorted(run_dir.glob("*.pt"))}
+    card = {
+        "model": str(run_dir), "steps": int(payload["step"]), "train_config": payload["train_config"],
+        "unet_config": payload["config"], "training_seconds": training_seconds(run_dir / "log.csv"),
+        "machine": f"{cpu_model()} ({os.cpu_count()} cores), {platform.system()}, torch {torch.__version__}",
+        "data": data_summary(data_root), "command": command, "file_sizes_mb": files,
+        "held_out_scores": scores or {}, "code_version": code_version(),
+    }
+    path = run_dir / CARD_NAME
+    path.write_text(json.dumps(card, indent=1) + "\n")
+    return path
