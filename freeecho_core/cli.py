@@ -20,6 +20,7 @@ from freeecho_core.data.stats import folder_statistics, summary_rows
 from freeecho_core.edm import karras_sigmas
 from freeecho_core.evaluate import EvalConfig, evaluate, load_denoiser
 from freeecho_core.generate import CONVENTIONS, DEFAULT_CHECKPOINT, VIDEO_FORMATS, GenerateConfig, generate_from_map
+from freeecho_core.model_card import write_model_card
 from freeecho_core.profiles import load_profile
 from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
 from freeecho_core.train import MODEL_KINDS, config_from_profile, train
@@ -88,7 +89,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         if world_size > 1:
             dist.destroy_process_group()
     if rank == 0:
-        print(f"trained {config.kind} to step {config.steps}: {run_dir}/checkpoint.pt, {run_dir}/ema.pt, {run_dir}/log.csv")
+        command = f"freeecho train --profile {args.profile} --data {args.data} --kind {config.kind} " \
+                  f"--run-dir {run_dir} --resume"
+        card = write_model_card(run_dir, args.data, command)
+        print(f"trained {config.kind} to step {config.steps}: {run_dir}/checkpoint.pt, {run_dir}/ema.pt, "
+              f"{run_dir}/log.csv, {card}")
 
 
 def cmd_segmenter(args: argparse.Namespace) -> None:

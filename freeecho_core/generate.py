@@ -131,7 +131,7 @@ def phantom_target(size: int, frames: int, cases: int = 4, bins: int = 256):
     pooled = 0.0
     for index in range(cases):
         case = make_case(0, index, ("2CH", "4CH")[index % 2], PhantomConfig(height=size, frames=frames))
-        video = resize_frames(case.frames, size) / 255.0  # frame by frame: OpenCV takes at most 4 channels
+        video = (resize_frames(case.frames, size) / 255.0).clip(0, 1)  # frame by frame: OpenCV takes <= 4 channels
         sector = resize_labels_nearest(case.sector, size).astype(bool)
         centres, weights = intensity_histogram(video, sector, bins)
         pooled = pooled + weights

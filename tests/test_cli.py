@@ -40,6 +40,9 @@ def test_train_runs_a_profile_and_resumes(tmp_path, capsys):
     assert main(args + ["--steps", "2"]) == 0
     assert main(args + ["--steps", "3", "--resume"]) == 0
     assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 4  # header and steps 1-3
+    card = json.loads((tmp_path / "run" / "model_card.json").read_text())
+    assert card["steps"] == 3 and card["data"]["phantom"]["count"] == 3 and "--resume" in card["command"]
+    assert card["training_seconds"] > 0 and card["file_sizes_mb"]["ema.pt"] > 0
     assert main(["train", "--profile", "nosuch", "--data", str(data)]) == 2
     assert "profile 'nosuch' not found" in capsys.readouterr().err
 

@@ -119,16 +119,16 @@ def test_generate_command(trained, camus_map, tmp_path, capsys):
     assert "empty.png: the label map has no LV cavity" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("frames", [8, 16, 24])
-def test_generation_without_data_works_at_the_frame_counts_users_train(camus_map, frames, tmp_path):
+@pytest.mark.parametrize("frames, size", [(8, 16), (16, 64), (24, 16)])
+def test_generation_without_data_works_at_the_frame_counts_users_train(camus_map, frames, size, tmp_path):
     """The default OT target (phantom recordings at the model's clip size) for models of 8, 16 and 24 frames:
     OpenCV resizes at most 4 channels at once, so frames must never be passed as channels."""
     from freeecho_core.checkpoint import save_checkpoint, unet_payload
     from freeecho_core.unet3d import UNet3D, unet3d_config
 
     checkpoint = save_checkpoint(tmp_path / "ema.pt", unet_payload(UNet3D(unet3d_config("tiny")),
-                                                                   train_config={"frames": frames, "size": 16}))
+                                                                   train_config={"frames": frames, "size": size}))
     cv2.imwrite(str(tmp_path / "ed.png"), camus_map)
     config = GenerateConfig(start_step=63, samples=1, solver="euler", stochastic_sampler=False)
     videos = generate_from_map(tmp_path / "ed.png", checkpoint, None, config)["videos"]
-    assert videos.shape == (1, frames, 16, 16)
+    assert videos.shape == (1, frames, size, size)
