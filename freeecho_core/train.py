@@ -195,7 +195,7 @@ def train(config: TrainConfig, data_root: str | os.PathLike, run_dir: str | os.P
         denoiser = DistributedDataParallel(denoiser)
     sampler = StepBatches(len(dataset), config, start, rank, world_size)
     loader = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers))
-    log = TrainLog(run_dir / "log.csv", enabled=rank == 0)
+    log = TrainLog(run_dir / "log.csv", enabled=rank == 0, resume_step=start)
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress or rank,
                desc=f"train {config.kind}", unit="step")
     done = start
@@ -258,12 +258,18 @@ def optimizer_step(denoiser, model, optimizer, loader, sampler: StepBatches, con
 class TrainLog:
     """Per-step loss, appended to a CSV beside the checkpoints (step, loss, seconds since the run started)."""
 
-    def __init__(self, path: Path, enabled: bool):
+    def __init__(self, path: Path, enabled: bool, resume_step: int = 0):
+        """resume_step: the checkpoint's step; rows logged after it by a killed process are dropped, since
+        those steps run again."""
         self.path, self.enabled, self.start = path, enabled, time.perf_counter()
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():
                 path.write_text("step,loss,seconds\n")
+            lines = path.read_text().splitlines(keepends=True)
+            kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= resume_step]
+            if len(kept) < len(lines):
+                path.write_text("".join(kept))
 
     def write(self, step: int, loss: float) -> None:
         if self.enabled:

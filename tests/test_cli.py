@@ -38,6 +38,8 @@ def test_train_runs_a_profile_and_resumes(tmp_path, capsys):
                  "--frames", "6", "--workers", "1"]) == 0
     args = ["train", "--profile", "smoke", "--data", str(data), "--run-dir", str(tmp_path / "run"), "--device", "cpu"]
     assert main(args + ["--steps", "2"]) == 0
+    with (tmp_path / "run" / "log.csv").open("a") as log:  # a step logged by a process killed before its checkpoint
+        log.write("3,0.5,1.0\n")
     assert main(args + ["--steps", "3", "--resume"]) == 0
     assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 4  # header and steps 1-3
     card = json.loads((tmp_path / "run" / "model_card.json").read_text())
