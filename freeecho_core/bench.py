@@ -320,8 +320,7 @@ def bench_training(
         update_ema(ema, net, ema_decay(config, (step[0] + 1) * batch))
         step[0] += 1
 
-    dtype = "bfloat16" if (bf16 and dev.type == "cuda") or (dev.type == "cpu" and cpu_dtype == "bfloat16") \
-        else "float32"
+    dtype = cpu_dtype if dev.type == "cpu" else ("bfloat16" if bf16 else "float32")
     record = {"benchmark": "training", "preset": preset, "shape": [batch, 1, frames, size, size], "batch": batch,
               "dtype": dtype, "checkpointing": checkpointing, "compiled": compile}
     if dev.type == "cuda":

@@ -35,12 +35,9 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    if args.suite == "cpu-training":
-        records = cpu_training_suite(repeats=args.repeats, out=args.out)
-        print(f"{len(records)} records" + (f"; wrote {args.out}" if args.out else ""))
-        return
     if args.suite:
-        records = run_suite(args.suite, device=args.device, compile=args.compile, out=args.out)
+        records = cpu_training_suite(repeats=args.repeats, out=args.out) if args.suite == "cpu-training" else \
+            run_suite(args.suite, device=args.device, compile=args.compile, out=args.out)
         print(f"{len(records)} records" + (f"; wrote {args.out}" if args.out else ""))
         return
     records = []

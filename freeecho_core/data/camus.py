@@ -130,6 +130,14 @@ def read_camus_sequence(patient_dir: str | Path, view: str) -> CamusRecord:
                        ed_index, es_index, info)
 
 
+def ed_first(record: CamusRecord) -> tuple[np.ndarray, np.ndarray, int]:
+    """(frames, labels, ED index) of a half sequence in time order from ED: the few stored ES -> ED are
+    reversed, the others returned as they are."""
+    if record.ed_index > record.es_index:
+        return record.frames[::-1], record.labels[::-1], len(record.frames) - 1 - record.ed_index
+    return record.frames, record.labels, record.ed_index
+
+
 def read_camus_frame(patient_dir: str | Path, view: str, instant: str) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Read the single-frame ED or ES image and labels: ((H, W) uint8, (H, W) uint8 labels 0-3, (row, col) mm).
 

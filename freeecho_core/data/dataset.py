@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from freeecho_core.data.camus import list_camus_patients, read_camus_frame, read_camus_info, read_camus_sequence
+from freeecho_core.data.camus import (ed_first, list_camus_patients, read_camus_frame, read_camus_info,
+                                      read_camus_sequence)
 from freeecho_core.data.clips import Clip, ClipConfig, myocardium_ring, prepare_clip, sector_from_frames
 from freeecho_core.data.echonet import (lv_tracings, method_of_disks_volume, read_echonet_video, read_filelist,
                                         read_tracings, skipped_message, traced_videos)
@@ -134,9 +135,7 @@ class EchoClips(Dataset):
 
     def _load_camus(self, patient_dir: Path, view: str) -> Clip:
         record = read_camus_sequence(patient_dir, view)
-        frames, labels, ed = record.frames, record.labels, record.ed_index
-        if record.ed_index > record.es_index:  # some half sequences are stored ES -> ED
-            frames, labels, ed = frames[::-1], labels[::-1], len(frames) - 1 - record.ed_index
+        frames, labels, ed = ed_first(record)
         return prepare_clip(record.patient, view, frames, dict(enumerate(labels)), ed, self.config,
                             where=f"{patient_dir} ({view})")
 

@@ -148,8 +148,12 @@ def read_tracings(root: str | Path) -> dict[str, dict[int, np.ndarray]]:
 def traced_videos(filelist: list[dict], tracings: dict[str, dict]) -> tuple[list[dict], list[str]]:
     """Split FileList rows into those with ED and ES tracings (two or more traced frames) and the names of
     those without: the real release has videos with no or one traced frame, which EchoNet's own loader skips."""
-    usable = [row for row in filelist if len(tracings.get(row["FileName"], {})) >= 2]
-    skipped = [row["FileName"] for row in filelist if len(tracings.get(row["FileName"], {})) < 2]
+    usable, skipped = [], []
+    for row in filelist:
+        if len(tracings.get(row["FileName"], {})) >= 2:
+            usable.append(row)
+        else:
+            skipped.append(row["FileName"])
     return usable, skipped
 
 

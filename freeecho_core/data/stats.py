@@ -108,7 +108,7 @@ def _echonet_statistics(root: Path, limit: int | None) -> list[dict]:
 
 
 def _camus_statistics(root: Path, limit: int | None) -> list[dict]:
-    from freeecho_core.data.camus import list_camus_patients, read_camus_sequence
+    from freeecho_core.data.camus import ed_first, list_camus_patients, read_camus_sequence
 
     rows = []
     for patient in list_camus_patients(root)[:limit]:
@@ -116,10 +116,10 @@ def _camus_statistics(root: Path, limit: int | None) -> list[dict]:
             if not (patient / f"Info_{view}.cfg").is_file():
                 continue
             record = read_camus_sequence(patient, view)
-            ed = record.labels[record.ed_index]
-            frames = record.frames[record.ed_index:] if record.ed_index < record.es_index else record.frames[::-1]
+            frames, labels, ed = ed_first(record)
             rows.append({"recording": f"{record.patient} {view}"}
-                        | recording_statistics(frames, None, ed == 1, ed == 2, record.info["FrameRate"]))
+                        | recording_statistics(frames[ed:], None, labels[ed] == 1, labels[ed] == 2,
+                                               record.info["FrameRate"]))
     return rows
 
 
