@@ -145,15 +145,16 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         p_ema.lerp_(p, 1 - decay)
 
 
-def training_state(config: TrainConfig, model, ema, optimizer, step: int) -> dict:
+def training_state(config: TrainConfig, model, ema, optimizer, step: int, data: dict) -> dict:
     return unet_payload(model, train_config=asdict(config), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
-                        step=step)
+                        step=step, data=data)
 
 
-def write_checkpoints(run_dir: Path, config: TrainConfig, model, ema, optimizer, step: int) -> None:
-    """`checkpoint.pt` (everything needed to resume) and `ema.pt` (config + EMA weights, for sampling)."""
-    save_checkpoint(run_dir / "checkpoint.pt", training_state(config, model, ema, optimizer, step))
-    save_checkpoint(run_dir / "ema.pt", unet_payload(ema, train_config=asdict(config), step=step))
+def write_checkpoints(run_dir: Path, config: TrainConfig, model, ema, optimizer, step: int, data: dict) -> None:
+    """`checkpoint.pt` (everything needed to resume) and `ema.pt` (config + EMA weights, for sampling); both
+    carry `data`: the training folder and the frame rate of its clips (what sampled videos are played at)."""
+    save_checkpoint(run_dir / "checkpoint.pt", training_state(config, model, ema, optimizer, step, data))
+    save_checkpoint(run_dir / "ema.pt", unet_payload(ema, train_config=asdict(config), step=step, data=data))
 
 
 def resume_state(run_dir: Path, config: TrainConfig, model, ema, optimizer) -> int:
@@ -182,6 +183,7 @@ def train(config: TrainConfig, data_root: str | os.PathLike, run_dir: str | os.P
     dataset = EchoClips(data_root, "TRAIN", ClipConfig(frames=config.frames, size=config.size), seed=config.seed)
     if len(dataset) == 0:
         raise ValueError(f"{data_root}: the TRAIN split is empty")
+    data = {"path": str(data_root), "fps": dataset.frame_rate()}
     model = build_model(config).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -207,13 +209,13 @@ def train(config: TrainConfig, data_root: str | os.PathLike, run_dir: str | os.P
             log.write(done, loss)
             bar.set_postfix(loss=f"{loss:.4f}")
             if done % config.checkpoint_every == 0 and rank == 0:
-                write_checkpoints(run_dir, config, model, ema, optimizer, done)
+                write_checkpoints(run_dir, config, model, ema, optimizer, done, data)
     except KeyboardInterrupt:
         if rank == 0:  # keep the steps completed so far
-            write_checkpoints(run_dir, config, model, ema, optimizer, done)
+            write_checkpoints(run_dir, config, model, ema, optimizer, done, data)
         raise
     if rank == 0 and done % config.checkpoint_every:
-        write_checkpoints(run_dir, config, model, ema, optimizer, done)
+        write_checkpoints(run_dir, config, model, ema, optimizer, done, data)
     return run_dir
 
 

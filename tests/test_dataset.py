@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from freeecho_core.data.case import to_five_labels
-from freeecho_core.data.clips import (UNLABELLED, ClipConfig, myocardium_ring, prepare_clip, resize_frames,
-                                      resize_labels_nearest, sector_from_frames, take_frames)
+from freeecho_core.data.clips import (UNLABELLED, ClipConfig, crop_to_aspect, myocardium_ring, pad_to_square,
+                                      prepare_clip, resize_frames, resize_labels_nearest, sector_from_frames,
+                                      take_frames)
 from freeecho_core.data.dataset import CACHE_DIR, EchoClips, camus_splits, detect_format, ejection_fractions
 from freeecho_core.data.make_dataset import echonet_splits, make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig, make_case
@@ -43,12 +44,27 @@ def test_camus_clip_round_trip_equals_the_rendered_case(camus_root):
     index = int(clip.case_id.removeprefix("patient")) - 1
     case = make_case(3, index, "2CH", CONFIG)
     assert clip.video.shape == (6, 32, 32) and clip.video.dtype == np.float32
-    expected = resize_frames(case.frames[:1], 32)[0] / 127.5 - 1
+    assert case.frames.shape[2] > case.frames.shape[1]  # a CAMUS frame is wider than tall: padded, not stretched
+    expected = resize_frames(pad_to_square(case.frames[:1]), 32)[0] / 127.5 - 1
     assert np.abs(clip.video[0] - expected).max() < 1e-5
-    sector = resize_labels_nearest(sector_from_frames(case.frames[: case.es_index + 1]), 32).astype(bool)
-    assert np.array_equal(clip.ed_map, to_five_labels(resize_labels_nearest(case.labels[0], 32), sector))
+    sector = sector_from_frames(case.frames[: case.es_index + 1])
+    sector = resize_labels_nearest(pad_to_square(sector), 32).astype(bool)
+    labels = resize_labels_nearest(pad_to_square(case.labels[0]), 32)
+    assert np.array_equal(clip.ed_map, to_five_labels(labels, sector))
+    assert (clip.ed_map[-3:] == 0).all()  # the rows below the fan are padding
     assert set(np.unique(clip.ed_map)) == {0, 1, 2, 3, 4}
     assert (clip.frame_labels != UNLABELLED).all()  # CAMUS labels every frame of the half sequence
+
+
+@pytest.mark.parametrize("shape", [(30, 50), (50, 30), (40, 40), (61, 100), (121, 100)])
+def test_pad_to_square_keeps_the_aspect_ratio_and_crop_to_aspect_undoes_it(shape):
+    image = np.arange(1, 1 + np.prod(shape)).reshape(shape)
+    padded = pad_to_square(image)
+    S = max(shape)
+    assert padded.shape == (S, S) and padded[0, (S - shape[1]) // 2] == 1  # probe side (top) kept, no stretch
+    assert np.array_equal(crop_to_aspect(padded, shape), image)  # at the original size: exact
+    small = crop_to_aspect(resize_labels_nearest(padded[None], 32), shape)[0]
+    assert abs(small.shape[0] / small.shape[1] - shape[0] / shape[1]) < 0.1 and (small > 0).all()
 
 
 def test_echonet_clips_have_a_grown_myocardium_and_labels_on_traced_frames_only(echonet_root):
@@ -80,9 +96,11 @@ def test_recorded_and_measured_ejection_fractions_agree(camus_root, echonet_root
 
 
 def test_time_policies_for_short_clips():
-    assert np.array_equal(take_frames(30, 24, "resample", "x"), np.arange(24))
-    assert np.allclose(take_frames(7, 13, "resample", "x"), np.linspace(0, 6, 13))
-    assert np.array_equal(take_frames(3, 5, "pad", "x"), [0, 1, 2, 2, 2])
+    assert np.array_equal(take_frames(30, 24, "resample", "x")[0], np.arange(24))
+    positions, step = take_frames(7, 13, "resample", "x")
+    assert np.allclose(positions, np.linspace(0, 6, 13)) and step == 0.5
+    assert np.array_equal(take_frames(3, 5, "pad", "x")[0], [0, 1, 2, 2, 2])
+    assert np.array_equal(take_frames(30, 5, "resample", "x", step=2.5)[0], [0, 2.5, 5, 7.5, 10])
     with pytest.raises(ValueError, match="clip.avi: 3 frames from end diastole, 5 asked"):
         take_frames(3, 5, "error", "clip.avi")
     with pytest.raises(ValueError, match="short must be one of"):
@@ -93,10 +111,29 @@ def test_prepare_clip_resamples_labels_to_the_nearest_frame_and_refuses_an_empty
     frames = np.full((3, 16, 16), 200, np.uint8)
     frames[:, 4:12, 4:12] = np.array([0, 60, 120], np.uint8)[:, None, None]
     labels = {k: np.where(frames[k] < 200, 1, 0).astype(np.uint8) for k in range(3)}
-    clip = prepare_clip("c", "2CH", frames, labels, 0, ClipConfig(frames=5, size=16), sector=np.ones((16, 16), bool))
+    clip = prepare_clip("c", "2CH", frames, labels, 0, ClipConfig(frames=5, size=16), 50.0,
+                        sector=np.ones((16, 16), bool))
     assert np.allclose((clip.video[:, 8, 8] + 1) * 127.5, [0, 30, 60, 90, 120], atol=1e-3)  # linear in time
+    assert clip.fps == 100.0  # 3 frames at 50 fps stretched to 5
     with pytest.raises(ValueError, match="c: the ED labels hold no LV"):
-        prepare_clip("c", "2CH", frames, {0: np.zeros((16, 16), np.uint8)}, 0, ClipConfig(frames=2, size=16))
+        prepare_clip("c", "2CH", frames, {0: np.zeros((16, 16), np.uint8)}, 0, ClipConfig(frames=2, size=16), 50.0)
+    with pytest.raises(ValueError, match="c: the frame rate must be positive, got 0"):
+        prepare_clip("c", "2CH", frames, labels, 0, ClipConfig(frames=2, size=16), 0)
+
+
+@pytest.mark.parametrize("fps", [18.0, 50.0, 138.0])  # the range of EchoNet-Dynamic's frame rates
+def test_a_fixed_frame_rate_makes_clips_of_one_duration_whatever_the_recording_rate(fps):
+    duration, K = 1.0, 11
+    t = np.arange(int(duration * fps) + 1) / fps  # one second from ED, grey = 200 t
+    frames = np.repeat((200 * t)[:, None, None], 16, 1).repeat(16, 2).astype(np.float32)
+    labels = {0: np.pad(np.ones((8, 8), np.uint8), 4)}
+    paper = prepare_clip("c", "4CH", frames, labels, 0, ClipConfig(frames=K, size=16), fps)
+    fixed = prepare_clip("c", "4CH", frames, labels, 0, ClipConfig(frames=K, size=16, fps=10.0), fps)
+    assert paper.fps == fps and fixed.fps == pytest.approx(10.0)
+    grey = (fixed.video[:, 8, 8] + 1) * 127.5  # sampled every 0.1 s: 0, 20, ..., 200
+    assert np.allclose(grey, 200 * np.arange(K) / 10.0, atol=1.0)
+    with pytest.raises(ValueError, match="fps must be a positive frame rate"):
+        ClipConfig(fps=0)
 
 
 def test_sector_is_the_convex_fan_even_where_a_dark_cavity_touches_its_edge():

@@ -1,13 +1,17 @@
 """Clip preparation shared by the CAMUS and EchoNet readers (paper section 3, "Data").
 
 From a recording and its labels to what the model and the pseudo-video step take: K frames from end
-diastole, resized to S x S (labels with nearest neighbour), grey in [-1, 1], plus the ED label map in the
-5-label convention of the method (0 outside the sector, 1 sector tissue, 2 LV, 3 myocardium, 4 LA).
+diastole, zero-padded to a square (`pad_to_square`: pixels stay square, the probe stays at the top centre),
+resized to S x S (labels with nearest neighbour), grey in [-1, 1], plus the ED label map in the 5-label
+convention of the method (0 outside the sector, 1 sector tissue, 2 LV, 3 myocardium, 4 LA).
 
 Time policy (the paper takes "the first 24 frames" from ED, but CAMUS half sequences run only ED -> ES and hold
 10-30 frames): when at least K frames follow ED, the first K are taken as they are; when fewer do, `short`
 decides: "resample" (default) stretches the available frames to K by linear interpolation in time (labels:
-nearest frame), "pad" repeats the last frame, "error" refuses the clip.
+nearest frame), "pad" repeats the last frame, "error" refuses the clip. Real recordings run at different frame
+rates (EchoNet-Dynamic: 18-138 fps), so K frames span different times; `ClipConfig.fps` resamples every
+recording to one rate from ED first (linear interpolation between frames). Each clip records the frame rate
+it ends up at (`Clip.fps`).
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from scipy.ndimage import binary_dilation, binary_opening, label as connected_co
 
 from freeecho_core.data.case import to_five_labels
 
+# Bumped whenever prepare_clip makes different clips from the same files; part of every cache key built on clips.
+PREPARATION_VERSION = 2  # 2: frames padded to a square instead of stretched; ClipConfig.fps
 SHORT_POLICIES = ("resample", "pad", "error")
 UNLABELLED = -1  # frame_labels value of frames without annotation
 
@@ -28,10 +34,13 @@ class ClipConfig:
     frames: int = 24  # K frames from ED (paper: 24; the authors' script: 16)
     size: int = 128  # S: output height and width in pixels (paper: 128)
     short: str = "resample"  # clips with fewer than K frames from ED: "resample", "pad" or "error"
+    fps: float | None = None  # None: K consecutive frames (the paper); a rate: resample every recording to it
 
     def __post_init__(self):
         if self.short not in SHORT_POLICIES:
             raise ValueError(f"short must be one of {SHORT_POLICIES}, got {self.short!r}")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"fps must be a positive frame rate or None, got {self.fps!r}")
         if self.frames < 1 or self.size < 8:
             raise ValueError(f"need frames >= 1 and size >= 8, got {self.frames}, {self.size}")
 
@@ -44,6 +53,7 @@ class Clip:
     frame_labels: (K, S, S) int64 CAMUS labels (0-3), UNLABELLED (-1) on frames without annotation.
     ed_map: (S, S) int64 ED labels in the 5-label convention.
     sector: (S, S) bool scan fan.
+    fps: frames per second of `video` (the recording's rate, changed where the clip was resampled in time).
     """
 
     case_id: str
@@ -52,6 +62,7 @@ class Clip:
     frame_labels: np.ndarray
     ed_map: np.ndarray
     sector: np.ndarray
+    fps: float
 
 
 SECTOR_GREY = 16  # grey level a fan pixel reaches in some frame; codec noise and black borders stay below
@@ -82,15 +93,18 @@ def myocardium_ring(lv: np.ndarray, sector: np.ndarray, thickness_fraction: floa
     return np.where(lv, 1, np.where(ring, 2, 0)).astype(np.uint8)
 
 
-def take_frames(n_available: int, K: int, short: str, where: str) -> np.ndarray:
-    """Fractional source positions of K output frames from ED (frame 0) among n_available frames."""
-    if n_available >= K:
-        return np.arange(K, dtype=float)
+def take_frames(n_available: int, K: int, short: str, where: str, step: float = 1.0) -> tuple[np.ndarray, float]:
+    """Fractional source positions of K output frames from ED (frame 0) among n_available frames, `step` source
+    frames apart (1: consecutive frames), and the step the positions end up with (the `short` policy for too few
+    frames: "resample" spreads the available ones over K, "pad" repeats the last, "error" refuses)."""
+    positions = np.arange(K) * step
+    if positions[-1] <= n_available - 1:
+        return positions, step
     if short == "error":
         raise ValueError(f"{where}: {n_available} frames from end diastole, {K} asked (policy short='error')")
     if short == "pad":
-        return np.minimum(np.arange(K), n_available - 1).astype(float)
-    return np.linspace(0, n_available - 1, K)
+        return np.minimum(positions, n_available - 1), step
+    return np.linspace(0, n_available - 1, K), (n_available - 1) / max(K - 1, 1)
 
 
 def resample_in_time(frames: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -99,6 +113,25 @@ def resample_in_time(frames: np.ndarray, positions: np.ndarray) -> np.ndarray:
     hi = np.minimum(lo + 1, len(frames) - 1)
     w = (positions - lo)[:, None, None]
     return frames[lo] * (1 - w) + frames[hi] * w
+
+
+def pad_to_square(images: np.ndarray) -> np.ndarray:
+    """(..., H, W) -> (..., S, S), S = max(H, W): zeros below a wide image, or equally left and right of a tall
+    one, so that pixels stay square and an apical probe stays at the top centre (no stretching)."""
+    H, W = images.shape[-2:]
+    S = max(H, W)
+    left = (S - W) // 2
+    return np.pad(images, [(0, 0)] * (images.ndim - 2) + [(0, S - H), (left, S - W - left)])
+
+
+def crop_to_aspect(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The inverse of `pad_to_square` at any size: the part of (..., s, s) images that an (H, W) image padded to
+    a square and resized to s covers, (..., round(s H / S), round(s W / S)), S = max(H, W)."""
+    H, W = shape
+    s, S = images.shape[-1], max(H, W)
+    h, w = max(1, round(s * H / S)), max(1, round(s * W / S))
+    left = (s - w) // 2
+    return images[..., :h, left : left + w]
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
@@ -119,12 +152,12 @@ def resize_labels_nearest(labels: np.ndarray, size) -> np.ndarray:
 
 
 def prepare_clip(case_id: str, view: str, frames: np.ndarray, labels: dict[int, np.ndarray], ed_index: int,
-                 config: ClipConfig, sector: np.ndarray | None = None, ed_labels: np.ndarray | None = None,
+                 config: ClipConfig, fps: float, sector: np.ndarray | None = None, ed_labels: np.ndarray | None = None,
                  where: str = "") -> Clip:
-    """K frames from `ed_index`, resized and scaled, with the ED map in the 5-label convention.
+    """K frames from `ed_index`, padded to a square, resized and scaled, with the ED map in the 5-label convention.
 
     frames: (T, H, W) uint8; labels: {frame index: (H, W) CAMUS labels} for the annotated frames (the ED
-    frame must be among them); sector: (H, W) bool, found from the frames when None; ed_labels: the CAMUS
+    frame must be among them); fps: the recording's frame rate; sector: (H, W) bool, found from the frames when None; ed_labels: the CAMUS
     labels the ED map is made from, when they differ from labels[ed_index] (EchoNet: LV plus a grown ring).
     """
     where = where or case_id
@@ -133,7 +166,13 @@ def prepare_clip(case_id: str, view: str, frames: np.ndarray, labels: dict[int, 
     if not (labels[ed_index] == 1).any():
         raise ValueError(f"{where}: the ED labels hold no LV (label 1)")
     sector = sector_from_frames(frames) if sector is None else sector
-    positions = take_frames(len(frames) - ed_index, config.frames, config.short, where)
+    ed_labels = labels[ed_index] if ed_labels is None else ed_labels
+    frames, sector, ed_labels = pad_to_square(frames), pad_to_square(sector), pad_to_square(ed_labels)
+    labels = {k: pad_to_square(v) for k, v in labels.items()}
+    if not fps > 0:
+        raise ValueError(f"{where}: the frame rate must be positive, got {fps!r}")
+    step = 1.0 if config.fps is None else fps / config.fps
+    positions, step = take_frames(len(frames) - ed_index, config.frames, config.short, where, step)
     video = resize_frames(resample_in_time(frames[ed_index:].astype(np.float32), positions), config.size)
     frame_labels = np.full((config.frames, frames.shape[1], frames.shape[2]), UNLABELLED, np.int64)
     for k, p in enumerate(positions):
@@ -141,7 +180,6 @@ def prepare_clip(case_id: str, view: str, frames: np.ndarray, labels: dict[int, 
         if source in labels:
             frame_labels[k] = labels[source]
     sector_small = resize_labels_nearest(sector, config.size).astype(bool)
-    ed_labels = labels[ed_index] if ed_labels is None else ed_labels
     ed_map = to_five_labels(resize_labels_nearest(ed_labels, config.size), sector_small)
     return Clip(case_id, view, (video / 127.5 - 1).clip(-1, 1).astype(np.float32),
-                resize_labels_nearest(frame_labels, config.size), ed_map, sector_small)
+                resize_labels_nearest(frame_labels, config.size), ed_map, sector_small, float(fps / step))

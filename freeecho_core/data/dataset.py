@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 from freeecho_core.data.camus import (ed_first, list_camus_patients, read_camus_frame, read_camus_info,
                                       read_camus_sequence)
-from freeecho_core.data.clips import Clip, ClipConfig, myocardium_ring, prepare_clip, sector_from_frames
+from freeecho_core.data.clips import (PREPARATION_VERSION, Clip, ClipConfig, myocardium_ring, prepare_clip,
+                                      sector_from_frames)
 from freeecho_core.data.echonet import (lv_tracings, method_of_disks_volume, read_echonet_video, read_filelist,
                                         read_tracings, skipped_message, traced_videos)
 from freeecho_core.pseudo import intensity_histogram
@@ -92,20 +93,27 @@ class EchoClips(Dataset):
         return {"video": torch.from_numpy(c.video)[None], "ed_map": torch.from_numpy(c.ed_map),
                 "frame_labels": torch.from_numpy(c.frame_labels), "case_id": c.case_id, "view": c.view}
 
+    def frame_rate(self) -> float:
+        """The median frame rate of this split's clips (what a model trained on them has learnt as real time)."""
+        if len(self) == 0:
+            raise ValueError(f"{self.root}: split {self.split} has no clips")
+        return float(np.median([self.clip(i).fps for i in range(len(self))]))
+
     def intensity_histogram(self, bins: int = 256, cache_dir: str | Path | None = None):
         """The target distribution of paper eq. (3) for this split: `pseudo.intensity_histogram` of the
         grey levels (video + 1) / 2 inside the sector of every frame of every clip, (centres, weights).
 
         Computed once and cached as an .npz in `cache_dir` (default `<root>/.freeecho_cache/`), keyed by
-        split, clip config (frames, size, short), views, seed, bins and the dataset root; the file is
-        written atomically (temporary file, then os.replace). When the default folder cannot be created or
-        written (a read-only dataset root), the histogram is computed every time without caching; an
-        explicit `cache_dir` that cannot be written raises. Returns float64 (bins,) arrays; the pixel
-        counts are summed one clip at a time.
+        the clip preparation's version, split, clip config (frames, size, short, fps), views, seed, bins and the
+        dataset root; the file is written atomically (temporary file, then os.replace). When the default
+        folder cannot be created or written (a read-only dataset root), the histogram is computed every time
+        without caching; an explicit `cache_dir` that cannot be written raises. Returns float64 (bins,)
+        arrays; the pixel counts are summed one clip at a time.
         """
         default = cache_dir is None
-        key = (f"{self.split}-f{self.config.frames}-s{self.config.size}-{self.config.short}-"
-               f"{'_'.join(self.views)}-seed{self.seed}-b{bins}")
+        rate = "" if self.config.fps is None else f"-fps{self.config.fps:g}"
+        key = (f"v{PREPARATION_VERSION}-{self.split}-f{self.config.frames}-s{self.config.size}-"
+               f"{self.config.short}{rate}-{'_'.join(self.views)}-seed{self.seed}-b{bins}")
         folder = self.root / CACHE_DIR if default else Path(cache_dir)
         # The root is part of the key too, so one explicit cache_dir can serve several datasets.
         digest = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:8]
@@ -137,15 +145,15 @@ class EchoClips(Dataset):
         record = read_camus_sequence(patient_dir, view)
         frames, labels, ed = ed_first(record)
         return prepare_clip(record.patient, view, frames, dict(enumerate(labels)), ed, self.config,
-                            where=f"{patient_dir} ({view})")
+                            record.info["FrameRate"], where=f"{patient_dir} ({view})")
 
     def _load_echonet(self, name: str) -> Clip:
         record = read_echonet_video(self.root, name, self._filelist, self._tracings)
         sector = sector_from_frames(record.frames)
         labels = {record.ed_index: record.ed_mask.astype(np.uint8), record.es_index: record.es_mask.astype(np.uint8)}
         ring = myocardium_ring(record.ed_mask, sector)
-        return prepare_clip(name, "4CH", record.frames, labels, record.ed_index, self.config, sector=sector,
-                            ed_labels=ring, where=str(self.root / "Videos" / f"{name}.avi"))
+        return prepare_clip(name, "4CH", record.frames, labels, record.ed_index, self.config, record.fps,
+                            sector=sector, ed_labels=ring, where=str(self.root / "Videos" / f"{name}.avi"))
 
 
 def _save_npz_atomically(path: Path, **arrays) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 
 from freeecho_core.data.case import EchoCase
+from freeecho_core.data.clips import pad_to_square
 from freeecho_core.data.staging import staged_folder
 
 FILELIST_TYPES = {"FileName": str, "EF": float, "ESV": float, "EDV": float, "FrameHeight": int,
@@ -298,7 +299,7 @@ def _write_dataset(folder: Path, cases: list[EchoCase], splits: list[str]) -> No
 
 def _write_case(videos: Path, case: EchoCase, split: str) -> tuple[list, list[list]]:
     """Write one case's AVI; return its FileList row and its VolumeTracings rows (ES then ED)."""
-    frames, lv = _pad_square(case.frames), _pad_square(case.labels == LV)
+    frames, lv = pad_to_square(case.frames), pad_to_square(case.labels == LV)
     scale = VIDEO_SIZE / frames.shape[1]
     _write_avi(videos / f"{case.case_id}.avi", _resize(frames), case.fps)
     traced = {}
@@ -310,14 +311,6 @@ def _write_case(videos: Path, case: EchoCase, split: str) -> tuple[list, list[li
     edv, esv = (method_of_disks_volume(traced[f], spacing_cm) for f in (0, case.es_index))
     row = [case.case_id, 100 * (edv - esv) / edv, esv, edv, VIDEO_SIZE, VIDEO_SIZE, case.fps, len(frames), split]
     return row, [[f"{case.case_id}.avi", *xy, frame] for frame, rows in traced.items() for xy in rows]
-
-
-def _pad_square(images: np.ndarray) -> np.ndarray:
-    """(T, H, W) -> (T, S, S), S = max(H, W): zeros below, or equally left and right (probe stays top centre)."""
-    _, H, W = images.shape
-    S = max(H, W)
-    left = (S - W) // 2
-    return np.pad(images, ((0, 0), (0, S - H), (left, S - W - left)))
 
 
 def _resize(frames: np.ndarray) -> np.ndarray:
