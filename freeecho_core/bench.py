@@ -31,9 +31,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from freeecho_core.checkpoint import code_version
 from freeecho_core.edm import EDMPrecond, karras_sigmas
 from freeecho_core.sampler import reference_sdedit_sample, sdedit_sample
+from freeecho_core.synthesis import AUTHORS_CHURN
 from freeecho_core.unet3d import Level, UNet3D, count_parameters, pointwise, unet3d_config
 
-AUTHORS_CHURN = dict(S_churn=80.0, S_tmin=0.05, S_tmax=50.0, S_noise=1.003)  # their EDM Algorithm 2 settings
 REFERENCE_CHANNELS = 3  # the authors fed 3 identical grey channels
 # Lower bound of the seconds per video (97 evaluations) from memory traffic, per GPU: issue 9's estimate for one
 # H100 (~12 GB moved per fully fused evaluation). Other devices have no stated floor.
@@ -422,7 +422,8 @@ def ot_problem(bins: int, phantom_frames: int = 16, phantom_height: int = 64):
     `bins`-bin histogram of its frames' sector pixels (target). Returns (a, x_a, b, x_b)."""
     from freeecho_core.data.case import to_five_labels
     from freeecho_core.data.phantom import PhantomConfig, make_case
-    from freeecho_core.pseudo import intensity_histogram, source_atoms
+    from freeecho_core.data.histogram import intensity_histogram
+    from freeecho_core.pseudo import source_atoms
 
     case = make_case(0, 0, "4CH", PhantomConfig(height=phantom_height, frames=phantom_frames))
     x_a, a, _ = source_atoms(to_five_labels(case.labels[0], case.sector))

@@ -18,8 +18,10 @@ from freeecho_core.data.make_dataset import FORMATS, make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.data.stats import folder_statistics, summary_rows
 from freeecho_core.edm import karras_sigmas
-from freeecho_core.evaluate import EvalConfig, evaluate, load_denoiser
-from freeecho_core.generate import CONVENTIONS, DEFAULT_CHECKPOINT, VIDEO_FORMATS, GenerateConfig, generate_from_map
+from freeecho_core.data.maps import CONVENTIONS
+from freeecho_core.evaluate import EvalConfig, evaluate
+from freeecho_core.generate import VIDEO_FORMATS, GenerateConfig, generate_from_map
+from freeecho_core.synthesis import DEFAULT_CHECKPOINT, load_denoiser
 from freeecho_core.model_card import write_model_card
 from freeecho_core.profiles import load_profile
 from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
@@ -64,7 +66,7 @@ def cmd_phantom(args: argparse.Namespace) -> None:
         raise ValueError("give --format and --out to render a dataset, or --stats DIR to measure one")
     config = PhantomConfig(height=args.height, frames=args.frames, cycles=args.cycles)
     out = make_phantom_dataset(args.out, args.format, args.count, args.seed, config, workers=args.workers)
-    print(f"wrote {args.count} phantom {'patients' if args.format == 'camus' else 'videos'} to {out}")
+    print(f"wrote {args.count} phantom {'patients' if args.format.startswith('camus') else 'videos'} to {out}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -114,7 +116,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
         target = EchoClips(args.data, "TRAIN", clip, seed=train_config.get("seed", 0)).intensity_histogram()
     result = generate_from_map(args.map, args.checkpoint, args.out, config, convention=args.labels, target=target,
                                video_format=args.format, device=device)
-    print(f"wrote {len(result['files'])} videos of {result['videos'].shape[1]} frames to {args.out}")
+    n, K, h, w = result["videos"].shape
+    print(f"wrote {n} videos of {K} frames ({h} x {w} pixels, {result['fps']:g} fps; map read as "
+          f"{result['convention']} labels) to {args.out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -209,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "metrics: Dice, EF proxy, LV area roughness, FD-seg, FVD-seg")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=cmd_evaluate)
-    gen = sub.add_parser("generate", help="videos from your own ED map (PNG or NIfTI, CAMUS or 5-label)")
+    gen = sub.add_parser("generate", help="videos from your own ED map (PNG or NIfTI; CAMUS, 5-label or LV-only)")
     gen.add_argument("--map", required=True, type=Path, help="the ED label map: .png, .nii or .nii.gz, any size")
     gen.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                      help="ema.pt of an unconditional model (default: the stored CPU model, "
@@ -217,11 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--t-start", type=int, default=GenerateConfig.start_step, help="start step t_i of 64 (paper: 15)")
     gen.add_argument("--samples", type=int, default=GenerateConfig.samples)
     gen.add_argument("--out", required=True, type=Path, help="folder for the videos, frames (.npy) and record (.json)")
-    gen.add_argument("--labels", default="auto", choices=CONVENTIONS, help="the map's label convention")
+    gen.add_argument("--labels", default="auto", choices=CONVENTIONS,
+                     help="the map's label convention (auto: label 4 -> five, a binary mask -> lv, else camus)")
     gen.add_argument("--mapping", default=GenerateConfig.mapping, choices=["barycentric", "stochastic"])
     gen.add_argument("--solver", default=GenerateConfig.solver, choices=["heun", "euler"])
     gen.add_argument("--format", default="avi", choices=sorted(VIDEO_FORMATS))
-    gen.add_argument("--fps", type=float, default=GenerateConfig.fps)
+    gen.add_argument("--fps", type=float, default=GenerateConfig.fps,
+                     help="frame rate of the written videos (default: that of the model's training data)")
     gen.add_argument("--seed", type=int, default=GenerateConfig.seed)
     gen.add_argument("--data", type=Path, help="the training dataset, whose grey levels are the OT target "
                      "(default: the echo phantom's)")
@@ -240,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, OSError, KeyError) as err:
+    except (ValueError, OSError, KeyError, ImportError) as err:
         print(f"freeecho {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -11,7 +11,7 @@ Choices made here (DESIGN.md section 2 describes what the authors' script did in
   weighted by its fraction a of the sector's pixels. Labels that share a grey level are one atom: OT
   sees grey levels, not labels. Atoms are exact (no re-binning of 0.5 to a bin centre) and small (4 x 256).
 - Target distribution: a histogram (x_b, b) of the grey levels inside the sector of many real frames
-  (`intensity_histogram`), not one frame.
+  (`data.histogram.intensity_histogram`), not one frame.
 - Cost c(x, y) = (x - y)^2 on grey levels in [0, 1], so costs lie in [0, 1] and reg is relative to that.
 - Two readings of the plan P: `barycentric_map` (each atom goes to E[y | x], one grey level per label,
   the paper's deterministic reading) and `stochastic_map` (each pixel draws y from its atom's row of P,
@@ -77,32 +77,6 @@ def pseudo_image(labels, intensities=AUTHORS_INTENSITIES) -> np.ndarray:
     if not np.all((lut >= 0) & (lut <= 1)):
         raise ValueError(f"intensities must lie in [0, 1], got {intensities}")
     return lut[labels]
-
-
-def intensity_histogram(frames, sectors, bins: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """The target distribution mu of eq. (3): grey levels inside the scan sector of many real frames.
-
-    frames: (N, H, W) uint8 (read as k / 255) or float in [0, 1]. sectors: (N, H, W) or (H, W) bool.
-    Returns (centres, weights): the `bins` bin centres on [0, 1] and the pixel fractions (sum 1), float64.
-    A pure function of its inputs; caching it per dataset is the caller's business.
-    """
-    frames, sectors = np.asarray(frames), np.asarray(sectors, dtype=bool)
-    if frames.ndim != 3:
-        raise ValueError(f"frames must be (N, H, W), got shape {frames.shape}")
-    if frames.dtype == np.uint8:
-        frames = frames / 255.0
-    elif not np.issubdtype(frames.dtype, np.floating) or frames.min() < 0 or frames.max() > 1:
-        raise ValueError(f"frames must be uint8 or float in [0, 1], got {frames.dtype} in "
-                         f"[{frames.min()}, {frames.max()}]")
-    try:
-        sectors = np.broadcast_to(sectors, frames.shape)
-    except ValueError:
-        msg = f"sectors {sectors.shape} must be (N, H, W) or (H, W) for frames {frames.shape}"
-        raise ValueError(msg) from None
-    if not sectors.any():
-        raise ValueError("the sector masks select no pixel")
-    counts, edges = np.histogram(frames[sectors], bins=bins, range=(0.0, 1.0))
-    return (edges[:-1] + edges[1:]) / 2, counts / counts.sum()
 
 
 def source_atoms(labels, intensities=AUTHORS_INTENSITIES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -225,7 +199,7 @@ def match_intensities(
 ) -> tuple[np.ndarray, dict]:
     """The OT step of paper eq. (3): the pseudo image I_0 with its grey levels moved onto the target.
 
-    labels: (H, W) integer 5-label map; target: (centres, weights) on [0, 1], e.g. `intensity_histogram`.
+    labels: (H, W) integer 5-label map; target: (centres, weights) on [0, 1], e.g. `data.histogram.intensity_histogram`.
     method: "sinkhorn" (the paper's, at `reg`) or "exact"; mapping: "barycentric" or "stochastic" (needs
     `rng`). Pixels outside the sector (label 0) stay 0. Returns the image, float64 (H, W) in [0, 1], and a
     report: the plan's info (marginal errors, transport cost), plan (n, m), source_levels x_a,
@@ -240,7 +214,7 @@ def match_intensities(
         raise ValueError("mapping='stochastic' draws pixels: pass rng=np.random.default_rng(seed)")
     b, x_b = _distribution(target[1], target[0], "target")
     if x_b.min() < 0 or x_b.max() > 1:
-        raise ValueError("target grey levels must lie in [0, 1] (see intensity_histogram)")
+        raise ValueError("target grey levels must lie in [0, 1] (see data.histogram.intensity_histogram)")
     x_a, a, index = source_atoms(labels, intensities)
     plan, info = sinkhorn_plan(a, x_a, b, x_b, reg) if method == "sinkhorn" else exact_plan(a, x_a, b, x_b)
     T = barycentric_map(plan, x_b)

@@ -12,7 +12,8 @@ from matplotlib import animation, colormaps
 from matplotlib.colors import ListedColormap, LogNorm
 
 from freeecho_core.edm import precond_coefficients
-from freeecho_core.pseudo import barycentric_map, intensity_histogram
+from freeecho_core.data.histogram import intensity_histogram
+from freeecho_core.pseudo import barycentric_map
 
 # Overlay colours: CAMUS labels 1 LV (cyan), 2 myocardium (yellow), 3 LA (red).
 CAMUS_COLOURS = ListedColormap(["none", "#00bcd4", "#ffd600", "#d32f2f"])
@@ -82,7 +83,7 @@ def plot_grey_level_distributions(axes, target, images: dict[str, np.ndarray], s
     """Left: the fraction of sector pixels per bin (log scale) of the target histogram and of each named
     (H, W) image in [0, 1] on the target's bins; right: their cumulative distributions (W1 is the area
     between two of them; the legend is on the right). target: (centres, weights) from
-    `pseudo.intensity_histogram`."""
+    `data.histogram.intensity_histogram`."""
     centres, weights = target
     edges = np.append(centres - (centres[1] - centres[0]) / 2, 1.0)
     axes[0].stairs(weights, edges, fill=True, color="0.75", label="target")

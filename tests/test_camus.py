@@ -217,3 +217,75 @@ def test_writer_rejects_what_camus_cannot_hold(tmp_path):
         write_camus_case(tmp_path, case)
     with pytest.raises(ValueError, match="view 'PLAX'"):
         write_camus_case(tmp_path, make_case(view="PLAX"))
+
+
+@pytest.fixture
+def written_2019(tmp_path):
+    """The same patient in the original 2019 release's MetaImage layout."""
+    cases = {"2CH": make_case("2CH", es_index=4), "4CH": make_case("4CH", es_index=3, seed=1)}
+    for case in cases.values():
+        write_camus_case(tmp_path, case, release="mhd")
+    return tmp_path, cases
+
+
+def test_the_2019_release_is_laid_out_and_read_through_simpleitk(written_2019):
+    root, cases = written_2019
+    folder = root / "training" / "patient0001"
+    names = {f"patient0001_{v}_{p}.{ext}" for v in ("2CH", "4CH") for p in ("sequence", "ED", "ES", "ED_gt", "ES_gt")
+             for ext in ("mhd", "raw")}
+    assert {p.name for p in folder.iterdir()} == names | {"Info_2CH.cfg", "Info_4CH.cfg"}
+    header = (folder / "patient0001_2CH_ED.mhd").read_text()
+    assert "DimSize = 64 48 1" in header and "ElementDataFile = patient0001_2CH_ED.raw" in header
+    info = read_camus_info(folder / "Info_2CH.cfg")
+    assert "FrameRate" not in info and info["EF"] == info["LVef"] == pytest.approx(54.3)
+    assert info["LVedv"] > info["LVesv"] > 0
+    assert list_camus_patients(root) == [folder]
+    for view, case in cases.items():
+        record = read_camus_sequence(folder, view)
+        n = case.es_index + 1
+        np.testing.assert_array_equal(record.frames, case.frames[:n])
+        assert record.labelled == (0, n - 1)  # only ED and ES are annotated in that release
+        np.testing.assert_array_equal(record.labels[[0, n - 1]], case.labels[[0, n - 1]])
+        np.testing.assert_allclose(record.spacing_mm, (SPACING_MM, SPACING_MM), rtol=1e-6)
+        image, labels, _ = read_camus_frame(folder, view, "ES")
+        np.testing.assert_array_equal(image, case.frames[n - 1])
+        np.testing.assert_array_equal(labels, case.labels[n - 1])
+
+
+def test_2019_clips_carry_ed_and_es_labels_and_an_unknown_frame_rate(written_2019):
+    from freeecho_core.data.clips import UNLABELLED, ClipConfig
+    from freeecho_core.data.dataset import EchoClips
+
+    root, _ = written_2019
+    clips = EchoClips(root, "TRAIN", ClipConfig(frames=5, size=16))
+    clip = clips.clip(0)
+    labelled = [k for k in range(5) if (clip.frame_labels[k] != UNLABELLED).all()]
+    assert labelled == [0, 4] and clip.fps is None and clips.frame_rate() is None
+    assert set(np.unique(clip.ed_map)) == {0, 1, 2, 3, 4}
+    with pytest.raises(ValueError, match="has no frame rate, so it cannot be resampled to 50 fps"):
+        EchoClips(root, "TRAIN", ClipConfig(frames=5, size=16, fps=50)).clip(0)
+
+
+def test_a_missing_simpleitk_names_the_extra(written_2019, monkeypatch):
+    root, _ = written_2019
+    monkeypatch.setitem(__import__("sys").modules, "SimpleITK", None)  # as if the extra were not installed
+    with pytest.raises(ImportError, match=r"patient0001_2CH_sequence.mhd: .*needs SimpleITK: pip install -e '.\[mhd\]'"):
+        read_camus_sequence(root / "training" / "patient0001", "2CH")
+
+
+def test_a_broken_mhd_file_is_named(written_2019):
+    root, _ = written_2019
+    folder = root / "training" / "patient0001"
+    (folder / "patient0001_2CH_sequence.raw").write_bytes(b"short")
+    with pytest.raises(ValueError, match="patient0001_2CH_sequence.mhd is not a MetaImage file SimpleITK can read"):
+        read_camus_sequence(folder, "2CH")
+
+
+def test_the_phantom_writes_the_2019_release(tmp_path):
+    from freeecho_core.cli import main
+
+    assert main(["phantom", "--format", "camus-2019", "--out", str(tmp_path / "c"), "--count", "1", "--height",
+                 "32", "--frames", "8", "--workers", "1"]) == 0
+    folder = tmp_path / "c" / "training" / "patient0001"
+    assert (folder / "patient0001_4CH_sequence.mhd").is_file() and "LVef" in read_camus_info(folder / "Info_4CH.cfg")
+    assert read_camus_sequence(folder, "4CH").labelled[0] == 0

@@ -11,7 +11,7 @@ from freeecho_core.data.clips import (UNLABELLED, ClipConfig, crop_to_aspect, my
 from freeecho_core.data.dataset import CACHE_DIR, EchoClips, camus_splits, detect_format, ejection_fractions
 from freeecho_core.data.make_dataset import echonet_splits, make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig, make_case
-from freeecho_core.pseudo import intensity_histogram
+from freeecho_core.data.histogram import intensity_histogram
 
 CONFIG = PhantomConfig(height=48, frames=10)
 CLIP = ClipConfig(frames=6, size=32)
@@ -165,7 +165,7 @@ def test_unknown_folder_is_refused_with_its_name(tmp_path):
 
 
 def fresh_histogram(ds, bins):
-    """pseudo.intensity_histogram over every clip of a split at once: what the cache must hold."""
+    """intensity_histogram over every clip of a split at once: what the cache must hold."""
     clips = [ds.clip(i) for i in range(len(ds))]
     videos = np.concatenate([((c.video + 1) / 2).clip(0, 1) for c in clips])
     sectors = np.concatenate([np.broadcast_to(c.sector, c.video.shape) for c in clips])

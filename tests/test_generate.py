@@ -1,5 +1,4 @@
-"""Generation from a user's own map: map files in both conventions and formats, video files, the end-to-end
-path and its errors."""
+"""Generation from a user's own map: video files, the end-to-end path (`freeecho generate`) and its errors."""
 import json
 
 import cv2
@@ -8,69 +7,17 @@ import numpy as np
 import pytest
 import torch
 
+from freeecho_core.checkpoint import load_checkpoint
 from freeecho_core.cli import main
-from freeecho_core.data.case import to_five_labels
+from freeecho_core.data.clips import crop_to_aspect
 from freeecho_core.data.phantom import PhantomConfig, make_case
-from freeecho_core.generate import (GenerateConfig, fan_sector, five_label_map, generate_from_map, prepare_map,
-                                    read_map, write_video)
+from freeecho_core.generate import GenerateConfig, generate_from_map, write_video
 
 
 @pytest.fixture(scope="module")
 def camus_map():
     """A phantom's ED labels in the CAMUS convention (0-3), 64 rows."""
     return make_case(0, 0, "4CH", PhantomConfig(height=64, frames=4)).labels[0].astype(np.uint8)
-
-
-def test_png_and_nifti_maps_read_the_same_labels(camus_map, tmp_path):
-    cv2.imwrite(str(tmp_path / "m8.png"), camus_map)
-    cv2.imwrite(str(tmp_path / "m16.png"), camus_map.astype(np.uint16))
-    nib.save(nib.Nifti1Image(camus_map.T.copy(), np.eye(4)), tmp_path / "m.nii.gz")  # CAMUS stores (W, H)
-    nib.save(nib.Nifti1Image(camus_map.T[..., None].copy(), np.eye(4)), tmp_path / "m1.nii")  # (W, H, 1)
-    for name in ("m8.png", "m16.png", "m.nii.gz", "m1.nii"):
-        labels = read_map(tmp_path / name)
-        assert labels.dtype == np.int64 and np.array_equal(labels, camus_map), name
-
-
-def test_bad_map_files_get_clear_errors(camus_map, tmp_path):
-    with pytest.raises(FileNotFoundError, match="map file not found"):
-        read_map(tmp_path / "none.png")
-    cv2.imwrite(str(tmp_path / "rgb.png"), np.stack([camus_map] * 3, axis=-1))
-    with pytest.raises(ValueError, match="colour PNG"):
-        read_map(tmp_path / "rgb.png")
-    (tmp_path / "junk.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="junk.png is not a PNG"):
-        read_map(tmp_path / "junk.png")
-    (tmp_path / "junk.nii.gz").write_bytes(b"not nifti")
-    with pytest.raises(ValueError, match="not a NIfTI file"):
-        read_map(tmp_path / "junk.nii.gz")
-    (tmp_path / "m.jpg").write_bytes(b"x")
-    with pytest.raises(ValueError, match="expected a .png, .nii or .nii.gz"):
-        read_map(tmp_path / "m.jpg")
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.uint8), np.eye(4)), tmp_path / "seq.nii")
-    with pytest.raises(ValueError, match="one 2-D frame"):
-        read_map(tmp_path / "seq.nii")
-
-
-def test_camus_maps_get_a_fan_and_five_label_maps_pass_through(camus_map):
-    five = five_label_map(camus_map.astype(np.int64))
-    assert set(np.unique(five)) == {0, 1, 2, 3, 4}
-    assert np.array_equal(five == 2, camus_map == 1) and np.array_equal(five == 4, camus_map == 3)
-    sector = fan_sector(camus_map.shape, camus_map)
-    assert sector[camus_map > 0].all() and not sector[0, 0] and sector[-1, camus_map.shape[1] // 2]
-    native = to_five_labels(camus_map, sector)
-    assert np.array_equal(five_label_map(native), native)  # holds label 4: taken as 5-label
-    with pytest.raises(ValueError, match=r"labels \[7\] are not in the camus convention"):
-        five_label_map(np.where(camus_map == 3, 7, camus_map))
-    with pytest.raises(ValueError, match="no LV cavity"):
-        five_label_map(np.where(camus_map == 1, 2, camus_map), where="my.png")
-    with pytest.raises(ValueError, match="convention must be"):
-        five_label_map(camus_map, "nifti")
-
-
-def test_maps_of_any_size_give_the_same_model_input(camus_map, tmp_path):
-    cv2.imwrite(str(tmp_path / "small.png"), camus_map)
-    cv2.imwrite(str(tmp_path / "large.png"), np.kron(camus_map, np.ones((3, 3), np.uint8)))  # 3x, exact
-    assert np.array_equal(prepare_map(tmp_path / "small.png", 32), prepare_map(tmp_path / "large.png", 32))
 
 
 @pytest.mark.parametrize("container", ["avi", "mp4"])
@@ -92,13 +39,16 @@ def test_generation_from_a_map_file_writes_videos_frames_and_a_record(trained, c
     config = GenerateConfig(start_step=63, samples=2, solver="euler", stochastic_sampler=False)
     result = generate_from_map(tmp_path / "ed.png", unconditional, tmp_path / "out", config)
     videos = result["videos"]
-    assert videos.shape == (2, 4, 16, 16) and videos.dtype == np.uint8
-    ed = result["map"]
+    assert videos.shape == (2, 4, 13, 16) and videos.dtype == np.uint8  # the 64 x 78 map's aspect, at 16 pixels
+    ed = crop_to_aspect(result["map"], camus_map.shape)
     assert videos[:, 0][:, ed == 3].mean() > videos[:, 0][:, ed == 2].mean() + 50  # t_i = 63: the map's layout
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["ed.json", "ed.npy", "ed_0.avi", "ed_1.avi"]
     record = json.loads((tmp_path / "out" / "ed.json").read_text())
     assert record["seeds"] == [0, 1] and record["config"]["start_step"] == 63 and record["size"] == 16
+    fps = load_checkpoint(unconditional)["data"]["fps"]  # the training clips' frame rate, not a fixed 25
+    assert record["convention"] == "camus" and record["config"]["fps"] == result["fps"] == fps
+    assert cv2.VideoCapture(str(tmp_path / "out" / "ed_0.avi")).get(cv2.CAP_PROP_FPS) == pytest.approx(fps, rel=1e-3)
     again = generate_from_map(tmp_path / "ed.png", unconditional, None, config)
     assert np.array_equal(again["videos"], videos) and again["files"] == []  # seeded
     with pytest.raises(ValueError, match="conditional"):
@@ -131,4 +81,4 @@ def test_generation_without_data_works_at_the_frame_counts_users_train(camus_map
     cv2.imwrite(str(tmp_path / "ed.png"), camus_map)
     config = GenerateConfig(start_step=63, samples=1, solver="euler", stochastic_sampler=False)
     videos = generate_from_map(tmp_path / "ed.png", checkpoint, None, config)["videos"]
-    assert videos.shape == (1, frames, size, size)
+    assert videos.shape == (1, frames, round(size * 64 / 78), size)

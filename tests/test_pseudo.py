@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 import torch
 
+from freeecho_core.data.histogram import intensity_histogram
 from freeecho_core.edm import karras_sigmas
 from freeecho_core.sampler import noise_to_step, sdedit_sample, seeded_generators
 from freeecho_core.pseudo import (
     AUTHORS_INTENSITIES,
     barycentric_map,
     exact_plan,
-    intensity_histogram,
     match_intensities,
     pseudo_image,
     pseudo_video,

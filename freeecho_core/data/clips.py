@@ -53,7 +53,8 @@ class Clip:
     frame_labels: (K, S, S) int64 CAMUS labels (0-3), UNLABELLED (-1) on frames without annotation.
     ed_map: (S, S) int64 ED labels in the 5-label convention.
     sector: (S, S) bool scan fan.
-    fps: frames per second of `video` (the recording's rate, changed where the clip was resampled in time).
+    fps: frames per second of `video` (the recording's rate, changed where the clip was resampled in time), None
+    when the recording does not say (the 2019 CAMUS release).
     """
 
     case_id: str
@@ -62,7 +63,7 @@ class Clip:
     frame_labels: np.ndarray
     ed_map: np.ndarray
     sector: np.ndarray
-    fps: float
+    fps: float | None
 
 
 SECTOR_GREY = 16  # grey level a fan pixel reaches in some frame; codec noise and black borders stay below
@@ -151,13 +152,20 @@ def resize_labels_nearest(labels: np.ndarray, size) -> np.ndarray:
     return labels[..., rows[:, None], cols[None, :]]
 
 
+def ed_map_from_labels(camus_labels: np.ndarray, sector: np.ndarray, size: int) -> np.ndarray:
+    """The model's ED map: (H, W) CAMUS labels and scan sector, padded to a square, resized to (size, size) with
+    nearest neighbour, in the 5-label convention. The one function that makes training clips' maps and users'."""
+    sector = resize_labels_nearest(pad_to_square(sector), size).astype(bool)
+    return to_five_labels(resize_labels_nearest(pad_to_square(camus_labels), size), sector)
+
+
 def prepare_clip(case_id: str, view: str, frames: np.ndarray, labels: dict[int, np.ndarray], ed_index: int,
                  config: ClipConfig, fps: float, sector: np.ndarray | None = None, ed_labels: np.ndarray | None = None,
                  where: str = "") -> Clip:
     """K frames from `ed_index`, padded to a square, resized and scaled, with the ED map in the 5-label convention.
 
     frames: (T, H, W) uint8; labels: {frame index: (H, W) CAMUS labels} for the annotated frames (the ED
-    frame must be among them); fps: the recording's frame rate; sector: (H, W) bool, found from the frames when None; ed_labels: the CAMUS
+    frame must be among them); fps: the recording's frame rate (None: unknown); sector: (H, W) bool, found from the frames when None; ed_labels: the CAMUS
     labels the ED map is made from, when they differ from labels[ed_index] (EchoNet: LV plus a grown ring).
     """
     where = where or case_id
@@ -169,8 +177,11 @@ def prepare_clip(case_id: str, view: str, frames: np.ndarray, labels: dict[int, 
     ed_labels = labels[ed_index] if ed_labels is None else ed_labels
     frames, sector, ed_labels = pad_to_square(frames), pad_to_square(sector), pad_to_square(ed_labels)
     labels = {k: pad_to_square(v) for k, v in labels.items()}
-    if not fps > 0:
+    if fps is not None and not fps > 0:
         raise ValueError(f"{where}: the frame rate must be positive, got {fps!r}")
+    if fps is None and config.fps is not None:
+        raise ValueError(f"{where}: the recording has no frame rate, so it cannot be resampled to "
+                         f"{config.fps:g} fps (use fps: null, consecutive frames)")
     step = 1.0 if config.fps is None else fps / config.fps
     positions, step = take_frames(len(frames) - ed_index, config.frames, config.short, where, step)
     video = resize_frames(resample_in_time(frames[ed_index:].astype(np.float32), positions), config.size)
@@ -180,6 +191,7 @@ def prepare_clip(case_id: str, view: str, frames: np.ndarray, labels: dict[int, 
         if source in labels:
             frame_labels[k] = labels[source]
     sector_small = resize_labels_nearest(sector, config.size).astype(bool)
-    ed_map = to_five_labels(resize_labels_nearest(ed_labels, config.size), sector_small)
+    ed_map = ed_map_from_labels(ed_labels, sector, config.size)
     return Clip(case_id, view, (video / 127.5 - 1).clip(-1, 1).astype(np.float32),
-                resize_labels_nearest(frame_labels, config.size), ed_map, sector_small, float(fps / step))
+                resize_labels_nearest(frame_labels, config.size), ed_map, sector_small,
+                None if fps is None else float(fps / step))

@@ -21,7 +21,7 @@ from freeecho_core.data.clips import (PREPARATION_VERSION, Clip, ClipConfig, myo
                                       sector_from_frames)
 from freeecho_core.data.echonet import (lv_tracings, method_of_disks_volume, read_echonet_video, read_filelist,
                                         read_tracings, skipped_message, traced_videos)
-from freeecho_core.pseudo import intensity_histogram
+from freeecho_core.data.histogram import intensity_histogram
 
 CACHE_DIR = ".freeecho_cache"  # default cache folder inside a dataset root
 
@@ -29,14 +29,16 @@ SPLITS = ("TRAIN", "VAL", "TEST")
 
 
 def detect_format(root: str | Path) -> str:
-    """'camus' when `root` holds database_nifti/ (or patient folders), 'echonet' when it holds FileList.csv."""
+    """'camus' when `root` holds database_nifti/ (the current release), training/ (the 2019 release) or patient
+    folders, 'echonet' when it holds FileList.csv."""
     root = Path(root)
     if (root / "FileList.csv").is_file():
         return "echonet"
-    if (root / "database_nifti").is_dir() or any(root.glob("patient*/Info_*.cfg")):
+    if (root / "database_nifti").is_dir() or any(root.glob("training/patient*/Info_*.cfg")) or \
+            any(root.glob("patient*/Info_*.cfg")):
         return "camus"
-    raise FileNotFoundError(f"{root}: neither a CAMUS folder (database_nifti/) nor an EchoNet-Dynamic folder "
-                            f"(FileList.csv)")
+    raise FileNotFoundError(f"{root}: neither a CAMUS folder (database_nifti/ or the 2019 release's training/) nor "
+                            f"an EchoNet-Dynamic folder (FileList.csv)")
 
 
 def camus_splits(patients: list[str], seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, str]:
@@ -93,14 +95,16 @@ class EchoClips(Dataset):
         return {"video": torch.from_numpy(c.video)[None], "ed_map": torch.from_numpy(c.ed_map),
                 "frame_labels": torch.from_numpy(c.frame_labels), "case_id": c.case_id, "view": c.view}
 
-    def frame_rate(self) -> float:
-        """The median frame rate of this split's clips (what a model trained on them has learnt as real time)."""
+    def frame_rate(self) -> float | None:
+        """The median frame rate of this split's clips (what a model trained on them has learnt as real time);
+        None when no clip's rate is known (the 2019 CAMUS release records none)."""
         if len(self) == 0:
             raise ValueError(f"{self.root}: split {self.split} has no clips")
-        return float(np.median([self.clip(i).fps for i in range(len(self))]))
+        known = [fps for i in range(len(self)) if (fps := self.clip(i).fps) is not None]
+        return float(np.median(known)) if known else None
 
     def intensity_histogram(self, bins: int = 256, cache_dir: str | Path | None = None):
-        """The target distribution of paper eq. (3) for this split: `pseudo.intensity_histogram` of the
+        """The target distribution of paper eq. (3) for this split: `data.histogram.intensity_histogram` of the
         grey levels (video + 1) / 2 inside the sector of every frame of every clip, (centres, weights).
 
         Computed once and cached as an .npz in `cache_dir` (default `<root>/.freeecho_cache/`), keyed by
@@ -144,8 +148,8 @@ class EchoClips(Dataset):
     def _load_camus(self, patient_dir: Path, view: str) -> Clip:
         record = read_camus_sequence(patient_dir, view)
         frames, labels, ed = ed_first(record)
-        return prepare_clip(record.patient, view, frames, dict(enumerate(labels)), ed, self.config,
-                            record.info["FrameRate"], where=f"{patient_dir} ({view})")
+        return prepare_clip(record.patient, view, frames, labels, ed, self.config, record.info.get("FrameRate"),
+                            where=f"{patient_dir} ({view})")
 
     def _load_echonet(self, name: str) -> Clip:
         record = read_echonet_video(self.root, name, self._filelist, self._tracings)

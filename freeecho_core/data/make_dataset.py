@@ -21,7 +21,7 @@ from freeecho_core.data.echonet import write_echonet_dataset
 from freeecho_core.data.phantom import PhantomConfig, case_rng, make_case
 from freeecho_core.data.staging import staged_folder
 
-FORMATS = ("camus", "echonet")
+FORMATS = ("camus", "camus-2019", "echonet")  # camus-2019: the original CAMUS release's MetaImage layout
 
 
 def camus_patient_id(index: int) -> str:
@@ -45,11 +45,11 @@ def _summary(case) -> dict:
 
 
 def _camus_patient(args) -> list[dict]:
-    staging, seed, index, config = args
+    staging, seed, index, config, release = args
     summaries = []
     for view in ("2CH", "4CH"):
         case = make_case(seed, index, view, config, case_id=camus_patient_id(index))
-        write_camus_case(staging, case)
+        write_camus_case(staging, case, release)
         summaries.append(_summary(case))
     return summaries
 
@@ -62,13 +62,13 @@ def _echonet_case(args):
 def make_phantom_dataset(out: str | os.PathLike, fmt: str, count: int, seed: int = 0,
                          config: PhantomConfig = PhantomConfig(), workers: int | None = None,
                          progress: bool = True) -> Path:
-    """Render `count` phantom patients (CAMUS: 2CH and 4CH each; EchoNet: one 4CH video each) into `out`, with
-    the scanner look of that format (`phantom.LOOKS`: gain, grey curve, fan and framing)."""
+    """Render `count` phantom patients (CAMUS, either release: 2CH and 4CH each; EchoNet: one 4CH video each)
+    into `out`, with the scanner look of that format (`phantom.LOOKS`: gain, grey curve, fan and framing)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
-    out, config = Path(out), replace(config, look=fmt)
+    out, config = Path(out), replace(config, look="echonet" if fmt == "echonet" else "camus")
     with staged_folder(out, "phantom datasets") as staging:
         summaries = _render_into(staging, fmt, count, seed, config, workers or os.cpu_count(), progress)
         manifest = {"format": fmt, "count": count, "seed": seed, "config": asdict(config),
@@ -81,8 +81,9 @@ def _render_into(staging: Path, fmt: str, count: int, seed: int, config: Phantom
                  progress: bool) -> list[dict]:
     bar = dict(total=count, disable=not progress, desc=f"phantom {fmt}", unit="case")
     with ProcessPoolExecutor(max_workers=min(workers, count)) as pool:
-        if fmt == "camus":
-            jobs = pool.map(_camus_patient, [(staging, seed, i, config) for i in range(count)])
+        if fmt.startswith("camus"):
+            release = "mhd" if fmt == "camus-2019" else "nifti"
+            jobs = pool.map(_camus_patient, [(staging, seed, i, config, release) for i in range(count)])
             return [s for patient in tqdm(jobs, **bar) for s in patient]
         cases = list(tqdm(pool.map(_echonet_case, [(seed, i, config) for i in range(count)]), **bar))
     write_echonet_dataset(staging, cases, echonet_splits(count))

@@ -59,17 +59,18 @@ def fan_edges(sector: np.ndarray) -> tuple[float, float]:
 
 
 def recording_statistics(frames: np.ndarray, sector: np.ndarray | None = None, lv: np.ndarray | None = None,
-                         myo: np.ndarray | None = None, fps: float = 50.0) -> dict:
+                         myo: np.ndarray | None = None, fps: float | None = 50.0) -> dict:
     """The statistics of one recording. frames: (T, H, W) uint8; sector: (H, W) bool (found from the frames when
-    None); lv, myo: (H, W) bool masks at the first frame (end diastole), or None for no cavity figures."""
+    None); lv, myo: (H, W) bool masks at the first frame (end diastole), or None for no cavity figures; fps: None
+    when unknown (no speckle correlation then: its lag is a time)."""
     sector = sector_from_frames(frames) if sector is None else sector
     fan = frames[:, sector].astype(np.float64)
     p5, p50, p95 = np.percentile(fan, [5, 50, 95])
     stats = {"mean": fan.mean(), "median": p50, "p5": p5, "p95": p95, "p95_p50": p95 / max(p50, 1.0),
              "near_black": (fan < NEAR_BLACK).mean()}
     stats["opening_deg"], stats["apex_x"] = fan_edges(sector)
-    lag = max(1, int(round(SPECKLE_LAG_S * fps)))
-    if len(frames) > lag:
+    lag = max(1, int(round(SPECKLE_LAG_S * (fps or 0))))
+    if fps is not None and len(frames) > lag:
         inner = binary_erosion(sector, iterations=3)
         texture = frames.astype(np.float64) - gaussian_filter(frames.astype(np.float64), (0, 2, 2))
         speckle = texture[:, inner]
@@ -83,7 +84,7 @@ def recording_statistics(frames: np.ndarray, sector: np.ndarray | None = None, l
 
 
 def folder_statistics(root: str | Path, limit: int | None = None) -> list[dict]:
-    """`recording_statistics` of every recording in a CAMUS (NIfTI) or EchoNet-Dynamic folder, read with the
+    """`recording_statistics` of every recording in a CAMUS (either release) or EchoNet-Dynamic folder, read with the
     project's readers (the first `limit` recordings when given). Each row also names its recording."""
     root = Path(root)
     if (root / "FileList.csv").is_file():
@@ -119,7 +120,7 @@ def _camus_statistics(root: Path, limit: int | None) -> list[dict]:
             frames, labels, ed = ed_first(record)
             rows.append({"recording": f"{record.patient} {view}"}
                         | recording_statistics(frames[ed:], None, labels[ed] == 1, labels[ed] == 2,
-                                               record.info["FrameRate"]))
+                                               record.info.get("FrameRate")))
     return rows
 
 

@@ -1,0 +1,194 @@
+"""Video synthesis from an end-diastolic map: the methods, model loading, and a three-line Python API.
+
+Methods (paper section 2 and its baselines; `Method.kind`):
+- "free-echo": the OT-matched pseudo video (Sinkhorn, barycentric map) noised to sigma(t_i) and denoised by the
+  unconditional model (SDEdit from the pseudo video);
+- "free-echo-stochastic": ours, each pixel of the pseudo image drawn from its row of the OT plan;
+- "sdedit": the SDEdit baseline, the label image painted with tab20 greys (no OT), from t_i;
+- "clsfree": the conditional model with classifier-free guidance (w = 7), from pure noise over all 64 steps.
+`generate` is what `freeecho generate`, `freeecho evaluate` (the study) and the notebooks all call.
+
+The API, for a stored or trained model::
+
+    pipe = FreeEcho.from_checkpoint()                  # the stored CPU model, or a path to any ema.pt
+    out = pipe(labels, samples=4, start_step=15)       # labels: (H, W) integer map, any size and convention
+    out.videos                                         # (4, K, h, w) uint8, cropped to the map's aspect
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from freeecho_core.checkpoint import load_checkpoint, unet_from_payload
+from freeecho_core.data.clips import crop_to_aspect, resize_frames, resize_labels_nearest
+from freeecho_core.data.histogram import intensity_histogram
+from freeecho_core.data.maps import prepare_map
+from freeecho_core.data.phantom import PhantomConfig, make_case
+from freeecho_core.edm import EDMPrecond, karras_sigmas, randn_per_sample
+from freeecho_core.pseudo import match_intensities, pseudo_video, sdedit_colour_image
+from freeecho_core.sampler import SOLVERS, cfg_denoiser, sdedit_sample
+from freeecho_core.train import one_hot_maps
+
+METHOD_KINDS = ("sdedit", "clsfree", "free-echo", "free-echo-stochastic")
+AUTHORS_CHURN = {"S_churn": 80.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}  # EDM Alg. 2, their script
+DEFAULT_FPS = 25.0  # written into videos of models whose checkpoint records no frame rate
+# The stored model trained on a 2-core CPU (the cpu profile: 16 frames x 64 x 64, phantom CAMUS data).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "cpu" / "phantom-camus" / \
+    "unconditional" / "ema.pt"
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str  # one of METHOD_KINDS
+    start_step: int  # index into the 64-step schedule (0 for Cls-Free: from pure noise)
+
+    def __post_init__(self):
+        if self.kind not in METHOD_KINDS:
+            raise ValueError(f"method kind must be one of {METHOD_KINDS}, got {self.kind!r}")
+        steps = len(karras_sigmas()) - 1  # the 64 steps of the schedule
+        if not 0 <= self.start_step < steps:
+            raise ValueError(f"start step t_i must be in 0..{steps - 1}, got {self.start_step}")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    solver: str = "heun"  # "heun" (EDM Algorithm 2) or "euler" (half the network evaluations)
+    stochastic_sampler: bool = True  # the authors' churn (S_churn 80); False: the deterministic ODE
+    guidance: float = 7.0  # Cls-Free guidance weight w (paper: 7.0)
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
+
+
+def denoiser_from_payload(payload: dict, device) -> EDMPrecond:
+    """The EMA denoiser of a loaded checkpoint (ema.pt, or the 'ema' entry of checkpoint.pt)."""
+    weights = "ema" if "ema" in payload else "model"
+    return EDMPrecond(unet_from_payload(payload, weights)).to(device).eval()
+
+
+def load_denoiser(path: str | os.PathLike, device) -> tuple[EDMPrecond, dict]:
+    """The EMA denoiser of a checkpoint file and its training config."""
+    payload = load_checkpoint(path)
+    return denoiser_from_payload(payload, device), payload.get("train_config", {})
+
+
+def phantom_target(size: int, frames: int, cases: int = 4, bins: int = 256):
+    """The OT target when no dataset is given: the grey-level histogram of a few phantom recordings at the
+    model's size (the embedded default data), (centres, weights)."""
+    pooled = 0.0
+    for index in range(cases):
+        case = make_case(0, index, ("2CH", "4CH")[index % 2], PhantomConfig(height=size, frames=frames))
+        video = (resize_frames(case.frames, size) / 255.0).clip(0, 1)  # frame by frame: OpenCV takes <= 4 channels
+        sector = resize_labels_nearest(case.sector, size).astype(bool)
+        centres, weights = intensity_histogram(video, sector, bins)
+        pooled = pooled + weights
+    return centres, pooled / pooled.sum()
+
+
+def initial_videos(method: Method, ed_map: np.ndarray, target, frames: int, seeds: list[int]) -> torch.Tensor:
+    """The clean init of one map for an SDEdit-type method: (n, 1, K, S, S) in [-1, 1]."""
+    if method.kind == "sdedit":
+        return pseudo_video(sdedit_colour_image(ed_map), frames).expand(len(seeds), -1, -1, -1, -1)
+    if method.kind == "free-echo":
+        image, _ = match_intensities(ed_map, target, "sinkhorn", "barycentric")
+        return pseudo_video(image, frames).expand(len(seeds), -1, -1, -1, -1)
+    images = [match_intensities(ed_map, target, "sinkhorn", "stochastic", rng=np.random.default_rng(s))[0]
+              for s in seeds]
+    return pseudo_video(np.stack(images), frames)
+
+
+@torch.no_grad()
+def generate(method: Method, ed_map: np.ndarray, seeds: list[int], models: dict, target, frames: int,
+             sampler: SamplerConfig, device) -> torch.Tensor:
+    """n = len(seeds) videos (n, K, S, S) in [-1, 1] for one ED map (5-label (S, S) array). models: the
+    denoisers by role, "unconditional" and/or "clsfree"."""
+    sigmas = karras_sigmas()
+    churn = AUTHORS_CHURN if sampler.stochastic_sampler else {}
+    gens = [torch.Generator(device).manual_seed(s) for s in seeds]
+    size = ed_map.shape[-1]
+    if method.kind == "clsfree":
+        cond = one_hot_maps(torch.from_numpy(ed_map)[None].to(device)).expand(len(seeds), -1, -1, -1)
+        x = sigmas[0] * randn_per_sample((len(seeds), 1, frames, size, size), gens, device=device)
+        guided = cfg_denoiser(models["clsfree"], cond, sampler.guidance)
+        out = SOLVERS[sampler.solver](guided, x, sigmas, generator=gens, **churn)
+    else:
+        init = initial_videos(method, ed_map, target, frames, seeds).to(device)
+        out = sdedit_sample(models["unconditional"], init, sigmas, method.start_step, generator=gens,
+                            solver=sampler.solver, **churn)
+    return out[:, 0].float().clamp(-1, 1).cpu()
+
+
+def to_uint8(videos: torch.Tensor) -> np.ndarray:
+    """Videos in [-1, 1] -> uint8 grey levels."""
+    return ((videos + 1) / 2 * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+@dataclass
+class Synthesis:
+    """What `FreeEcho` returns for one map.
+
+    videos: (n, K, h, w) uint8, cropped back to the map's aspect ratio (h or w is the model's size S).
+    square: (n, K, S, S) uint8, the model's output before cropping.
+    ed_map: (S, S) 5-label model input; convention: how the map was read; seeds: one per video.
+    """
+
+    videos: np.ndarray
+    square: np.ndarray
+    ed_map: np.ndarray
+    convention: str
+    seeds: list[int]
+    method: Method
+
+
+class FreeEcho:
+    """A trained denoiser with what sampling from it needs: its clip size, the OT target, its frame rate.
+
+    A checkpoint of the unconditional model samples "free-echo" (default), "free-echo-stochastic" and "sdedit";
+    one of the conditional model samples "clsfree"."""
+
+    def __init__(self, denoiser: EDMPrecond, frames: int, size: int, *, target=None, fps: float = DEFAULT_FPS,
+                 device="cpu", source: str = ""):
+        self.denoiser, self.frames, self.size, self.fps, self.device = denoiser, frames, size, fps, device
+        self.conditional = bool(denoiser.net.config.cond_channels)
+        self.target = phantom_target(size, frames) if target is None and not self.conditional else target
+        self.source = source
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike = DEFAULT_CHECKPOINT, *, target=None, device="cpu"):
+        """Load ema.pt (or checkpoint.pt); target: the OT target (centres, weights), e.g.
+        `EchoClips(root, "TRAIN", clip).intensity_histogram()`; default: the phantom's (`phantom_target`)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no checkpoint there; train one (freeecho train --profile ...) and "
+                                    f"pass its ema.pt")
+        payload = load_checkpoint(path)
+        train_config = payload.get("train_config", {})
+        fps = (payload.get("data") or {}).get("fps") or DEFAULT_FPS
+        return cls(denoiser_from_payload(payload, device), train_config.get("frames", 24),
+                   train_config.get("size", 128), target=target, fps=float(fps), device=device, source=str(path))
+
+    def __call__(self, labels, samples: int = 4, start_step: int = 15, seed: int = 0, *, method: str | None = None,
+                 convention: str = "auto", sampler: SamplerConfig = SamplerConfig()) -> Synthesis:
+        """`samples` videos from one ED map (a file path or an (H, W) integer array, in any convention of
+        `data.maps`); sample k uses seed + k."""
+        if samples < 1:
+            raise ValueError(f"samples must be at least 1, got {samples}")
+        kind = method or ("clsfree" if self.conditional else "free-echo")
+        if (kind == "clsfree") != self.conditional:
+            model = "a conditional (Cls-Free)" if self.conditional else "an unconditional"
+            raise ValueError(f"{self.source or 'this model'} is {model} model; it cannot sample {kind!r} "
+                             f"({'only clsfree' if self.conditional else 'free-echo, free-echo-stochastic or sdedit'})")
+        chosen = Method(kind if kind == "clsfree" else f"{kind}@{start_step}", kind, 0 if kind == "clsfree" else start_step)
+        prepared = prepare_map(labels, self.size, convention)
+        seeds = [seed + k for k in range(samples)]
+        role = "clsfree" if self.conditional else "unconditional"
+        square = to_uint8(generate(chosen, prepared.ed_map, seeds, {role: self.denoiser}, self.target, self.frames,
+                                   sampler, self.device))
+        return Synthesis(crop_to_aspect(square, prepared.shape), square, prepared.ed_map, prepared.convention,
+                         seeds, chosen)

@@ -1,0 +1,78 @@
+"""The synthesis API (`synthesis.FreeEcho`) and the methods it shares with the study: the pseudo-video start, the
+three-line use, maps of other aspect ratios, the model's frame rate, and wrong model/method pairs."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from freeecho_core.checkpoint import load_checkpoint
+from freeecho_core.data.clips import ClipConfig
+from freeecho_core.data.dataset import EchoClips
+from freeecho_core.data.phantom import PhantomConfig, make_case
+from freeecho_core.synthesis import (DEFAULT_FPS, FreeEcho, Method, SamplerConfig, generate, initial_videos,
+                                     load_denoiser)
+
+QUICK = SamplerConfig(solver="euler", stochastic_sampler=False)
+
+
+@pytest.fixture(scope="module")
+def camus_map():
+    return make_case(0, 0, "4CH", PhantomConfig(height=64, frames=4)).labels[0].astype(np.int64)
+
+
+def test_free_echo_starts_from_the_matched_pseudo_video(trained):
+    data, unconditional, _ = trained
+    model, _ = load_denoiser(unconditional, "cpu")
+    clips = EchoClips(data, "TEST", ClipConfig(4, 16))
+    target = EchoClips(data, "TRAIN", ClipConfig(4, 16)).intensity_histogram()
+    method = Method("free-echo@63", "free-echo", 62)
+    init = initial_videos(method, clips.clip(0).ed_map, target, 4, [1, 2])
+    out = generate(method, clips.clip(0).ed_map, [1, 2], {"unconditional": model}, target, 4, QUICK, "cpu")
+    assert torch.allclose(out, init[:, 0], atol=0.02)  # two steps from sigma = 0.0025: barely changed
+
+
+def test_three_lines_from_a_checkpoint_to_videos(trained, camus_map, tmp_path):
+    _, unconditional, _ = trained
+    pipe = FreeEcho.from_checkpoint(unconditional)
+    out = pipe(camus_map, samples=2, start_step=63, sampler=QUICK)
+    assert out.square.shape == (2, 4, 16, 16) and out.videos.dtype == np.uint8 and out.seeds == [0, 1]
+    assert out.convention == "camus" and out.method.name == "free-echo@63"
+    # t_i = 63 keeps the pseudo video: myocardium (grey 1.0 in the pseudo image) brighter than the cavity
+    assert out.square[:, 0][:, out.ed_map == 3].mean() > out.square[:, 0][:, out.ed_map == 2].mean() + 50
+    cv2.imwrite(str(tmp_path / "ed.png"), camus_map.astype(np.uint8))
+    assert np.array_equal(pipe(tmp_path / "ed.png", samples=2, start_step=63, sampler=QUICK).videos, out.videos)
+    assert pipe.fps == load_checkpoint(unconditional)["data"]["fps"] > 0  # the training clips' frame rate
+
+
+@pytest.mark.parametrize("shape", [(64, 39), (52, 64)])
+def test_videos_are_cropped_back_to_the_maps_aspect(trained, camus_map, shape):
+    _, unconditional, _ = trained
+    H, W = shape
+    labels = camus_map[:H, 39 - W // 2 : 39 - W // 2 + W]  # the 64 x 78 map cut around its centre
+    out = FreeEcho.from_checkpoint(unconditional)(labels, samples=1, start_step=63, sampler=QUICK)
+    S = 16
+    assert out.videos.shape == (1, 4, round(S * H / max(H, W)), round(S * W / max(H, W)))
+
+
+def test_models_sample_only_their_own_methods(trained, camus_map, tmp_path):
+    _, unconditional, clsfree = trained
+    guided = FreeEcho.from_checkpoint(clsfree)
+    assert guided.conditional and guided(camus_map, samples=1, sampler=QUICK).method.kind == "clsfree"
+    with pytest.raises(ValueError, match="conditional .Cls-Free. model; it cannot sample 'free-echo'"):
+        guided(camus_map, samples=1, method="free-echo")
+    with pytest.raises(ValueError, match="an unconditional model; it cannot sample 'clsfree'"):
+        FreeEcho.from_checkpoint(unconditional)(camus_map, samples=1, method="clsfree")
+    with pytest.raises(ValueError, match="samples must be at least 1"):
+        FreeEcho.from_checkpoint(unconditional)(camus_map, samples=0)
+    with pytest.raises(ValueError, match="start step t_i must be in 0..63"):
+        FreeEcho.from_checkpoint(unconditional)(camus_map, samples=1, start_step=64)
+    with pytest.raises(FileNotFoundError, match="no checkpoint there"):
+        FreeEcho.from_checkpoint(tmp_path / "none.pt")
+
+
+def test_checkpoints_without_a_frame_rate_play_at_the_default(trained, tmp_path):
+    _, unconditional, _ = trained
+    payload = load_checkpoint(unconditional)
+    payload.pop("data")
+    torch.save(payload, tmp_path / "old.pt")
+    assert FreeEcho.from_checkpoint(tmp_path / "old.pt").fps == DEFAULT_FPS
