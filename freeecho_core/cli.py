@@ -12,7 +12,6 @@ import torch.distributed as dist
 
 from freeecho_core.anatomy import ANATOMY_COLUMNS
 from freeecho_core.bench import SUITES, bench_forward, cpu_training_suite, run_suite
-from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.make_dataset import FORMATS, make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig
@@ -25,7 +24,7 @@ from freeecho_core.synthesis import DEFAULT_CHECKPOINT, load_denoiser
 from freeecho_core.model_card import write_model_card
 from freeecho_core.profiles import load_profile
 from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
-from freeecho_core.train import MODEL_KINDS, config_from_profile, train
+from freeecho_core.train import MODEL_KINDS, clip_config, config_from_profile, train
 from freeecho_core.unet3d import PRESETS, UNet3D, count_parameters
 
 
@@ -112,7 +111,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     target = None
     if args.data:
         _, train_config = load_denoiser(args.checkpoint, "cpu")
-        clip = ClipConfig(frames=train_config.get("frames", 24), size=train_config.get("size", 128))
+        clip = clip_config(train_config)
         target = EchoClips(args.data, "TRAIN", clip, seed=train_config.get("seed", 0)).intensity_histogram()
     result = generate_from_map(args.map, args.checkpoint, args.out, config, convention=args.labels, target=target,
                                video_format=args.format, device=device)

@@ -30,6 +30,7 @@ from freeecho_core.metrics import (FEATURE_NETWORKS, MetricUnavailable, frechet_
 from freeecho_core.sampler import SOLVERS
 from freeecho_core.segmenter import SegUNet, load_segmenter
 from freeecho_core.synthesis import METHOD_KINDS, Method, SamplerConfig, generate, load_denoiser
+from freeecho_core.train import clip_config
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -174,7 +175,7 @@ def evaluate(data_root, unconditional: str | os.PathLike, clsfree: str | os.Path
     models["unconditional"], train_config = load_denoiser(unconditional, device)
     if clsfree:
         models["clsfree"], _ = load_denoiser(clsfree, device)
-    clip = ClipConfig(frames=train_config.get("frames", 24), size=train_config.get("size", 128))
+    clip = clip_config(train_config)
     data = EchoClips(data_root, split, clip, seed=train_config.get("seed", 0))
     if len(data) == 0:
         raise ValueError(f"{data_root}: the {split} split is empty")

@@ -43,6 +43,7 @@ class TrainConfig:
     preset: str = "paper"  # UNet3D preset
     frames: int = 24  # K frames per clip (paper: 24)
     size: int = 128  # S x S pixels (paper: 128)
+    clip_fps: float | None = None  # None: K consecutive frames (the paper); a rate: every recording resampled to it
     batch_size: int = 16  # global batch per optimizer step (paper: 16)
     grad_accum: int = 1  # micro-batches per step on each process
     steps: int = 100_000  # optimizer steps (paper: 100k)
@@ -161,7 +162,7 @@ def resume_state(run_dir: Path, config: TrainConfig, model, ema, optimizer) -> i
     """Load checkpoint.pt into model, EMA and optimizer; return the step to continue from."""
     payload = load_checkpoint(run_dir / "checkpoint.pt")
     stored = payload["train_config"]
-    changed = {k for k in ("kind", "preset", "frames", "size", "batch_size", "seed")
+    changed = {k for k in ("kind", "preset", "frames", "size", "clip_fps", "batch_size", "seed")
                if stored.get(k) != getattr(config, k)}
     if changed:
         raise ValueError(f"{run_dir / 'checkpoint.pt'} was trained with other {sorted(changed)}: "
@@ -180,7 +181,7 @@ def train(config: TrainConfig, data_root: str | os.PathLike, run_dir: str | os.P
     if config.batch_size % (world_size * config.grad_accum):
         raise ValueError(f"batch_size {config.batch_size} must split evenly over {world_size} processes x "
                          f"{config.grad_accum} micro-batches")
-    dataset = EchoClips(data_root, "TRAIN", ClipConfig(frames=config.frames, size=config.size), seed=config.seed)
+    dataset = EchoClips(data_root, "TRAIN", clip_config(asdict(config)), seed=config.seed)
     if len(dataset) == 0:
         raise ValueError(f"{data_root}: the TRAIN split is empty")
     data = {"path": str(data_root), "fps": dataset.frame_rate()}
@@ -285,6 +286,12 @@ def read_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not rows:
         raise ValueError(f"{path}: no training steps logged")
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def clip_config(train_config: dict) -> ClipConfig:
+    """The clips a model was trained on, from its stored training config (older checkpoints: the paper's size)."""
+    return ClipConfig(frames=train_config.get("frames", 24), size=train_config.get("size", 128),
+                      fps=train_config.get("clip_fps"))
 
 
 def config_from_profile(profile: dict, **overrides) -> TrainConfig:

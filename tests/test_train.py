@@ -97,6 +97,18 @@ def test_resume_refuses_other_settings_and_a_new_run_refuses_an_old_folder(data_
         train(CONFIG, data_root, tmp_path / "run", progress=False)
 
 
+def test_checkpoints_record_the_frame_rate_the_clips_play_at(data_root, tmp_path):
+    """Consecutive frames keep the recordings' rate (the phantom's, from Info_<view>.cfg); clip_fps resamples
+    every recording to one rate, which is what the model learns as real time and what generate writes."""
+    train(replace(CONFIG, steps=1), data_root, tmp_path / "native", progress=False)
+    native = load_checkpoint(tmp_path / "native" / "ema.pt")["data"]["fps"]
+    assert native > 0 and native != pytest.approx(25.0)
+    train(replace(CONFIG, steps=1, clip_fps=25.0), data_root, tmp_path / "fixed", progress=False)
+    assert load_checkpoint(tmp_path / "fixed" / "ema.pt")["data"]["fps"] == pytest.approx(25.0)
+    with pytest.raises(ValueError, match=r"other \['clip_fps'\]"):
+        train(replace(CONFIG, steps=2), data_root, tmp_path / "fixed", resume=True, progress=False)
+
+
 def test_gradient_accumulation_matches_the_full_batch(data_root, tmp_path):
     train(CONFIG, data_root, tmp_path / "full", progress=False)
     train(replace(CONFIG, grad_accum=2), data_root, tmp_path / "accum", progress=False)
