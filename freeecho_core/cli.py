@@ -116,7 +116,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     result = generate_from_map(args.map, args.checkpoint, args.out, config, convention=args.labels, target=target,
                                video_format=args.format, device=device)
     n, K, h, w = result["videos"].shape
-    print(f"wrote {n} videos of {K} frames ({h} x {w} pixels, {result['fps']:g} fps; map read as "
+    print(f"wrote {n} videos of {K} frames ({h} x {w} pixels, {result['fps']:.1f} fps; map read as "
           f"{result['convention']} labels) to {args.out}")
 
 

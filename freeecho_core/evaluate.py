@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from freeecho_core.anatomy import ANATOMY_COLUMNS, feature_distances, finite_mean, map_scores
 from freeecho_core.checkpoint import code_version
@@ -27,6 +26,7 @@ from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.metrics import (FEATURE_NETWORKS, MetricUnavailable, frechet_metric, load_feature_network,
                                    ssim_psnr, to_unit)
+from freeecho_core.progress import progress_bar
 from freeecho_core.sampler import SOLVERS
 from freeecho_core.segmenter import SegUNet, load_segmenter
 from freeecho_core.synthesis import METHOD_KINDS, Method, SamplerConfig, generate, load_denoiser
@@ -95,7 +95,7 @@ def generate_all(data: EchoClips, models: dict, out: Path, config: EvalConfig, d
     maps = list(range(len(data)))[: max_maps][rank::world_size]
     jobs = [(i, m) for i in maps for m in methods]
     made = 0
-    for i, method in tqdm(jobs, disable=not progress or rank, desc="generating", unit="map x method"):
+    for i, method in progress_bar(jobs, disable=not progress or rank, desc="generating", unit="map x method"):
         clip = data.clip(i)
         path = video_path(out, method, clip.case_id, clip.view)
         if path.is_file() and np.load(path, mmap_mode="r").shape[0] == config.samples:

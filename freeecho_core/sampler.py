@@ -14,9 +14,9 @@ import math
 from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from freeecho_core.edm import Generators, randn_per_sample
+from freeecho_core.progress import progress_bar
 
 Denoiser = Callable[..., torch.Tensor]
 
@@ -27,7 +27,7 @@ def _edm_solve(denoiser, x, sigmas, second_order, S_churn, S_tmin, S_tmax, S_noi
     num_steps = len(sigmas) - 1
     x_next = x.to(torch.float64)
     steps = zip(sigmas[:-1], sigmas[1:])
-    for t_cur, t_next in tqdm(steps, total=num_steps, disable=not progress, desc="sampling"):
+    for t_cur, t_next in progress_bar(steps, total=num_steps, disable=not progress, desc="sampling"):
         x_cur = x_next
         # Algorithm 2 lines 4-6: temporarily raise the noise level to t_hat ("churn").
         gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_tmin <= t_cur <= S_tmax else 0.0

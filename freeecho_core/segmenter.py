@@ -16,13 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from freeecho_core.checkpoint import code_version, load_checkpoint, save_checkpoint
 from freeecho_core.data.case import CAMUS_LABELS
 from freeecho_core.data.clips import UNLABELLED, ClipConfig
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.metrics import dice
+from freeecho_core.progress import progress_bar
 
 CLASSES = len(CAMUS_LABELS)  # 0 background, 1 LV, 2 myocardium, 3 LA
 
@@ -123,7 +123,7 @@ def train_segmenter(config: SegConfig, data_root: str | os.PathLike, out: str | 
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     x_all, y_all = torch.from_numpy(frames)[:, None], torch.from_numpy(labels)
-    for _ in tqdm(range(config.steps), disable=not progress, desc="train segmenter", unit="step"):
+    for _ in progress_bar(range(config.steps), disable=not progress, desc="train segmenter", unit="step"):
         idx = torch.from_numpy(rng.integers(0, len(frames), config.batch_size))
         loss = F.cross_entropy(net(x_all[idx].to(device)), y_all[idx].to(device), ignore_index=UNLABELLED)
         optimizer.zero_grad(set_to_none=True)

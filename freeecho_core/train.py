@@ -25,12 +25,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from freeecho_core.checkpoint import load_checkpoint, save_checkpoint, unet_payload
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.edm import EDMPrecond, edm_loss
+from freeecho_core.progress import progress_bar
 from freeecho_core.unet3d import UNet3D, unet3d_config
 
 MODEL_KINDS = ("unconditional", "clsfree")
@@ -199,7 +199,7 @@ def train(config: TrainConfig, data_root: str | os.PathLike, run_dir: str | os.P
     sampler = StepBatches(len(dataset), config, start, rank, world_size)
     loader = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers))
     log = TrainLog(run_dir / "log.csv", enabled=rank == 0, resume_step=start)
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress or rank,
+    bar = progress_bar(range(start, config.steps), initial=start, total=config.steps, disable=not progress or rank,
                desc=f"train {config.kind}", unit="step")
     done = start
     try:

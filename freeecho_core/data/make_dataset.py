@@ -13,13 +13,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from freeecho_core.checkpoint import code_version
 from freeecho_core.data.camus import write_camus_case
 from freeecho_core.data.echonet import write_echonet_dataset
 from freeecho_core.data.phantom import PhantomConfig, case_rng, make_case
 from freeecho_core.data.staging import staged_folder
+from freeecho_core.progress import progress_bar
 
 FORMATS = ("camus", "camus-2019", "echonet")  # camus-2019: the original CAMUS release's MetaImage layout
 
@@ -84,7 +84,7 @@ def _render_into(staging: Path, fmt: str, count: int, seed: int, config: Phantom
         if fmt.startswith("camus"):
             release = "mhd" if fmt == "camus-2019" else "nifti"
             jobs = pool.map(_camus_patient, [(staging, seed, i, config, release) for i in range(count)])
-            return [s for patient in tqdm(jobs, **bar) for s in patient]
-        cases = list(tqdm(pool.map(_echonet_case, [(seed, i, config) for i in range(count)]), **bar))
+            return [s for patient in progress_bar(jobs, **bar) for s in patient]
+        cases = list(progress_bar(pool.map(_echonet_case, [(seed, i, config) for i in range(count)]), **bar))
     write_echonet_dataset(staging, cases, echonet_splits(count))
     return [_summary(case) for case in cases]
