@@ -21,7 +21,7 @@ from freeecho_core.data.maps import CONVENTIONS
 from freeecho_core.evaluate import EvalConfig, evaluate
 from freeecho_core.generate import VIDEO_FORMATS, GenerateConfig, generate_from_map
 from freeecho_core.synthesis import DEFAULT_CHECKPOINT, load_denoiser
-from freeecho_core.model_card import write_model_card
+from freeecho_core.model_card import write_model_card, write_segmenter_card
 from freeecho_core.profiles import load_profile
 from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
 from freeecho_core.train import MODEL_KINDS, clip_config, config_from_profile, train
@@ -99,9 +99,10 @@ def cmd_segmenter(args: argparse.Namespace) -> None:
     out = args.out or Path("runs") / Path(args.profile).stem / "segmenter.pt"
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     train_segmenter(config, args.data, out, device=device)
+    card = write_segmenter_card(out, f"freeecho segmenter --profile {args.profile} --data {args.data} --out {out}")
     _, payload = load_segmenter(out)
     dice = ", ".join(f"{name} {value:.3f}" for name, value in payload["val_dice"].items())
-    print(f"wrote {out}; held-out (VAL) Dice: {dice or 'no VAL clips'}")
+    print(f"wrote {out} and {card}; held-out (VAL) Dice: {dice or 'no VAL clips'}")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

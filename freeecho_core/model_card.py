@@ -57,3 +57,22 @@ def write_model_card(run_dir: str | os.PathLike, data_root: str | os.PathLike, c
     path = run_dir / CARD_NAME
     path.write_text(json.dumps(card, indent=1) + "\n")
     return path
+
+
+def write_segmenter_card(path: str | os.PathLike, command: str, seconds: float | None = None) -> Path:
+    """Write <path minus .pt>.card.json for the segmenter checkpoint at `path`: its config, the data, the VAL
+    Dice (its held-out score), training seconds (stored by `train_segmenter`, or given), machine and command."""
+    path = Path(path)
+    payload = load_checkpoint(path)
+    card = {
+        "model": str(path), "steps": payload["config"]["steps"], "seg_config": payload["config"],
+        "training_seconds": payload.get("training_seconds", seconds),
+        "machine": f"{cpu_model()} ({os.cpu_count()} cores), {platform.system()}, torch {torch.__version__}",
+        "data": data_summary(payload["data_root"]), "train_frames": payload["train_frames"], "command": command,
+        "file_size_mb": round(path.stat().st_size / 1e6, 2), "held_out_scores": {"VAL Dice": payload["val_dice"]},
+        "code_version": code_version(),
+    }
+    card_path = path.with_suffix(".card.json")
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
+    return card_path
+

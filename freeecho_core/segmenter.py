@@ -9,6 +9,7 @@ of the `FD-seg` and `FVD-seg` distances in `freeecho_core.anatomy`.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -123,6 +124,7 @@ def train_segmenter(config: SegConfig, data_root: str | os.PathLike, out: str | 
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     x_all, y_all = torch.from_numpy(frames)[:, None], torch.from_numpy(labels)
+    started = time.perf_counter()
     for _ in progress_bar(range(config.steps), disable=not progress, desc="train segmenter", unit="step"):
         idx = torch.from_numpy(rng.integers(0, len(frames), config.batch_size))
         loss = F.cross_entropy(net(x_all[idx].to(device)), y_all[idx].to(device), ignore_index=UNLABELLED)
@@ -133,7 +135,8 @@ def train_segmenter(config: SegConfig, data_root: str | os.PathLike, out: str | 
     val = EchoClips(data_root, "VAL", clip, seed=config.seed)
     report = dice_report(net, val) if len(val) else {}
     payload = {"config": asdict(config), "model": net.state_dict(), "val_dice": report, "train_frames": len(frames),
-               "data_root": str(data_root), "code_version": code_version()}
+               "data_root": str(data_root), "training_seconds": time.perf_counter() - started,
+               "code_version": code_version()}
     return save_checkpoint(out, payload)
 
 

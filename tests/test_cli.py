@@ -56,6 +56,10 @@ def test_segmenter_trains_at_the_profile_clip_size_and_reports_held_out_dice(tmp
     out = tmp_path / "seg.pt"
     assert main(["segmenter", "--profile", "smoke", "--data", str(data), "--out", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert f"wrote {out}; held-out (VAL) Dice: LV cavity 0." in printed and "left atrium" in printed
+    card_path = tmp_path / "seg.card.json"
+    assert f"wrote {out} and {card_path}; held-out (VAL) Dice: LV cavity 0." in printed and "left atrium" in printed
+    card = json.loads(card_path.read_text())
+    assert card["training_seconds"] > 0 and card["held_out_scores"]["VAL Dice"]["LV cavity"] > 0
+    assert card["data"]["phantom"]["count"] == 3 and "--profile smoke" in card["command"]
     assert main(["segmenter", "--data", str(tmp_path / "nothing")]) == 2
     assert "neither a CAMUS folder" in capsys.readouterr().err
