@@ -13,17 +13,17 @@ import torch.distributed as dist
 from freeecho_core.anatomy import ANATOMY_COLUMNS
 from freeecho_core.bench import SUITES, bench_forward, cpu_training_suite, run_suite
 from freeecho_core.data.dataset import EchoClips
+from freeecho_core.data.maps import CONVENTIONS
 from freeecho_core.data.make_dataset import FORMATS, make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.data.stats import folder_statistics, summary_rows
 from freeecho_core.edm import karras_sigmas
-from freeecho_core.data.maps import CONVENTIONS
 from freeecho_core.evaluate import EvalConfig, evaluate
 from freeecho_core.generate import VIDEO_FORMATS, GenerateConfig, generate_from_map
-from freeecho_core.synthesis import DEFAULT_CHECKPOINT, load_denoiser
 from freeecho_core.model_card import write_model_card, write_segmenter_card
 from freeecho_core.profiles import load_profile
 from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
+from freeecho_core.synthesis import DEFAULT_CHECKPOINT, load_denoiser
 from freeecho_core.train import MODEL_KINDS, clip_config, config_from_profile, train
 from freeecho_core.unet3d import PRESETS, UNet3D, count_parameters
 

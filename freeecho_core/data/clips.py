@@ -169,6 +169,11 @@ def prepare_clip(case_id: str, view: str, frames: np.ndarray, labels: dict[int, 
     labels the ED map is made from, when they differ from labels[ed_index] (EchoNet: LV plus a grown ring).
     """
     where = where or case_id
+    if fps is not None and not fps > 0:
+        raise ValueError(f"{where}: the frame rate must be positive, got {fps!r}")
+    if fps is None and config.fps is not None:
+        raise ValueError(f"{where}: the recording has no frame rate, so it cannot be resampled to "
+                         f"{config.fps:g} fps (use fps: null, consecutive frames)")
     if ed_index not in labels:
         raise ValueError(f"{where}: the ED frame {ed_index} has no labels")
     if not (labels[ed_index] == 1).any():
@@ -177,11 +182,6 @@ def prepare_clip(case_id: str, view: str, frames: np.ndarray, labels: dict[int, 
     ed_labels = labels[ed_index] if ed_labels is None else ed_labels
     frames, sector, ed_labels = pad_to_square(frames), pad_to_square(sector), pad_to_square(ed_labels)
     labels = {k: pad_to_square(v) for k, v in labels.items()}
-    if fps is not None and not fps > 0:
-        raise ValueError(f"{where}: the frame rate must be positive, got {fps!r}")
-    if fps is None and config.fps is not None:
-        raise ValueError(f"{where}: the recording has no frame rate, so it cannot be resampled to "
-                         f"{config.fps:g} fps (use fps: null, consecutive frames)")
     step = 1.0 if config.fps is None else fps / config.fps
     positions, step = take_frames(len(frames) - ed_index, config.frames, config.short, where, step)
     video = resize_frames(resample_in_time(frames[ed_index:].astype(np.float32), positions), config.size)
