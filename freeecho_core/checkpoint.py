@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from freeecho_core import __version__
+from freeecho_core.files import atomic_write
 from freeecho_core.unet3d import UNet3D, UNet3DConfig
+from freeecho_core.validate import first_reason
 
 
 def code_version() -> dict:
@@ -37,32 +38,41 @@ def code_version() -> dict:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
-    """Write `payload` atomically: to a temporary file in the same folder, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `payload` atomically (`files.atomic_write`). A failed write (a full disk, say) leaves the old file in
+    place and raises an OSError naming `path`."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        return atomic_write(path, lambda f: torch.save(payload, f))
+    except RuntimeError as err:  # torch's writer reports a failed write (ENOSPC, EIO) as a RuntimeError
+        raise OSError(f"{path}: could not write the checkpoint ({err})") from err
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint with `weights_only=True`; a clear error names the file when it is not one."""
+    """Load a checkpoint with `weights_only=True`; a ValueError or FileNotFoundError names the file when it is
+    missing, a folder, empty, not a weights-only torch file, has no model config, or holds NaN or infinite
+    weights."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected a checkpoint file such as <run>/ema.pt")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty; expected a Free-Echo checkpoint (ema.pt or checkpoint.pt)")
+    with path.open("rb") as f:
+        if not f.read(4).startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip archive (old: a pickle)
+            raise ValueError(f"{path} is not a torch checkpoint (no zip archive inside); expected a Free-Echo "
+                             f"checkpoint (ema.pt or checkpoint.pt)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a weights-only Free-Echo checkpoint: {err}") from err
+        raise ValueError(f"{path} is not a weights-only Free-Echo checkpoint ({first_reason(err)})") from None
     if not isinstance(payload, dict) or "config" not in payload:
         raise ValueError(f"{path} holds no model config: expected a dict with a 'config' entry")
+    for entry in ("model", "ema"):
+        bad = [name for name, t in (payload.get(entry) or {}).items()
+               if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise ValueError(f"{path}: {len(bad)} {entry} weight tensor(s) hold NaN or infinite values "
+                             f"(e.g. {bad[0]}); the run diverged or the file is damaged")
     return payload
 
 
@@ -72,13 +82,23 @@ def unet_payload(model: UNet3D, **extra) -> dict:
 
 
 def config_from_dict(config: dict) -> UNet3DConfig:
+    """A UNet3DConfig from a checkpoint's config dict; a ValueError names unknown or mistyped entries."""
+    unknown = sorted(set(config) - set(UNet3DConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown UNet3D config entries {unknown}; this version knows "
+                         f"{sorted(UNet3DConfig.__dataclass_fields__)}")
     return UNet3DConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
 
-def unet_from_payload(payload: dict, weights: str = "model") -> UNet3D:
-    """Rebuild the UNet3D of a checkpoint with the weights stored under `weights` ('model' or 'ema')."""
+def unet_from_payload(payload: dict, weights: str = "model", source: str = "checkpoint") -> UNet3D:
+    """Rebuild the UNet3D of a checkpoint with the weights stored under `weights` ('model' or 'ema');
+    `source` (the file) names it in errors."""
     if weights not in payload:
-        raise KeyError(f"checkpoint has no {weights!r} weights; it has {sorted(payload)}")
-    model = UNet3D(config_from_dict(payload["config"]))
-    model.load_state_dict(payload[weights])
+        raise ValueError(f"{source} has no {weights!r} weights; it has {sorted(payload)}")
+    try:
+        model = UNet3D(config_from_dict(payload["config"]))
+        model.load_state_dict(payload[weights])
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{source}: its weights do not fit its UNet3D config ({first_reason(err)})") from None
     return model
+

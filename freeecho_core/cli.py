@@ -21,11 +21,76 @@ from freeecho_core.edm import karras_sigmas
 from freeecho_core.evaluate import EvalConfig, evaluate
 from freeecho_core.generate import VIDEO_FORMATS, GenerateConfig, generate_from_map
 from freeecho_core.model_card import write_model_card, write_segmenter_card
-from freeecho_core.profiles import load_profile
+from freeecho_core.checkpoint import load_checkpoint
+from freeecho_core.files import check_output_folder
+from freeecho_core.profiles import PARAMS_DIR, load_profile, profile_section
 from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
 from freeecho_core.synthesis import DEFAULT_CHECKPOINT, load_denoiser
 from freeecho_core.train import MODEL_KINDS, clip_config, config_from_profile, train
 from freeecho_core.unet3d import PRESETS, UNet3D, count_parameters
+from freeecho_core.validate import as_float, as_int
+
+SCHEDULE_STEPS = len(karras_sigmas()) - 1  # t_i indexes the 64 steps of the schedule
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the command, the option, what was expected)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def at_least(minimum: int):
+    """An argparse type: an integer >= minimum."""
+    def parse(text: str) -> int:
+        return as_int("value", text, minimum)
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def positive_number(text: str) -> float:
+    return as_float("value", text, above=0)
+
+
+positive_number.__name__ = "finite number > 0"
+
+
+def finite_number(text: str) -> float:
+    return as_float("value", text)
+
+
+finite_number.__name__ = "finite number"
+
+
+def start_step(text: str) -> int:
+    return as_int("value", text, 0, SCHEDULE_STEPS - 1)
+
+
+start_step.__name__ = f"start step in 0..{SCHEDULE_STEPS - 1}"
+
+
+def resolve_device(option: str, local_rank: int = 0) -> str:
+    """--device: auto (the local GPU if there is one, else the CPU), cpu, cuda or cuda:N; refused when absent."""
+    if option == "auto":
+        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(option)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {option}: expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {option}: this machine has no CUDA GPU that torch {torch.__version__} can use; "
+                         f"use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {option}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return str(device)
+
+
+def profile_path(name: str) -> Path:
+    """The YAML file of a profile given by name or path (for messages)."""
+    path = Path(name)
+    return path if path.suffix in (".yaml", ".yml") else PARAMS_DIR / f"{name}.yaml"
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -36,15 +101,16 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
     if args.suite:
         records = cpu_training_suite(repeats=args.repeats, out=args.out) if args.suite == "cpu-training" else \
-            run_suite(args.suite, device=args.device, compile=args.compile, out=args.out)
+            run_suite(args.suite, device=device, compile=args.compile, out=args.out)
         print(f"{len(records)} records" + (f"; wrote {args.out}" if args.out else ""))
         return
     records = []
     for preset in args.preset:
         record = bench_forward(preset, batch=args.batch, frames=args.frames, size=args.size,
-                               device=args.device, dtype=args.dtype, repeats=args.repeats)
+                               device=device, dtype=args.dtype, repeats=args.repeats)
         print(f"{preset}: {record['seconds_median']:.4f} s per network evaluation "
               f"({record['shape']}, {record['dtype']}, {record['device']})")
         records.append(record)
@@ -70,34 +136,44 @@ def cmd_phantom(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     overrides = {"kind": args.kind} | ({"steps": args.steps} if args.steps is not None else {})
-    config = config_from_profile(load_profile(args.profile)["train"], **overrides)
+    config = config_from_profile(profile_section(args.profile, "train"), source=str(profile_path(args.profile)),
+                                 **overrides)
     run_dir = args.run_dir or Path("runs") / Path(args.profile).stem / config.kind
+    check_output_folder(run_dir, "--run-dir")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = args.device
-    if device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device, local_rank)
+    before = load_checkpoint(run_dir / "checkpoint.pt")["step"] if args.resume else 0
     if world_size > 1:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
     try:
-        train(config, args.data, run_dir, resume=args.resume, device=device, rank=rank, world_size=world_size)
+        train(config, args.data, run_dir, resume=args.resume, device=device, rank=rank, world_size=world_size,
+              other_data=args.other_data)
     finally:
         if world_size > 1:
             dist.destroy_process_group()
-    if rank == 0:
-        command = f"freeecho train --profile {args.profile} --data {args.data} --kind {config.kind} " \
-                  f"--run-dir {run_dir} --resume"
-        card = write_model_card(run_dir, args.data, command)
-        print(f"trained {config.kind} to step {config.steps}: {run_dir}/checkpoint.pt, {run_dir}/ema.pt, "
-              f"{run_dir}/log.csv, {card}")
+    if rank:
+        return
+    if before == config.steps:
+        print(f"{run_dir}/checkpoint.pt is already at step {before} of {config.steps}: nothing to train")
+        return
+    command = f"freeecho train --profile {args.profile} --data {args.data} --kind {config.kind} " \
+              f"--run-dir {run_dir} --resume"
+    card = write_model_card(run_dir, args.data, command)
+    print(f"trained {config.kind} from step {before} to step {config.steps}: {run_dir}/checkpoint.pt, "
+          f"{run_dir}/ema.pt, {run_dir}/log.csv, {card}")
 
 
 def cmd_segmenter(args: argparse.Namespace) -> None:
+    profile_section(args.profile, "train")
     config = seg_config_from_profile(load_profile(args.profile))
     out = args.out or Path("runs") / Path(args.profile).stem / "segmenter.pt"
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder; expected the segmenter file to write (e.g. segmenter.pt)")
+    check_output_folder(out.parent, "--out")
+    device = resolve_device(args.device)
     train_segmenter(config, args.data, out, device=device)
     card = write_segmenter_card(out, f"freeecho segmenter --profile {args.profile} --data {args.data} --out {out}")
     _, payload = load_segmenter(out)
@@ -108,10 +184,11 @@ def cmd_segmenter(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     config = GenerateConfig(start_step=args.t_start, samples=args.samples, mapping=args.mapping, solver=args.solver,
                             seed=args.seed, fps=args.fps)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
+    check_output_folder(args.out, "--out")
     target = None
     if args.data:
-        _, train_config = load_denoiser(args.checkpoint, "cpu")
+        _, train_config = load_denoiser(args.checkpoint, "cpu", "unconditional")
         clip = clip_config(train_config)
         target = EchoClips(args.data, "TRAIN", clip, seed=train_config.get("seed", 0)).intensity_histogram()
     result = generate_from_map(args.map, args.checkpoint, args.out, config, convention=args.labels, target=target,
@@ -126,9 +203,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                         solver=args.solver, batch=args.batch, seed=args.seed)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun: the maps are sharded
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = args.device
-    if device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device, local_rank)
+    if args.segmenter is not None and not args.segmenter.is_file():
+        raise ValueError(f"--segmenter {args.segmenter}: no such file; expected a checkpoint of freeecho segmenter")
     if world_size > 1:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     weights = {"inception": args.inception_weights, "i3d": args.i3d_weights, "r2plus1d": args.r2plus1d_weights}
@@ -150,7 +227,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="freeecho", description=__doc__)
+    parser = OneLineParser(prog="freeecho", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="print Python tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="model presets, parameter counts and the noise schedule")
     info.set_defaults(func=cmd_info)
@@ -162,12 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "instead of the per-preset evaluation timing")
     bench.add_argument("--compile", action="store_true", help="with --suite: add torch.compile'd variants")
     bench.add_argument("--preset", nargs="+", default=sorted(PRESETS), choices=sorted(PRESETS))
-    bench.add_argument("--batch", type=int, default=1)
-    bench.add_argument("--frames", type=int, default=8)
-    bench.add_argument("--size", type=int, default=64, help="frame height and width in pixels")
+    bench.add_argument("--batch", type=at_least(1), default=1)
+    bench.add_argument("--frames", type=at_least(1), default=8)
+    bench.add_argument("--size", type=at_least(8), default=64, help="frame height and width in pixels")
     bench.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--repeats", type=at_least(1), default=3)
     bench.add_argument("--out", type=Path, help="JSON file for the results")
     bench.set_defaults(func=cmd_bench)
     phantom = sub.add_parser("phantom", help="render a phantom dataset in the CAMUS or EchoNet-Dynamic format")
@@ -176,21 +254,24 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--stats", type=Path, metavar="DIR",
                          help="instead of rendering, print the grey-level statistics of a CAMUS or EchoNet folder "
                               "(real or phantom) inside the scan fan")
-    phantom.add_argument("--limit", type=int, default=None, help="with --stats: the first N recordings only")
-    phantom.add_argument("--count", type=int, default=8, help="patients (CAMUS: 2CH and 4CH each) or videos")
-    phantom.add_argument("--seed", type=int, default=0)
-    phantom.add_argument("--height", type=int, default=PhantomConfig.height, help="image rows (pixels)")
-    phantom.add_argument("--frames", type=int, default=PhantomConfig.frames, help="frames from end diastole")
-    phantom.add_argument("--cycles", type=float, default=PhantomConfig.cycles, help="heart beats the frames span")
-    phantom.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    phantom.add_argument("--limit", type=at_least(1), default=None, help="with --stats: the first N recordings only")
+    phantom.add_argument("--count", type=at_least(1), default=8, help="patients (CAMUS: 2CH and 4CH each) or videos")
+    phantom.add_argument("--seed", type=at_least(0), default=0)
+    phantom.add_argument("--height", type=at_least(16), default=PhantomConfig.height, help="image rows (pixels)")
+    phantom.add_argument("--frames", type=at_least(2), default=PhantomConfig.frames, help="frames from end diastole")
+    phantom.add_argument("--cycles", type=positive_number, default=PhantomConfig.cycles,
+                         help="heart beats the frames span")
+    phantom.add_argument("--workers", type=at_least(1), default=None, help="processes (default: all cores)")
     phantom.set_defaults(func=cmd_phantom)
     tr = sub.add_parser("train", help="train a model at a profile (resumable; several GPUs under torchrun)")
     tr.add_argument("--profile", default="smoke", help="smoke, gpu-short, paper, or a YAML file with a train section")
     tr.add_argument("--data", required=True, type=Path, help="a CAMUS or EchoNet-Dynamic folder (real or phantom)")
     tr.add_argument("--kind", default="unconditional", choices=MODEL_KINDS)
     tr.add_argument("--run-dir", type=Path, help="checkpoint folder (default runs/<profile>/<kind>)")
-    tr.add_argument("--steps", type=int, help="override the profile's number of steps")
+    tr.add_argument("--steps", type=at_least(1), help="override the profile's number of steps")
     tr.add_argument("--resume", action="store_true", help="continue from <run>/checkpoint.pt")
+    tr.add_argument("--other-data", action="store_true", help="with --resume: continue on a dataset other than "
+                    "the one the checkpoint was trained on (refused otherwise)")
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     tr.set_defaults(func=cmd_train)
     ev = sub.add_parser("evaluate", help="generate n videos per test map with every method and score them")
@@ -199,13 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--clsfree", type=Path, help="ema.pt of the Cls-Free model (omit to skip that baseline)")
     ev.add_argument("--out", required=True, type=Path, help="folder for the videos and metrics.json (resumable)")
     ev.add_argument("--split", default="TEST", choices=["TRAIN", "VAL", "TEST"])
-    ev.add_argument("--samples", type=int, default=EvalConfig.samples, help="videos per map (paper: 10)")
-    ev.add_argument("--start-steps", type=int, nargs="+", default=list(EvalConfig.start_steps))
-    ev.add_argument("--guidance", type=float, default=EvalConfig.guidance)
+    ev.add_argument("--samples", type=at_least(1), default=EvalConfig.samples, help="videos per map (paper: 10)")
+    ev.add_argument("--start-steps", type=start_step, nargs="+", default=list(EvalConfig.start_steps))
+    ev.add_argument("--guidance", type=finite_number, default=EvalConfig.guidance)
     ev.add_argument("--solver", default=EvalConfig.solver, choices=["heun", "euler"])
-    ev.add_argument("--batch", type=int, default=EvalConfig.batch)
-    ev.add_argument("--seed", type=int, default=EvalConfig.seed)
-    ev.add_argument("--max-maps", type=int, help="score only the first N test maps")
+    ev.add_argument("--batch", type=at_least(1), default=EvalConfig.batch)
+    ev.add_argument("--seed", type=at_least(0), default=EvalConfig.seed)
+    ev.add_argument("--max-maps", type=at_least(1), help="score only the first N test maps")
     ev.add_argument("--inception-weights", help="local InceptionV3 weights for FID (else FID is unavailable)")
     ev.add_argument("--i3d-weights", help="local StyleGAN-V i3d_torchscript.pt for FVD")
     ev.add_argument("--r2plus1d-weights", help="local torchvision r2plus1d_18 state dict for FVD-R(2+1)D")
@@ -218,17 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                      help="ema.pt of an unconditional model (default: the stored CPU model, "
                           "checkpoints/cpu/phantom-camus/unconditional/ema.pt)")
-    gen.add_argument("--t-start", type=int, default=GenerateConfig.start_step, help="start step t_i of 64 (paper: 15)")
-    gen.add_argument("--samples", type=int, default=GenerateConfig.samples)
+    gen.add_argument("--t-start", type=start_step, default=GenerateConfig.start_step,
+                     help="start step t_i of 64 (paper: 15)")
+    gen.add_argument("--samples", type=at_least(1), default=GenerateConfig.samples)
     gen.add_argument("--out", required=True, type=Path, help="folder for the videos, frames (.npy) and record (.json)")
     gen.add_argument("--labels", default="auto", choices=CONVENTIONS,
                      help="the map's label convention (auto: label 4 -> five, a binary mask -> lv, else camus)")
     gen.add_argument("--mapping", default=GenerateConfig.mapping, choices=["barycentric", "stochastic"])
     gen.add_argument("--solver", default=GenerateConfig.solver, choices=["heun", "euler"])
     gen.add_argument("--format", default="avi", choices=sorted(VIDEO_FORMATS))
-    gen.add_argument("--fps", type=float, default=GenerateConfig.fps,
+    gen.add_argument("--fps", type=positive_number, default=GenerateConfig.fps,
                      help="frame rate of the written videos (default: that of the model's training data)")
-    gen.add_argument("--seed", type=int, default=GenerateConfig.seed)
+    gen.add_argument("--seed", type=at_least(0), default=GenerateConfig.seed)
     gen.add_argument("--data", type=Path, help="the training dataset, whose grey levels are the OT target "
                      "(default: the echo phantom's)")
     gen.add_argument("--device", default="auto")
@@ -246,10 +328,26 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, OSError, KeyError, ImportError) as err:
-        print(f"freeecho {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"freeecho {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"freeecho {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def one_line(err: Exception) -> str:
+    """An exception as one line of text; errors the package does not raise itself on bad input (a bug, most
+    likely) say what they are and how to see the traceback."""
+    text = "; ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+    if isinstance(err, KeyError):
+        text = f"missing entry {text}"
+    if not isinstance(err, (ValueError, OSError, ImportError, RuntimeError)) or not text:
+        text = f"{type(err).__name__}: {text or 'no message'} (rerun with --debug for the traceback)"
+    return text
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ Videos are stored as uint8 (n, K, S, S) .npy files under <out>/videos/<method>/.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +25,8 @@ import torch.distributed as dist
 from freeecho_core.anatomy import ANATOMY_COLUMNS, feature_distances, finite_mean, map_scores
 from freeecho_core.checkpoint import code_version
 from freeecho_core.data.clips import ClipConfig
-from freeecho_core.data.dataset import EchoClips
+from freeecho_core.data.dataset import EchoClips, dataset_fingerprint
+from freeecho_core.files import check_output_folder, save_array_atomically, write_text_atomically
 from freeecho_core.metrics import (FEATURE_NETWORKS, MetricUnavailable, frechet_metric, load_feature_network,
                                    ssim_psnr, to_unit)
 from freeecho_core.progress import progress_bar
@@ -77,10 +80,40 @@ def video_path(out: Path, method: Method, case_id: str, view: str) -> Path:
 
 def save_videos(path: Path, videos: torch.Tensor) -> None:
     """uint8 (n, K, S, S), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, (to_unit(videos) * 255).round().to(torch.uint8).numpy())
-    os.replace(tmp, path)
+    save_array_atomically(path, (to_unit(videos) * 255).round().to(torch.uint8).numpy())
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (a checkpoint: which weights made a video)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def video_key(method: Method, config: EvalConfig, digests: dict, data: EchoClips) -> dict:
+    """Everything that made the stored videos of one method: the weights (`digests`: sha256 by model role), the
+    seed, the method and sampler settings, and the data (its fingerprint, split and clip preparation)."""
+    role = "clsfree" if method.kind == "clsfree" else "unconditional"
+    return {"method": asdict(method), "checkpoint_sha256": digests[role],
+            "seed": config.seed, "samples": config.samples, "sampler": asdict(config.sampler()), "bins": config.bins,
+            "data": {"fingerprint": dataset_fingerprint(data.root), "split": data.split, "clip": asdict(data.config),
+                     "split_seed": data.seed}}
+
+
+def claim_video_folder(out: Path, method: Method, key: dict) -> None:
+    """Make <out>/videos/<method>/ hold only videos made with `key`: videos stored under another key (another
+    seed, checkpoint, sampler or dataset) are deleted, with a warning, and made again."""
+    folder = out / "videos" / method.name
+    key_path = folder / "key.json"
+    stored = json.loads(key_path.read_text()) if key_path.is_file() else None
+    if stored == key:
+        return
+    stale = sorted(folder.glob("*.npy")) if folder.is_dir() else []
+    if stale:
+        changed = sorted(k for k in key if (stored or {}).get(k) != key[k])
+        warnings.warn(f"{folder}: {len(stale)} stored video sets were made with other {changed}; generating "
+                      f"them again", stacklevel=3)
+        for path in stale:
+            path.unlink()
+    write_text_atomically(key_path, json.dumps(key, indent=1) + "\n")
 
 
 def load_videos(path: Path) -> torch.Tensor:
@@ -90,7 +123,8 @@ def load_videos(path: Path) -> torch.Tensor:
 
 def generate_all(data: EchoClips, models: dict, out: Path, config: EvalConfig, device, methods: list[Method],
                  rank: int = 0, world_size: int = 1, max_maps: int | None = None, progress: bool = True) -> int:
-    """Generate every missing (map, method) video set of this process's share; return how many were made."""
+    """Generate every missing (map, method) video set of this process's share; return how many were made.
+    The method folders must have been claimed for this run's settings (`claim_video_folder`)."""
     target = EchoClips(data.root, "TRAIN", data.config, seed=data.seed).intensity_histogram(config.bins)
     maps = list(range(len(data)))[: max_maps][rank::world_size]
     jobs = [(i, m) for i in maps for m in methods]
@@ -132,19 +166,28 @@ def anatomy_row(judge: SegUNet, structures: list[str], clips: list, generated: l
     return row | {"anatomy_per_map": {f"{c.case_id}_{c.view}": m for c, m in zip(clips, per_map)}}
 
 
-def score(data: EchoClips, out: Path, methods: list[Method], feature_weights: dict, max_maps: int | None = None,
-          device="cpu", segmenter: str | os.PathLike | None = None) -> dict:
-    """SSIM/PSNR per map (mean over frames and samples) and FID/FVD per method, or why they are unavailable;
-    with a `segmenter` checkpoint, the anatomy metrics of `freeecho_core.anatomy` too."""
-    clips = [data.clip(i) for i in range(len(data))][:max_maps]
-    judge, judge_info = load_judge(segmenter, data.config, device)
-    real = torch.stack([to_unit(torch.from_numpy(c.video)) for c in clips])
+def feature_networks(feature_weights: dict, device) -> tuple[dict, dict]:
+    """The pretrained feature networks whose weights were given ({name: network}) and, for the others, why
+    their metric is unavailable ({metric: reason}). A given file that is not such a network raises."""
     networks, unavailable = {}, {}
     for name in FEATURE_NETWORKS:
         try:
             networks[name] = load_feature_network(name, feature_weights.get(name), device)
         except MetricUnavailable as why:
             unavailable[FEATURE_NETWORKS[name]] = str(why)
+    return networks, unavailable
+
+
+def score(data: EchoClips, out: Path, methods: list[Method], feature_weights: dict, max_maps: int | None = None,
+          device="cpu", segmenter: str | os.PathLike | None = None, networks: tuple[dict, dict] | None = None) -> dict:
+    """SSIM/PSNR per map (mean over frames and samples) and FID/FVD per method, or why they are unavailable;
+    with a `segmenter` checkpoint, the anatomy metrics of `freeecho_core.anatomy` too. `networks`: the result
+    of `feature_networks`, when already loaded."""
+    clips = [data.clip(i) for i in range(len(data))][:max_maps]
+    judge, judge_info = load_judge(segmenter, data.config, device)
+    real = torch.stack([to_unit(torch.from_numpy(c.video)) for c in clips])
+    networks, unavailable = networks or feature_networks(feature_weights, device)
+    unavailable = dict(unavailable)
     results = {}
     for method in methods:
         generated = [load_videos(video_path(out, method, c.case_id, c.view)) for c in clips]
@@ -171,26 +214,40 @@ def evaluate(data_root, unconditional: str | os.PathLike, clsfree: str | os.Path
     """Generate (resumably, sharded over processes) and score; process 0 writes and returns <out>/metrics.json.
     `segmenter`: a checkpoint of `freeecho_core.segmenter` for the anatomy metrics (optional)."""
     out, device = Path(out), torch.device(device)
+    check_output_folder(out, "--out")
     models, train_config = {}, {}
-    models["unconditional"], train_config = load_denoiser(unconditional, device)
+    models["unconditional"], train_config = load_denoiser(unconditional, device, "unconditional")
     if clsfree:
-        models["clsfree"], _ = load_denoiser(clsfree, device)
+        models["clsfree"], clsfree_config = load_denoiser(clsfree, device, "clsfree")
+        if (clsfree_config.get("frames"), clsfree_config.get("size")) != (train_config.get("frames"),
+                                                                           train_config.get("size")):
+            raise ValueError(f"{clsfree} was trained on other clips ({clsfree_config.get('frames')} x "
+                             f"{clsfree_config.get('size')}) than {unconditional} ({train_config.get('frames')} x "
+                             f"{train_config.get('size')}); both models must share a clip size")
     clip = clip_config(train_config)
+    load_judge(segmenter, clip, device)  # a wrong segmenter or feature network is reported now, not after
+    networks = feature_networks(feature_weights or {}, device) if rank == 0 else ({}, {})  # the generation
     data = EchoClips(data_root, split, clip, seed=train_config.get("seed", 0))
     if len(data) == 0:
         raise ValueError(f"{data_root}: the {split} split is empty")
     methods = method_specs(config, clsfree=bool(clsfree))
+    if rank == 0:
+        digests = {role: file_digest(path) for role, path in (("unconditional", unconditional),
+                                                               ("clsfree", clsfree)) if path}
+        for method in methods:
+            claim_video_folder(out, method, video_key(method, config, digests, data))
+    if world_size > 1:
+        dist.barrier()
     made = generate_all(data, models, out, config, device, methods, rank, world_size, max_maps, progress)
     if world_size > 1:
         dist.barrier()
     if rank:
         return None
-    metrics = score(data, out, methods, feature_weights or {}, max_maps, device, segmenter)
+    metrics = score(data, out, methods, feature_weights or {}, max_maps, device, segmenter, networks)
     report = {"dataset": str(data_root), "split": split, "clip": asdict(clip), "config": asdict(config),
               "checkpoints": {"unconditional": str(unconditional), "clsfree": str(clsfree) if clsfree else None},
               "train_config": train_config, "generated_now": made, "code_version": code_version(), **metrics}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_text_atomically(out / "metrics.json", json.dumps(report, indent=1) + "\n")
     return report
 
 

@@ -17,7 +17,9 @@ import numpy as np
 
 from freeecho_core.checkpoint import code_version
 from freeecho_core.data.maps import map_stem
+from freeecho_core.files import check_output_folder, save_array_atomically, shared_mode, write_text_atomically
 from freeecho_core.synthesis import AUTHORS_CHURN, DEFAULT_CHECKPOINT, FreeEcho, SamplerConfig
+from freeecho_core.validate import as_float
 
 VIDEO_FORMATS = {"avi": "MJPG", "mp4": "mp4v"}  # container -> OpenCV fourcc
 
@@ -35,23 +37,28 @@ class GenerateConfig:
 
 def write_video(path: Path, video: np.ndarray, fps: float) -> Path:
     """(K, S, S) uint8 frames -> an AVI (MJPG) or MP4 (mp4v) file, written to a temporary name then renamed;
-    read back to check that every frame decodes."""
+    read back to check that every frame decodes. Nothing is left behind when it fails."""
     container = path.suffix.lstrip(".")
     if container not in VIDEO_FORMATS:
         raise ValueError(f"{path}: video format must be one of {sorted(VIDEO_FORMATS)}")
+    fps = as_float("fps", fps, above=0)
     tmp = path.with_name(f".{path.stem}.tmp.{container}")
     K, H, W = video.shape
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*VIDEO_FORMATS[container]), fps, (W, H), isColor=True)
-    if not writer.isOpened():
-        raise OSError(f"{path}: OpenCV cannot write {container} files here")
-    for frame in video:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
-    writer.release()
-    written = int(cv2.VideoCapture(str(tmp)).get(cv2.CAP_PROP_FRAME_COUNT))
-    if written != K:
+    try:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*VIDEO_FORMATS[container]), fps, (W, H),
+                                 isColor=True)
+        if not writer.isOpened():
+            raise OSError(f"{path}: OpenCV cannot open a {container} writer ({VIDEO_FORMATS[container]}) here")
+        for frame in video:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+        writer.release()
+        written = int(cv2.VideoCapture(str(tmp)).get(cv2.CAP_PROP_FRAME_COUNT))
+        if written != K:
+            raise OSError(f"{path}: wrote {K} frames but {written} decode (is the disk full?)")
+        shared_mode(tmp)
+        os.replace(tmp, path)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise OSError(f"{path}: wrote {K} frames but {written} decode")
-    os.replace(tmp, path)
     return path
 
 
@@ -64,6 +71,10 @@ def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config:
     to the map's aspect, "convention", "fps", "files"}."""
     if video_format not in VIDEO_FORMATS:
         raise ValueError(f"video format must be one of {sorted(VIDEO_FORMATS)}, got {video_format!r}")
+    if config.fps is not None:
+        as_float("fps", config.fps, above=0)
+    if out is not None:
+        check_output_folder(out, "--out")
     pipe = FreeEcho.from_checkpoint(checkpoint, target=target, device=device)
     if pipe.conditional:
         raise ValueError(f"{checkpoint} is a conditional (Cls-Free) model; Free-Echo samples the unconditional one")
@@ -77,13 +88,11 @@ def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config:
         out, stem = Path(out), map_stem(map_path)
         out.mkdir(parents=True, exist_ok=True)
         files = [write_video(out / f"{stem}_{k}.{video_format}", v, config.fps) for k, v in enumerate(result.videos)]
-        tmp = out / f".{stem}.tmp.npy"
-        np.save(tmp, result.videos)
-        os.replace(tmp, out / f"{stem}.npy")
+        save_array_atomically(out / f"{stem}.npy", result.videos)
         record = {"map": str(map_path), "map_shape": list(result.videos.shape[-2:]), "checkpoint": str(checkpoint),
                   "config": asdict(config), "seeds": result.seeds,
                   "churn": AUTHORS_CHURN if config.stochastic_sampler else None, "frames": pipe.frames,
                   "size": pipe.size, "convention": result.convention, "code_version": code_version()}
-        (out / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
+        write_text_atomically(out / f"{stem}.json", json.dumps(record, indent=1) + "\n")
     return {"map": result.ed_map, "videos": result.videos, "convention": result.convention, "fps": config.fps,
             "files": files}

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from freeecho_core.validate import first_reason
+
 
 def to_unit(video: torch.Tensor) -> torch.Tensor:
     """[-1, 1] model range -> [0, 1] grey levels, clipped."""
@@ -110,6 +112,9 @@ class FeatureNetwork:
 
 
 FEATURE_NETWORKS = {"inception": "FID", "i3d": "FVD", "r2plus1d": "FVD-R(2+1)D"}
+WEIGHT_FILES = {"inception": "torch-fidelity InceptionV3 weights file (pt_inception-2015-12-05)",
+                "i3d": "TorchScript I3D file (StyleGAN-V's i3d_torchscript.pt)",
+                "r2plus1d": "torchvision r2plus1d_18 state dict"}
 
 
 def load_feature_network(name: str, weights: str | Path | None, device="cpu") -> FeatureNetwork:
@@ -131,6 +136,11 @@ def load_feature_network(name: str, weights: str | Path | None, device="cpu") ->
         net = _build(name, weights)
     except ImportError as err:
         raise MetricUnavailable(f"{metric}: {err.name or err} is not installed (pip install -e .[fid])") from err
+    except Exception as err:  # a file of another kind: torch.jit.load, torch.load or load_state_dict refuse it
+        trust = (" (a TorchScript file carries code that torch.jit.load runs: use only StyleGAN-V's own "
+                 "i3d_torchscript.pt or a copy you trust)") if name == "i3d" else ""
+        raise ValueError(f"{weights}: not the {WEIGHT_FILES[name]} that {metric} needs ({first_reason(err)})"
+                         f"{trust}") from None
     return FeatureNetwork(name, net.eval().to(device), "frames" if name == "inception" else "clips")
 
 

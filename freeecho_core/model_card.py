@@ -22,8 +22,8 @@ CARD_NAME = "model_card.json"
 
 
 def training_seconds(log_path: str | os.PathLike) -> float:
-    """Wall seconds of training in a log.csv: each resumed process restarts its clock, so the last time of every
-    segment (where the clock falls back) is summed."""
+    """Wall seconds of training in a log.csv. Logs continue their clock on resume; older logs restarted it in
+    every resumed process, so the last time of every segment (where the clock falls back) is summed."""
     seconds = read_log(log_path)["seconds"]
     ends = np.flatnonzero(np.diff(seconds) < 0)
     return float(seconds[ends].sum() + seconds[-1])

@@ -10,11 +10,35 @@ PARAMS_DIR = Path(__file__).resolve().parents[1] / "params"  # the repository's 
 
 
 def load_profile(name: str | Path) -> dict:
-    """A profile by name (smoke, gpu-short, paper: params/<name>.yaml in the repository) or by YAML path."""
+    """A profile by name (smoke, gpu-short, paper: params/<name>.yaml in the repository) or by YAML path.
+
+    Raises FileNotFoundError or ValueError naming the file when it is missing, not YAML, empty, or not a
+    mapping of sections."""
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
         path = PARAMS_DIR / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"profile {name!r} not found ({path}); known profiles: {known}")
-    return yaml.safe_load(path.read_text())
+    try:
+        profile = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file; a profile is YAML") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"{path}: not valid YAML{line} ({getattr(err, 'problem', None) or err})") from None
+    if not isinstance(profile, dict) or not profile:
+        raise ValueError(f"{path}: empty or not a mapping of sections; a profile has a `train` section and one "
+                         f"section per notebook")
+    return profile
+
+
+def profile_section(name: str | Path, section: str) -> dict:
+    """One section of a profile (e.g. `train`), or a ValueError naming the file and the sections it has."""
+    profile = load_profile(name)
+    value = profile.get(section)
+    if not isinstance(value, dict):
+        state = "is not a mapping of settings" if section in profile else "is missing"
+        raise ValueError(f"profile {name}: section `{section}` {state}; it has {sorted(map(str, profile))}")
+    return value

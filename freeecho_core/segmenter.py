@@ -24,6 +24,7 @@ from freeecho_core.data.clips import UNLABELLED, ClipConfig
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.metrics import dice
 from freeecho_core.progress import progress_bar
+from freeecho_core.validate import first_reason
 
 CLASSES = len(CAMUS_LABELS)  # 0 background, 1 LV, 2 myocardium, 3 LA
 
@@ -146,8 +147,11 @@ def load_segmenter(path: str | os.PathLike, device="cpu") -> tuple[SegUNet, dict
     if "val_dice" not in payload:
         raise ValueError(f"{path} is not a segmenter checkpoint (no 'val_dice' entry): train one with "
                          f"train_segmenter or `freeecho segmenter`")
-    net = SegUNet(SegConfig(**payload["config"]))
-    net.load_state_dict(payload["model"])
+    try:
+        net = SegUNet(SegConfig(**payload["config"]))
+        net.load_state_dict(payload["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as err:
+        raise ValueError(f"{path}: its weights do not fit its segmenter config ({first_reason(err)})") from None
     return net.to(device).eval(), payload
 
 

@@ -66,16 +66,29 @@ class SamplerConfig:
             raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
 
 
-def denoiser_from_payload(payload: dict, device) -> EDMPrecond:
+def denoiser_from_payload(payload: dict, device, source: str = "checkpoint") -> EDMPrecond:
     """The EMA denoiser of a loaded checkpoint (ema.pt, or the 'ema' entry of checkpoint.pt)."""
     weights = "ema" if "ema" in payload else "model"
-    return EDMPrecond(unet_from_payload(payload, weights)).to(device).eval()
+    return EDMPrecond(unet_from_payload(payload, weights, source)).to(device).eval()
 
 
-def load_denoiser(path: str | os.PathLike, device) -> tuple[EDMPrecond, dict]:
-    """The EMA denoiser of a checkpoint file and its training config."""
+def load_denoiser(path: str | os.PathLike, device, role: str | None = None) -> tuple[EDMPrecond, dict]:
+    """The EMA denoiser of a checkpoint file and its training config. role: "unconditional" or "clsfree" to
+    refuse a model of the other kind (a ValueError naming the file)."""
     payload = load_checkpoint(path)
-    return denoiser_from_payload(payload, device), payload.get("train_config", {})
+    denoiser = denoiser_from_payload(payload, device, str(path))
+    if role is not None:
+        check_role(denoiser, role, path)
+    return denoiser, payload.get("train_config", {})
+
+
+def check_role(denoiser: EDMPrecond, role: str, path) -> None:
+    """Refuse a conditional model where an unconditional one is expected, and the reverse."""
+    conditional = bool(denoiser.net.config.cond_channels)
+    if conditional != (role == "clsfree"):
+        found = "a conditional (Cls-Free) model" if conditional else "an unconditional model"
+        wanted = "the Cls-Free baseline's conditional model" if role == "clsfree" else "an unconditional model"
+        raise ValueError(f"{path} is {found}; expected {wanted} here")
 
 
 def phantom_target(size: int, frames: int, cases: int = 4, bins: int = 256):
@@ -164,13 +177,13 @@ class FreeEcho:
         """Load ema.pt (or checkpoint.pt); target: the OT target (centres, weights), e.g.
         `EchoClips(root, "TRAIN", clip).intensity_histogram()`; default: the phantom's (`phantom_target`)."""
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"{path}: no checkpoint there; train one (freeecho train --profile ...) and "
                                     f"pass its ema.pt")
         payload = load_checkpoint(path)
         train_config = payload.get("train_config", {})
         fps = (payload.get("data") or {}).get("fps") or DEFAULT_FPS
-        return cls(denoiser_from_payload(payload, device), train_config.get("frames", 24),
+        return cls(denoiser_from_payload(payload, device, str(path)), train_config.get("frames", 24),
                    train_config.get("size", 128), target=target, fps=float(fps), device=device, source=str(path))
 
     def __call__(self, labels, samples: int = 4, start_step: int = 15, seed: int = 0, *, method: str | None = None,

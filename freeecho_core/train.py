@@ -28,10 +28,11 @@ from torch.utils.data import DataLoader
 
 from freeecho_core.checkpoint import load_checkpoint, save_checkpoint, unet_payload
 from freeecho_core.data.clips import ClipConfig
-from freeecho_core.data.dataset import EchoClips
+from freeecho_core.data.dataset import EchoClips, dataset_fingerprint
 from freeecho_core.edm import EDMPrecond, edm_loss
 from freeecho_core.progress import progress_bar
-from freeecho_core.unet3d import UNet3D, unet3d_config
+from freeecho_core.unet3d import PRESETS, UNet3D, unet3d_config
+from freeecho_core.validate import as_bool, as_choice, as_float, as_int
 
 MODEL_KINDS = ("unconditional", "clsfree")
 N_LABELS = 5  # the 5-label convention of the ED map (one-hot condition of the Cls-Free baseline)
@@ -59,8 +60,21 @@ class TrainConfig:
     compile: bool = False  # torch.compile the denoiser (about 2x faster per CPU step after minutes of warm-up)
 
     def __post_init__(self):
-        if self.kind not in MODEL_KINDS:
-            raise ValueError(f"kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+        """Coerce numeric text (YAML reads 1e-3 as a string) and check every field: one ValueError naming it."""
+        as_choice("kind", self.kind, MODEL_KINDS)
+        as_choice("preset", self.preset, PRESETS)
+        ints = {"frames": 1, "size": 8, "batch_size": 1, "grad_accum": 1, "steps": 1, "checkpoint_every": 1,
+                "seed": 0, "num_workers": 0}
+        values = {name: as_int(name, getattr(self, name), low) for name, low in ints.items()}
+        values |= {"lr": as_float("lr", self.lr, above=0),
+                   "ema_halflife": as_float("ema_halflife", self.ema_halflife, above=0),
+                   "ema_rampup": as_float("ema_rampup", self.ema_rampup, 0),
+                   "grad_clip": as_float("grad_clip", self.grad_clip, 0),
+                   "p_uncond": as_float("p_uncond", self.p_uncond, 0, 1),
+                   "clip_fps": None if self.clip_fps is None else as_float("clip_fps", self.clip_fps, above=0),
+                   "bf16": as_bool("bf16", self.bf16), "compile": as_bool("compile", self.compile)}
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -158,15 +172,27 @@ def write_checkpoints(run_dir: Path, config: TrainConfig, model, ema, optimizer,
     save_checkpoint(run_dir / "ema.pt", unet_payload(ema, train_config=asdict(config), step=step, data=data))
 
 
-def resume_state(run_dir: Path, config: TrainConfig, model, ema, optimizer) -> int:
-    """Load checkpoint.pt into model, EMA and optimizer; return the step to continue from."""
-    payload = load_checkpoint(run_dir / "checkpoint.pt")
+def resume_state(run_dir: Path, config: TrainConfig, model, ema, optimizer, data: dict,
+                 other_data: bool = False) -> int:
+    """Load checkpoint.pt into model, EMA and optimizer; return the step to continue from. Refuses other
+    training settings, a step beyond `config.steps`, and (unless `other_data`) a dataset whose fingerprint
+    differs from the one recorded (checkpoints from before fingerprints were recorded are taken as they are)."""
+    path = run_dir / "checkpoint.pt"
+    payload = load_checkpoint(path)
     stored = payload["train_config"]
     changed = {k for k in ("kind", "preset", "frames", "size", "clip_fps", "batch_size", "seed")
                if stored.get(k) != getattr(config, k)}
     if changed:
-        raise ValueError(f"{run_dir / 'checkpoint.pt'} was trained with other {sorted(changed)}: "
+        raise ValueError(f"{path} was trained with other {sorted(changed)}: "
                          f"{ {k: stored.get(k) for k in changed} }; resume with the same settings")
+    if int(payload["step"]) > config.steps:
+        raise ValueError(f"{path} is at step {payload['step']}, beyond the {config.steps} steps asked for; "
+                         f"give --steps {payload['step']} or more to continue it")
+    recorded = (payload.get("data") or {}).get("fingerprint")
+    if recorded and recorded != data["fingerprint"] and not other_data:
+        raise ValueError(f"{path} was trained on {payload['data']['path']} (fingerprint {recorded}), but "
+                         f"{data['path']} has fingerprint {data['fingerprint']}: resume on the same data, or "
+                         f"pass --other-data to continue on this one")
     model.load_state_dict(payload["model"])
     ema.load_state_dict(payload["ema"])
     optimizer.load_state_dict(payload["optimizer"])
@@ -174,9 +200,11 @@ def resume_state(run_dir: Path, config: TrainConfig, model, ema, optimizer) -> i
 
 
 def train(config: TrainConfig, data_root: str | os.PathLike, run_dir: str | os.PathLike, *, resume: bool = False,
-          device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1, progress: bool = True) -> Path:
+          device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1, progress: bool = True,
+          other_data: bool = False) -> Path:
     """Train `config.steps` optimizer steps on the TRAIN split of `data_root`; checkpoints and `log.csv` go to
-    `run_dir`. Under torchrun, call with the process's rank and world size after `init_process_group`."""
+    `run_dir`. Under torchrun, call with the process's rank and world size after `init_process_group`.
+    `other_data`: resume on a dataset other than the one the checkpoint records."""
     run_dir, device = Path(run_dir), torch.device(device)
     if config.batch_size % (world_size * config.grad_accum):
         raise ValueError(f"batch_size {config.batch_size} must split evenly over {world_size} processes x "
@@ -184,13 +212,15 @@ def train(config: TrainConfig, data_root: str | os.PathLike, run_dir: str | os.P
     dataset = EchoClips(data_root, "TRAIN", clip_config(asdict(config)), seed=config.seed)
     if len(dataset) == 0:
         raise ValueError(f"{data_root}: the TRAIN split is empty")
-    data = {"path": str(data_root), "fps": dataset.frame_rate()}
+    if not resume and (run_dir / "checkpoint.pt").exists():
+        raise FileExistsError(f"{run_dir / 'checkpoint.pt'} exists: pass resume=True (--resume) or a new run folder")
+    data = {"path": str(data_root), "fps": dataset.frame_rate(), "fingerprint": dataset_fingerprint(data_root)}
     model = build_model(config).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    start = resume_state(run_dir, config, model, ema, optimizer) if resume else 0
-    if not resume and (run_dir / "checkpoint.pt").exists():
-        raise FileExistsError(f"{run_dir / 'checkpoint.pt'} exists: pass resume=True (--resume) or a new run folder")
+    start = resume_state(run_dir, config, model, ema, optimizer, data, other_data) if resume else 0
+    if rank == 0:
+        remove_stale_temporaries(run_dir)
     denoiser = EDMPrecond(model)
     if config.compile:
         denoiser = torch.compile(denoiser)
@@ -215,9 +245,17 @@ def train(config: TrainConfig, data_root: str | os.PathLike, run_dir: str | os.P
         if rank == 0:  # keep the steps completed so far
             write_checkpoints(run_dir, config, model, ema, optimizer, done, data)
         raise
-    if rank == 0 and done % config.checkpoint_every:
+    if rank == 0 and done > start and done % config.checkpoint_every:
         write_checkpoints(run_dir, config, model, ema, optimizer, done, data)
     return run_dir
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete the temporary checkpoint files that a killed process left behind (`save_checkpoint` names them
+    .<name>.<random>.tmp); none can be in use, since one run folder has one training process."""
+    for name in ("checkpoint.pt", "ema.pt"):
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def ensure_trained(config: TrainConfig, data_root, run_dir, **kwargs) -> Path:
@@ -259,25 +297,31 @@ def optimizer_step(denoiser, model, optimizer, loader, sampler: StepBatches, con
 
 
 class TrainLog:
-    """Per-step loss, appended to a CSV beside the checkpoints (step, loss, seconds since the run started)."""
+    """Per-step loss, appended to a CSV beside the checkpoints: step, loss, and training seconds summed over
+    every process of the run (a resumed run continues the clock of the rows it keeps)."""
 
     def __init__(self, path: Path, enabled: bool, resume_step: int = 0):
         """resume_step: the checkpoint's step; rows logged after it by a killed process are dropped, since
-        those steps run again."""
-        self.path, self.enabled, self.start = path, enabled, time.perf_counter()
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.exists():
-                path.write_text("step,loss,seconds\n")
+        those steps run again. The file is created with its first row, so a run that fails before its first
+        step leaves no log behind."""
+        self.path, self.enabled, self.start, self.offset = path, enabled, time.perf_counter(), 0.0
+        if enabled and path.exists():
             lines = path.read_text().splitlines(keepends=True)
             kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= resume_step]
             if len(kept) < len(lines):
                 path.write_text("".join(kept))
+            if len(kept) > 1:
+                self.offset = float(kept[-1].rstrip().rsplit(",", 1)[1])
 
     def write(self, step: int, loss: float) -> None:
-        if self.enabled:
-            with self.path.open("a", newline="") as f:
-                csv.writer(f).writerow([step, f"{loss:.6g}", f"{time.perf_counter() - self.start:.3f}"])
+        if not self.enabled:
+            return
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("step,loss,seconds\n")
+        with self.path.open("a", newline="") as f:
+            seconds = self.offset + time.perf_counter() - self.start
+            csv.writer(f).writerow([step, f"{loss:.6g}", f"{seconds:.3f}"])
 
 
 def read_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -294,9 +338,14 @@ def clip_config(train_config: dict) -> ClipConfig:
                       fps=train_config.get("clip_fps"))
 
 
-def config_from_profile(profile: dict, **overrides) -> TrainConfig:
-    """A TrainConfig from a profile's `train` section (params/<profile>.yaml), with overrides."""
+def config_from_profile(profile: dict, *, source: str = "the train section", **overrides) -> TrainConfig:
+    """A TrainConfig from a profile's `train` section (params/<profile>.yaml), with overrides; errors name
+    `source` (the profile file) and the setting."""
     unknown = set(profile) - set(TrainConfig.__dataclass_fields__)
     if unknown:
-        raise ValueError(f"unknown training settings {sorted(unknown)}")
-    return replace(TrainConfig(**profile), **overrides)
+        raise ValueError(f"{source}: unknown training settings {sorted(unknown)}; known: "
+                         f"{sorted(TrainConfig.__dataclass_fields__)}")
+    try:
+        return replace(TrainConfig(**profile), **overrides)
+    except ValueError as err:
+        raise ValueError(f"{source}: train.{err}") from None

@@ -101,11 +101,24 @@ def test_list_patients_from_root_or_database_folder(tmp_path, written):
 def test_sequence_stored_es_to_ed_keeps_its_indices(written):
     """Some real half sequences run ES -> ED (ED: NbFrame, ES: 1); the reader reports, never reorders."""
     root, cases = written
+    for part in ("half_sequence", "half_sequence_gt"):  # store the sequence ES -> ED, as those files do
+        path = camus_path(patient_dir(root), "2CH", part)
+        image = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, ::-1], image.affine), path)
     cfg = patient_dir(root) / "Info_2CH.cfg"
     cfg.write_text(cfg.read_text().replace("ED: 1", "ED: 5").replace("ES: 5", "ES: 1"))
     record = read_camus_sequence(patient_dir(root), "2CH")
     assert (record.ed_index, record.es_index) == (4, 0)
-    np.testing.assert_array_equal(record.frames, cases["2CH"].frames[:5])
+    np.testing.assert_array_equal(record.frames, cases["2CH"].frames[:5][::-1])
+
+
+def test_a_cfg_with_ed_and_es_swapped_is_refused(written):
+    """An ED -> ES sequence whose cfg names its last frame ED would be taken in reverse: refused."""
+    root, _ = written
+    cfg = patient_dir(root) / "Info_2CH.cfg"
+    cfg.write_text(cfg.read_text().replace("ED: 1", "ED: 5").replace("ES: 5", "ES: 1"))
+    with pytest.raises(ValueError, match="Info_2CH.cfg: ED 5 and ES 1 look swapped: the LV has"):
+        read_camus_sequence(patient_dir(root), "2CH")
 
 
 def test_gunzipped_copy_is_read(written):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -25,8 +27,11 @@ def test_checkpoint_round_trip_loads_weights_only(tmp_path):
 def test_loading_a_file_that_is_not_a_checkpoint_names_it(tmp_path):
     bad = tmp_path / "notes.pt"
     bad.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="notes.pt is not a weights-only"):
+    with pytest.raises(ValueError, match="notes.pt is not a torch checkpoint"):
         load_checkpoint(bad)
+    torch.save({"config": {}, "where": Path("runs")}, tmp_path / "pickled.pt")  # an object, not only tensors
+    with pytest.raises(ValueError, match="pickled.pt is not a weights-only Free-Echo checkpoint"):
+        load_checkpoint(tmp_path / "pickled.pt")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt")
     torch.save({"model": {}}, tmp_path / "noconfig.pt")
@@ -36,5 +41,5 @@ def test_loading_a_file_that_is_not_a_checkpoint_names_it(tmp_path):
 
 def test_missing_weights_entry_is_reported(tmp_path):
     payload = unet_payload(UNet3D(unet3d_config("tiny")))
-    with pytest.raises(KeyError, match="no 'ema' weights"):
+    with pytest.raises(ValueError, match="no .ema. weights"):
         unet_from_payload(payload, weights="ema")

@@ -29,7 +29,7 @@ def test_phantom_writes_a_dataset_and_refuses_to_overwrite(tmp_path, capsys):
     assert main(args) == 0
     assert (tmp_path / "e" / "FileList.csv").is_file() and len(list((tmp_path / "e" / "Videos").iterdir())) == 1
     assert main(args) == 2
-    assert "not an empty folder" in capsys.readouterr().err
+    assert "is a folder that is not empty" in capsys.readouterr().err
 
 
 def test_train_runs_a_profile_and_resumes(tmp_path, capsys):

@@ -157,7 +157,7 @@ def test_myocardium_ring_surrounds_the_lv():
 def test_unknown_folder_is_refused_with_its_name(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a CAMUS folder"):
         detect_format(tmp_path)
-    with pytest.raises(FileExistsError, match="not an empty folder"):
+    with pytest.raises(FileExistsError, match="is a folder that is not empty"):
         (tmp_path / "x").write_text("")
         make_phantom_dataset(tmp_path, "camus", 1)
     with pytest.raises(ValueError, match="split must be one of"):

@@ -266,7 +266,7 @@ def test_a_video_without_tracings_is_skipped_counted_and_reported_once(dataset):
     path = root / "VolumeTracings.csv"
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:1] + lines[22:]) + "\n")  # the first video keeps only one traced frame
-    with pytest.warns(UserWarning, match=r"skipped 1 of 1 TRAIN videos with fewer than two traced frames") as caught:
+    with pytest.warns(UserWarning, match=r"skipped 1 of 1 TRAIN videos without usable ED/ES tracings") as caught:
         train = EchoClips(root, "TRAIN", ClipConfig(frames=4, size=32))
     assert len(caught) == 1 and len(train) == 0 and train.skipped == [NAMES[0]]
     assert len(EchoClips(root, "VAL", ClipConfig(frames=4, size=32))) == 1

@@ -21,7 +21,7 @@ def test_every_method_is_generated_scored_and_reported(trained, tmp_path):
         assert -1 <= row["SSIM"] <= 1 and np.isfinite(row["PSNR"]) and row["samples_per_map"] == 2
     assert set(report["unavailable"]) == {"FID", "FVD", "FVD-R(2+1)D", "anatomy"}
     assert json.loads((tmp_path / "metrics.json").read_text())["code_version"]["package"] == "0.1.0"
-    videos = np.load(next((tmp_path / "videos" / "free-echo@55").iterdir()))
+    videos = np.load(next((tmp_path / "videos" / "free-echo@55").glob("*.npy")))
     assert videos.dtype == np.uint8 and videos.shape == (2, 4, 16, 16)
     # Late start keeps the pseudo video: closer to it than an early start.
     assert report["methods"]["free-echo@55"]["per_map"] != report["methods"]["free-echo@15"]["per_map"]
@@ -77,3 +77,20 @@ def test_anatomy_columns_join_the_report_and_the_table(trained, tmp_path):
     wrong = train_segmenter(SegConfig(frames=4, size=32, steps=1), data, tmp_path / "seg32.pt", progress=False)
     with pytest.raises(ValueError, match="trained on clips of 4 x 32"):
         evaluate(data, unconditional, None, tmp_path / "eval", config, segmenter=wrong, progress=False)
+
+
+def test_stored_videos_made_with_other_settings_are_generated_again(trained, tmp_path, recwarn):
+    data, unconditional, _ = trained
+    config = EvalConfig(samples=1, batch=1, solver="euler", start_steps=(55,), methods=("free-echo",))
+    first = evaluate(data, unconditional, None, tmp_path, config, max_maps=1, progress=False)
+    videos = next((tmp_path / "videos" / "free-echo@55").glob("*.npy"))
+    before = np.load(videos)
+    other_seed = EvalConfig(**{**config.__dict__, "seed": 7})
+    with pytest.warns(UserWarning, match=r"made with other \['seed'\]; generating them again"):
+        again = evaluate(data, unconditional, None, tmp_path, other_seed, max_maps=1, progress=False)
+    assert again["generated_now"] == first["generated_now"] == 1
+    assert not np.array_equal(np.load(videos), before)
+    key = json.loads((tmp_path / "videos" / "free-echo@55" / "key.json").read_text())
+    assert key["seed"] == 7 and len(key["checkpoint_sha256"]) == 64 and key["data"]["split"] == "TEST"
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["seed"] == 7
+    assert not list(tmp_path.rglob("*.tmp"))

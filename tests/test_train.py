@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 import freeecho_core.train as training
 from freeecho_core.checkpoint import load_checkpoint, unet_from_payload
+from freeecho_core.data.dataset import dataset_fingerprint
 from freeecho_core.data.make_dataset import make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.train import NonFiniteLoss, TrainConfig, ema_decay, read_log, train
@@ -164,3 +165,40 @@ def test_ema_warm_up_forgets_the_initial_weights_in_runs_of_any_length():
         assert np.all(np.diff(betas) >= 0) and betas.prod() < 1e-2, (config, steps)
     no_rampup = [0.995] * 30  # the old fixed decay: a smoke run's EMA kept 86 % of its initial weights
     assert np.prod(no_rampup) > 0.85
+
+
+def test_resume_continues_the_clock_removes_stale_temporaries_and_refuses_other_data(data_root, tmp_path):
+    config = replace(CONFIG, steps=2, checkpoint_every=2)
+    run = tmp_path / "run"
+    train(config, data_root, run, progress=False)
+    stale = run / ".checkpoint.pt.abc123.tmp"  # what a process killed while writing leaves
+    stale.write_bytes(b"half a checkpoint")
+    last = float((run / "log.csv").read_text().splitlines()[-1].split(",")[2])
+    train(replace(config, steps=3), data_root, run, resume=True, progress=False)
+    seconds = [float(line.split(",")[2]) for line in (run / "log.csv").read_text().splitlines()[1:]]
+    assert len(seconds) == 3 and seconds == sorted(seconds) and seconds[2] > last
+    assert not stale.exists()
+    assert load_checkpoint(run / "ema.pt")["data"]["fingerprint"] == dataset_fingerprint(data_root)
+    other = make_phantom_dataset(tmp_path / "other", "camus", 3, 5, PhantomConfig(height=32, frames=6),
+                                 workers=1, progress=False)
+    with pytest.raises(ValueError, match="other_data|--other-data"):
+        train(replace(config, steps=4), other, run, resume=True, progress=False)
+    train(replace(config, steps=4), other, run, resume=True, progress=False, other_data=True)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
+
+
+def test_a_run_that_fails_before_its_first_step_writes_no_log(data_root, tmp_path, monkeypatch):
+    def broken_step(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(training, "optimizer_step", broken_step)
+    with pytest.raises(RuntimeError):
+        train(CONFIG, data_root, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "log.csv").exists()
+
+
+def test_a_rendered_phantom_keeps_its_fingerprint_and_another_does_not(tmp_path):
+    config = PhantomConfig(height=32, frames=4)
+    one, two, other = (make_phantom_dataset(tmp_path / name, "echonet", 3, seed, config, workers=1, progress=False)
+                       for name, seed in (("one", 0), ("two", 0), ("other", 1)))
+    assert dataset_fingerprint(one) == dataset_fingerprint(two) != dataset_fingerprint(other)

@@ -28,6 +28,7 @@ import nibabel as nib
 import numpy as np
 
 from freeecho_core.data.case import CAMUS_LABELS, EchoCase
+from freeecho_core.files import read_text_file
 
 VIEWS = ("2CH", "4CH")
 INSTANTS = ("ED", "ES")
@@ -129,7 +130,8 @@ def read_camus_info(cfg_path: str | Path) -> dict:
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path}: CAMUS info file not found")
     info = {}
-    for n, line in enumerate(cfg_path.read_text().splitlines(), start=1):
+    for n, line in enumerate(read_text_file(cfg_path, "a CAMUS info file of 'Key: value' lines").splitlines(),
+                             start=1):
         if line.strip():
             key, value = _split_info_line(cfg_path, n, line)
             info[key] = _typed(cfg_path, key, value)
@@ -178,6 +180,7 @@ def read_camus_sequence(patient_dir: str | Path, view: str) -> CamusRecord:
                              f"must have the same (T, H, W) shape")
         labels, labelled = _as_labels(labels, label_path), tuple(range(len(frames)))
     _check_lv(labels[ed_index], f"{label_path} (ED frame {ed_index})")
+    _check_ed_larger(labels, ed_index, es_index, patient_dir / f"Info_{view}.cfg")
     return CamusRecord(patient_dir.name, view, _as_uint8(frames), labels, (zooms[1], zooms[0]),
                        ed_index, es_index, info, labelled)
 
@@ -360,6 +363,15 @@ def _check_labels(labels: np.ndarray, where: str) -> None:
     bad = np.setdiff1d(np.unique(labels), list(CAMUS_LABELS))
     if bad.size:
         raise ValueError(f"{where}: label values {bad.tolist()} outside the CAMUS labels {CAMUS_LABELS}")
+
+
+def _check_ed_larger(labels: np.ndarray, ed_index: int, es_index: int, cfg_path: Path) -> None:
+    """End diastole is the largest LV of the cycle: a cfg whose ED frame has a smaller LV than its ES frame has
+    ED and ES swapped (the clip would be taken in reverse), so it is refused."""
+    ed_area, es_area = (int((labels[k] == 1).sum()) for k in (ed_index, es_index))
+    if es_area > ed_area:
+        raise ValueError(f"{cfg_path}: ED {ed_index + 1} and ES {es_index + 1} look swapped: the LV has {ed_area} "
+                         f"pixels in the ED frame but {es_area} in the ES frame; end diastole is the larger")
 
 
 def _check_lv(labels: np.ndarray, where: str) -> None:

@@ -6,8 +6,6 @@ column. Split names are TRAIN, VAL and TEST for both.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from freeecho_core.data.clips import (PREPARATION_VERSION, Clip, ClipConfig, myo
 from freeecho_core.data.echonet import (lv_tracings, method_of_disks_volume, read_echonet_video, read_filelist,
                                         read_tracings, skipped_message, traced_videos)
 from freeecho_core.data.histogram import intensity_histogram
+from freeecho_core.files import atomic_write
 
 CACHE_DIR = ".freeecho_cache"  # default cache folder inside a dataset root
 
@@ -39,6 +38,21 @@ def detect_format(root: str | Path) -> str:
         return "camus"
     raise FileNotFoundError(f"{root}: neither a CAMUS folder (database_nifti/ or the 2019 release's training/) nor "
                             f"an EchoNet-Dynamic folder (FileList.csv)")
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """A short hash of a dataset folder's content: the relative path and size of every file, and the full text
+    of its metadata files (.csv, .cfg). Hidden entries (caches, staging folders) and the phantom's manifest
+    (which records the code version that rendered it) are left out, so a re-rendered phantom keeps its
+    fingerprint while another dataset, a changed split or a re-encoded video does not."""
+    root, digest = Path(root), hashlib.sha256()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "phantom.json"
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    for path in files:
+        digest.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\0".encode())
+        if path.suffix.lower() in (".csv", ".cfg"):
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
 
 
 def camus_splits(patients: list[str], seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, str]:
@@ -128,7 +142,7 @@ class EchoClips(Dataset):
         centres, weights = self._sector_histogram(bins)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            _save_npz_atomically(path, centres=centres, weights=weights)
+            atomic_write(path, lambda f: np.savez(f, centres=centres, weights=weights))
         except OSError:
             if not default:
                 raise
@@ -158,18 +172,6 @@ class EchoClips(Dataset):
         ring = myocardium_ring(record.ed_mask, sector)
         return prepare_clip(name, "4CH", record.frames, labels, record.ed_index, self.config, record.fps,
                             sector=sector, ed_labels=ring, where=str(self.root / "Videos" / f"{name}.avi"))
-
-
-def _save_npz_atomically(path: Path, **arrays) -> None:
-    """np.savez into a temporary file beside `path`, then os.replace: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def ejection_fractions(root: str | Path) -> list[dict]:

@@ -12,6 +12,7 @@ V = pi / 4 * h * sum_i d_i^2, with d_i the chord lengths and h = L / n the long-
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from scipy.ndimage import map_coordinates
 
 from freeecho_core.data.case import EchoCase
 from freeecho_core.data.clips import pad_to_square
-from freeecho_core.data.staging import staged_folder
+from freeecho_core.files import read_text_file, staged_folder
 
 FILELIST_TYPES = {"FileName": str, "EF": float, "ESV": float, "EDV": float, "FrameHeight": int,
                   "FrameWidth": int, "FPS": float, "NumberOfFrames": int, "Split": str}
@@ -125,12 +126,25 @@ def write_echonet_dataset(root: str | Path, cases: list[EchoCase], splits: list[
 
 
 def read_filelist(root: str | Path) -> list[dict]:
-    """Rows of `root`/FileList.csv, typed (`FILELIST_TYPES`); FileName without .avi, Split upper-case."""
+    """Rows of `root`/FileList.csv, typed (`FILELIST_TYPES`); FileName without .avi, Split upper-case.
+
+    Raises a ValueError naming the file and line for a Split other than TRAIN/VAL/TEST, a frame rate, size or
+    frame count that is not positive, and a FileName listed twice."""
     path = Path(root) / "FileList.csv"
-    rows = []
+    rows, first_line = [], {}
     for n, row in _read_csv(path, FILELIST_TYPES):
         typed = {c: _value(path, n, c, row[c], kind) for c, kind in FILELIST_TYPES.items()}
-        rows.append(typed | {"FileName": _stem(typed["FileName"]), "Split": typed["Split"].upper()})
+        typed |= {"FileName": _stem(typed["FileName"]), "Split": typed["Split"].upper()}
+        if typed["Split"] not in SPLITS:
+            raise ValueError(f"{path}: line {n}, Split is {row['Split']!r}, expected one of {', '.join(SPLITS)}")
+        for column in ("FPS", "FrameHeight", "FrameWidth", "NumberOfFrames"):
+            if not typed[column] > 0:
+                raise ValueError(f"{path}: line {n}, {column} is {row[column]!r}, expected a positive number")
+        if typed["FileName"] in first_line:
+            raise ValueError(f"{path}: line {n} lists {typed['FileName']} again (first on line "
+                             f"{first_line[typed['FileName']]}); each video must appear once")
+        first_line[typed["FileName"]] = n
+        rows.append(typed)
     return rows
 
 
@@ -147,21 +161,29 @@ def read_tracings(root: str | Path) -> dict[str, dict[int, np.ndarray]]:
 
 
 def traced_videos(filelist: list[dict], tracings: dict[str, dict]) -> tuple[list[dict], list[str]]:
-    """Split FileList rows into those with ED and ES tracings (two or more traced frames) and the names of
-    those without: the real release has videos with no or one traced frame, which EchoNet's own loader skips."""
+    """Split FileList rows into those with usable ED and ES tracings and the names of those without: the real
+    release has videos with no or one traced frame, which EchoNet's own loader skips; a tracing that is not a
+    polygon (fewer than 3 rows, non-finite values) or encloses less than one pixel gives no LV mask either."""
     usable, skipped = [], []
     for row in filelist:
-        if len(tracings.get(row["FileName"], {})) >= 2:
-            usable.append(row)
-        else:
-            skipped.append(row["FileName"])
-    return usable, skipped
+        (usable if usable_tracings(tracings.get(row["FileName"], {})) else skipped).append(row)
+    return usable, [row["FileName"] for row in skipped]
+
+
+def usable_tracings(tracings_for_video: dict[int, np.ndarray]) -> bool:
+    """Two or more traced frames, each a polygon of at least one square pixel."""
+    try:
+        return len(tracings_for_video) >= 2 and all(_polygon_area(_polygon(rows)) >= 1.0
+                                                    for rows in tracings_for_video.values())
+    except ValueError:
+        return False
 
 
 def skipped_message(root: str | Path, skipped: list[str], total: int, what: str = "videos") -> str:
-    """The one-line summary of the videos left out for lack of tracings."""
-    return (f"{Path(root) / 'VolumeTracings.csv'}: skipped {len(skipped)} of {total} {what} with fewer than two "
-            f"traced frames (no ED/ES labels), e.g. {', '.join(skipped[:3])}")
+    """The one-line summary of the videos left out for lack of usable tracings."""
+    return (f"{Path(root) / 'VolumeTracings.csv'}: skipped {len(skipped)} of {total} {what} without usable ED/ES "
+            f"tracings (fewer than two traced frames, or a tracing of less than one pixel), e.g. "
+            f"{', '.join(skipped[:3])}")
 
 
 def read_video(path: str | Path, n_frames: int | None = None) -> np.ndarray:
@@ -216,11 +238,22 @@ def read_echonet_video(root: str | Path, filename: str, filelist: list[dict] | N
         ed, es = ed_es_frames(traced)
     except ValueError as error:
         raise ValueError(f"{root / 'VolumeTracings.csv'}: {name}.avi: {error}") from None
-    frames = read_video(root / "Videos" / f"{name}.avi")
+    video = root / "Videos" / f"{name}.avi"
+    frames = read_video(video)
+    if frames.shape[1:] != (entry["FrameHeight"], entry["FrameWidth"]):
+        raise ValueError(f"{video}: decodes to {frames.shape[2]} x {frames.shape[1]} pixels, but FileList.csv gives "
+                         f"{entry['FrameWidth']} x {entry['FrameHeight']} (the tracings are in its pixels)")
+    if len(frames) < entry["NumberOfFrames"]:
+        raise ValueError(f"{video}: decodes {len(frames)} frames, but FileList.csv gives NumberOfFrames "
+                         f"{entry['NumberOfFrames']} (a truncated or damaged video?)")
     if max(ed, es) >= len(frames) or min(ed, es) < 0:
         raise ValueError(f"{root / 'VolumeTracings.csv'}: traced frames {ed}, {es} of {name}.avi lie outside "
                          f"its {len(frames)} frames")
     ed_mask, es_mask = (mask_from_tracings(traced[f], frames.shape[1:]) for f in (ed, es))
+    for frame, mask in ((ed, ed_mask), (es, es_mask)):
+        if not mask.any():
+            raise ValueError(f"{root / 'VolumeTracings.csv'}: the tracing of {name}.avi frame {frame} covers no "
+                             f"pixel centre; an LV mask cannot be made from it")
     return EchoNetRecord(name, frames, ed, es, ed_mask, es_mask, traced[ed], traced[es], entry["EF"],
                          entry["ESV"], entry["EDV"], entry["FPS"], entry["Split"])
 
@@ -341,12 +374,15 @@ def _read_csv(path: Path, columns: dict) -> list[tuple[int, dict]]:
     """(line number, row) pairs of a CSV file that must have all `columns`."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: EchoNet file not found")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; expected the header {','.join(columns)}")
+    reader = csv.DictReader(io.StringIO(read_text_file(path, f"a CSV file with the header {','.join(columns)}"),
+                                        newline=""))
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; expected the header {','.join(columns)}")
+    try:
         return [(reader.line_num, row) for row in reader]
+    except csv.Error as err:
+        raise ValueError(f"{path}: line {reader.line_num} is not valid CSV ({err})") from None
 
 
 def _value(path: Path, line: int, column: str, text: str | None, kind: type):

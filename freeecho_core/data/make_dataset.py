@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,7 +20,7 @@ from freeecho_core.checkpoint import code_version
 from freeecho_core.data.camus import write_camus_case
 from freeecho_core.data.echonet import write_echonet_dataset
 from freeecho_core.data.phantom import PhantomConfig, case_rng, make_case
-from freeecho_core.data.staging import staged_folder
+from freeecho_core.files import staged_folder
 from freeecho_core.progress import progress_bar
 
 FORMATS = ("camus", "camus-2019", "echonet")  # camus-2019: the original CAMUS release's MetaImage layout
@@ -59,6 +61,17 @@ def _echonet_case(args):
     return make_case(seed, index, "4CH", config, case_id=echonet_file_name(seed, index))
 
 
+def exit_with_parent(parent: int) -> None:
+    """Pool worker initializer: end this worker when the process that started it is gone (killed with
+    SIGKILL, a pool cannot tell its workers), instead of waiting on its pipe forever."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def make_phantom_dataset(out: str | os.PathLike, fmt: str, count: int, seed: int = 0,
                          config: PhantomConfig = PhantomConfig(), workers: int | None = None,
                          progress: bool = True) -> Path:
@@ -80,7 +93,8 @@ def make_phantom_dataset(out: str | os.PathLike, fmt: str, count: int, seed: int
 def _render_into(staging: Path, fmt: str, count: int, seed: int, config: PhantomConfig, workers: int,
                  progress: bool) -> list[dict]:
     bar = dict(total=count, disable=not progress, desc=f"phantom {fmt}", unit="case")
-    with ProcessPoolExecutor(max_workers=min(workers, count)) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, count), initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         if fmt.startswith("camus"):
             release = "mhd" if fmt == "camus-2019" else "nifti"
             jobs = pool.map(_camus_patient, [(staging, seed, i, config, release) for i in range(count)])

@@ -29,6 +29,7 @@ from scipy.interpolate import PchipInterpolator
 from scipy.ndimage import gaussian_filter, gaussian_filter1d, map_coordinates
 
 from freeecho_core.data.case import EchoCase
+from freeecho_core.validate import as_choice, as_float, as_int
 
 # Echogenicity (relative scattering amplitude) per tissue class: dark blood, dim myocardium, a bright
 # pericardium, valves and fibrous annulus; the surrounding tissue is dimmer than the myocardium.
@@ -78,8 +79,12 @@ class PhantomConfig:
     look: str = "camus"  # scanner settings of a format (LOOKS): "camus" or "echonet"
 
     def __post_init__(self):
-        if self.look not in LOOKS:
-            raise ValueError(f"look must be one of {sorted(LOOKS)}, got {self.look!r}")
+        as_choice("look", self.look, LOOKS)
+        object.__setattr__(self, "height", as_int("height", self.height, 16))
+        object.__setattr__(self, "frames", as_int("frames", self.frames, 2))
+        object.__setattr__(self, "cycles", as_float("cycles", self.cycles, above=0))
+        object.__setattr__(self, "scatterers_per_cell", as_float("scatterers_per_cell", self.scatterers_per_cell,
+                                                                 above=0))
 
 
 @dataclass(frozen=True)
