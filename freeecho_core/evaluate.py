@@ -262,27 +262,34 @@ PAPER_TABLE1 = {
 }
 
 
+def mean_cell(mean: float, std: float, n: int, digits: int) -> str:
+    """mean +- std over n maps; a single map has no spread to show."""
+    return f"{mean:.{digits}f}\u00a0±\u00a0{std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"  # no-break spaces
+
+
 def markdown_table(reports: dict[str, dict], paper: dict[str, str] | None = None) -> str:
-    """Table 1 layout: dataset, method, t_i, SSIM, PSNR, FID, FVD (mean +- std over maps; "n/a" where a metric
-    is unavailable), then the anatomy columns that any report holds (Dice per structure, EF proxy error,
-    LV area roughness, FD-seg, FVD-seg; "-" for the paper, which did not measure them). `paper` maps a
-    dataset label of ours to the paper's real dataset whose numbers are added as separate rows, labelled
-    as the paper's."""
+    """Table 1 layout: dataset, method, t_i, n (test maps × samples per map; the paper gives only its 10 samples),
+    SSIM, PSNR (mean ± std over maps),
+    FID, FVD ("n/a" where a metric is unavailable), then the anatomy columns that any report holds (Dice per
+    structure, EF proxy error, LV area roughness, FD-seg, FVD-seg; "-" for the paper, which did not measure
+    them). `paper` maps a dataset label of ours to the paper's real dataset whose numbers are added as separate
+    rows, labelled as the paper's."""
     anatomy = [c for c in ANATOMY_COLUMNS if any(c in row for r in reports.values() for row in r["methods"].values())]
-    header = ["dataset", "method", "t_i", "SSIM", "PSNR (dB)", "FID", "FVD", *anatomy]
+    header = ["dataset", "method", "t_i", "n", "SSIM", "PSNR (dB)", "FID", "FVD", *anatomy]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, report in reports.items():
         for name, row in report["methods"].items():
             method, _, step = name.partition("@")
-            cells = [label, method, step or "-", f"{row['SSIM']:.3f} +- {row['SSIM_std']:.3f}",
-                     f"{row['PSNR']:.2f} +- {row['PSNR_std']:.2f}",
+            n = row.get("maps", 1)
+            cells = [label, method, step or "-", f"{n}×{row.get('samples_per_map', '?')}",
+                     mean_cell(row["SSIM"], row["SSIM_std"], n, 3), mean_cell(row["PSNR"], row["PSNR_std"], n, 2),
                      *(f"{row[m]:.2f}" if m in row else "n/a" for m in ("FID", "FVD")),
                      *(f"{row[c]:.3g}" if c in row else "n/a" for c in anatomy)]
             lines.append("| " + " | ".join(cells) + " |")
         real = (paper or {}).get(label)
         for name, values in PAPER_TABLE1.get(real, {}).items():
             method, _, step = name.partition("@")
-            cells = [f"paper, real {real}", method, step or "-", *(f"{v:.2f}" for v in values)]
+            cells = [f"paper, real {real}", method, step or "-", "?×10", *(f"{v:.2f}" for v in values)]
             lines.append("| " + " | ".join(f"*{c}*" for c in cells) + " |" + " - |" * len(anatomy))
     return "\n".join(lines)
 
@@ -295,3 +302,21 @@ def paper_ordering(report: dict, metric: str = "SSIM") -> dict[str, bool]:
             f"Free-Echo@15 above SDEdit ({metric})": m["free-echo@15"] > m["sdedit@15"],
             f"Free-Echo worsens from t_i = 15 to 35 to 55 ({metric})":
                 m["free-echo@15"] > m["free-echo@35"] > m["free-echo@55"]}
+
+
+def paper_report(dataset: str) -> dict:
+    """The paper's own Table 1 rows for one real dataset in the layout of a report (SSIM and PSNR)."""
+    return {"methods": {name: {"SSIM": v[0], "PSNR": v[1]} for name, v in PAPER_TABLE1[dataset].items()}}
+
+
+def claims_table(reports: dict[str, dict]) -> list[dict]:
+    """Each of the paper's claims (`paper_ordering`, for SSIM and PSNR) checked first on the paper's own Table 1
+    for CAMUS and EchoNet-Dynamic, then on each of our reports: rows of {claim, <column>: "holds" / "fails"}."""
+    columns = {f"paper, {d}": paper_report(d) for d in PAPER_TABLE1} | {f"ours, {k}": r for k, r in reports.items()}
+    verdicts = {column: {} for column in columns}
+    for column, report in columns.items():
+        for metric in ("SSIM", "PSNR"):
+            verdicts[column] |= paper_ordering(report, metric)
+    claims = list(next(iter(verdicts.values())))
+    return [{"claim": claim} | {column: "holds" if verdicts[column][claim] else "fails" for column in columns}
+            for claim in claims]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -60,6 +61,13 @@ def write_video(path: Path, video: np.ndarray, fps: float) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def video_bytes(video: np.ndarray, fps: float, container: str = "avi") -> bytes:
+    """(K, S, S) uint8 frames as the bytes of an AVI (MJPG) or MP4 file (`write_video`, through a temporary
+    folder), e.g. for a download link in a page."""
+    with tempfile.TemporaryDirectory() as folder:
+        return write_video(Path(folder) / f"video.{container}", video, fps).read_bytes()
 
 
 def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config: GenerateConfig = GenerateConfig(),

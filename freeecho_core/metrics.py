@@ -7,7 +7,7 @@ the n samples. FID (InceptionV3 features of frames) and FVD (I3D features of cli
 detector; or R(2+1)-D, the paper's choice) compare the feature statistics of all generated clips with those of
 all real test clips through one `frechet_distance`.
 
-Honesty rule (DESIGN.md section 6): pretrained feature networks are loaded from a local weights path the user
+Honesty rule (book/design.md section 5): pretrained feature networks are loaded from a local weights path the user
 gives; without it a metric is reported as unavailable with the reason, never replaced by anything else.
 """
 from __future__ import annotations
@@ -128,7 +128,8 @@ def load_feature_network(name: str, weights: str | Path | None, device="cpu") ->
         raise ValueError(f"unknown feature network {name!r}; choose one of {sorted(FEATURE_NETWORKS)}")
     metric = FEATURE_NETWORKS[name]
     if not weights:
-        raise MetricUnavailable(f"{metric}: no weights file given for {name} (nothing is downloaded here)")
+        raise MetricUnavailable(f"{metric}: no weights file given for {name} (the suite downloads no weights: "
+                                f"pass a local file)")
     weights = Path(weights)
     if not weights.is_file():
         raise MetricUnavailable(f"{metric}: weights file {weights} does not exist")

@@ -6,7 +6,7 @@ A 5-label map m (0 outside the scan sector, 1 sector tissue, 2 LV cavity, 3 myoc
 are then moved onto the intensity distribution mu of real echo frames by the optimal transport problem of
 eq. (3), solved with Sinkhorn (squared cost, reg = 1e-3), and the result is repeated over K frames.
 
-Choices made here (DESIGN.md section 2 describes what the authors' script did instead):
+Choices made here (book/design.md, section 2, describes what the authors' script did instead):
 - Source distribution: the distinct grey levels x_a of I_0 inside the sector ("atoms", at most 4), each
   weighted by its fraction a of the sector's pixels. Labels that share a grey level are one atom: OT
   sees grey levels, not labels. Atoms are exact (no re-binning of 0.5 to a bin centre) and small (4 x 256).
@@ -238,7 +238,7 @@ def pseudo_video(image, frames: int) -> torch.Tensor:
     """The still pseudo video: an image in [0, 1] mapped to 2 I - 1 and repeated over K = `frames` frames.
 
     image: (H, W) or a batch (B, H, W), numpy or torch. Returns float32 (1, 1, K, H, W) or (B, 1, K, H, W)
-    in [-1, 1], the data range of the diffusion model (DESIGN.md section 5).
+    in [-1, 1], the data range of the diffusion model (book/design.md, section 1).
     """
     I = torch.as_tensor(image, dtype=torch.float32)
     if I.ndim not in (2, 3):

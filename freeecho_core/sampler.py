@@ -158,7 +158,7 @@ def reference_sdedit_sample(
     S_noise: float = 1.003,
     progress: bool = False,
 ) -> torch.Tensor:
-    """The authors' SDEdit as their released script ran it (DESIGN.md section 2): a `reference` mode for
+    """The authors' SDEdit as their released script ran it (book/design.md, section 2): a `reference` mode for
     comparison (cost profile, ablations), never the method. Use `sdedit_sample` for Free-Echo.
 
     EDM Algorithm 2 (stochastic Heun, the authors' S_churn, S_tmin, S_tmax, S_noise) over the WHOLE schedule,

@@ -1,8 +1,8 @@
 """Figures shared by the notebooks: label overlays, galleries, clip animations, OT plans and noised inputs."""
 from __future__ import annotations
 
+import base64
 import html
-
 import re
 
 import matplotlib.pyplot as plt
@@ -11,9 +11,10 @@ import torch
 from matplotlib import animation, colormaps
 from matplotlib.colors import ListedColormap, LogNorm
 
-from freeecho_core.edm import precond_coefficients
+from freeecho_core.edm import karras_sigmas, precond_coefficients
 from freeecho_core.data.histogram import intensity_histogram
 from freeecho_core.pseudo import barycentric_map
+from freeecho_core.sampler import noise_to_step, seeded_generators
 
 # Overlay colours: CAMUS labels 1 LV (cyan), 2 myocardium (yellow), 3 LA (red).
 CAMUS_COLOURS = ListedColormap(["none", "#00bcd4", "#ffd600", "#d32f2f"])
@@ -44,23 +45,70 @@ def show_five_label_map(ax, ed_map: np.ndarray, title: str = "ED map (5 labels)"
 
 def animate_clips(videos: list[np.ndarray], titles: list[str], fps: float = 8.0) -> animation.FuncAnimation:
     """Side-by-side animation of (T, H, W) clips (uint8 or [-1, 1]); show with `animation_html`."""
-    fig, axes = plt.subplots(1, len(videos), figsize=(2.6 * len(videos), 2.8), squeeze=False)
-    images = []
-    for ax, video, title in zip(axes[0], videos, titles):
-        images.append(ax.imshow(to_grey(video[0]), cmap="gray", vmin=0, vmax=1))
-        ax.set_title(title, fontsize=9)
+    return animate_panels(list(zip(titles, videos)), columns=len(videos), fps=fps)
+
+
+def animate_panels(panels: list[tuple[str, np.ndarray]], columns: int, fps: float = 8.0,
+                   size: float = 2.6) -> animation.FuncAnimation:
+    """Titled panels played together on a grid of `columns`: a (T, H, W) clip (uint8 or [-1, 1]) plays, an
+    (H, W) grey image (likewise) or an (H, W, 3) RGB image in [0, 1] stays as it is, None leaves the cell empty.
+    A title may be a list with one title per frame. The player runs over the shortest clip."""
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, (size + 0.25) * rows), squeeze=False)
+    playing, titled = [], []
+    for ax, (title, panel) in zip(axes.flat, panels):
+        if panel is None:  # an empty cell of the grid
+            continue
+        panel = np.asarray(panel)
+        if panel.ndim == 3 and panel.shape[-1] == 3:
+            ax.imshow(panel, interpolation="nearest")
+        else:
+            image = ax.imshow(to_grey(panel if panel.ndim == 2 else panel[0]), cmap="gray", vmin=0, vmax=1)
+            if panel.ndim == 3:
+                playing.append((image, panel))
+        ax.set_title(title if isinstance(title, str) else title[0], fontsize=max(9, 2.4 * columns))
+        if not isinstance(title, str):
+            titled.append((ax.title, title))
+    for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    n = min(len(v) for v in videos)
+    n = min((len(clip) for _, clip in playing), default=1)
 
     def update(k):
-        for image, video in zip(images, videos):
-            image.set_data(to_grey(video[k]))
-        return images
+        for image, clip in playing:
+            image.set_data(to_grey(clip[k]))
+        for text, titles in titled:
+            text.set_text(titles[k])
+        return [image for image, _ in playing] + [text for text, _ in titled]
 
     anim = animation.FuncAnimation(fig, update, frames=n, interval=1000 / fps, blit=True)
     plt.close(fig)
     return anim
+
+
+def network_input(x: np.ndarray, sigma: float) -> np.ndarray:
+    """c_in(sigma) x: what the network F receives of a state x at noise level sigma (paper eq. (4))."""
+    return precond_coefficients(torch.tensor(float(sigma), dtype=torch.float64))[2].item() * np.asarray(x, float)
+
+
+def free_echo_panels(ed_map: np.ndarray, pseudo_image: np.ndarray, generated: dict[int, np.ndarray],
+                     real: np.ndarray, seed: int = 0) -> list[tuple[str, np.ndarray | None]]:
+    """The paper's Fig. 1 for one map, as `animate_panels` input on 2 + len(generated) columns. Top row: the ED
+    map, the pseudo image (in [0, 1]) and, per start step t_i, the noised start x = pseudo + sigma(t_i) n as
+    the network receives it (`sampler.noise_to_step`, first frame); bottom row: the real clip, an empty cell and
+    the video generated from each start (generated: {t_i: (K, S, S) video})."""
+    sigmas = karras_sigmas()
+    still = 2 * torch.as_tensor(pseudo_image, dtype=torch.float64)[None, None, None] - 1
+    starts = [(f"start, t_i = {t}", np.clip(network_input(
+        noise_to_step(still, sigmas, t, seeded_generators([seed]))[0, 0, 0].numpy(), sigmas[t].item()) / 2.5, -1, 1))
+        for t in generated]  # on show_network_input's grey scale, [-2.5, 2.5]
+    return ([("ED map (5 labels)", five_label_rgb(ed_map)), ("pseudo image (OT)", 2 * np.asarray(pseudo_image) - 1),
+             *starts, ("real clip", real), ("", None), *((f"generated, t_i = {t}", v) for t, v in generated.items())])
+
+
+def five_label_rgb(ed_map: np.ndarray) -> np.ndarray:
+    """(H, W) 5-label map -> (H, W, 3) RGB in [0, 1] with the colours of `show_five_label_map`."""
+    return FIVE_LABEL_COLOURS(np.asarray(ed_map, int))[..., :3]
 
 
 def show_plan(ax, plan: np.ndarray, x_a: np.ndarray, x_b: np.ndarray, title: str = "", vmin: float = 1e-10,
@@ -102,8 +150,7 @@ def plot_grey_level_distributions(axes, target, images: dict[str, np.ndarray], s
 def show_network_input(ax, x: np.ndarray, sigma: float, title: str = "", limit: float = 2.5):
     """A noised frame x at noise level sigma as the network F receives it, c_in(sigma) x (paper eq. (4)),
     on the fixed grey scale [-limit, limit]; the title gives sigma."""
-    c_in = precond_coefficients(torch.tensor(float(sigma), dtype=torch.float64))[2].item()
-    ax.imshow(c_in * np.asarray(x), cmap="gray", vmin=-limit, vmax=limit)
+    ax.imshow(network_input(x, sigma), cmap="gray", vmin=-limit, vmax=limit)
     ax.set_title(f"{title}$\\sigma$ = {sigma:.4g}", fontsize=9)
     ax.axis("off")
 
@@ -147,3 +194,10 @@ def html_table(rows: list[dict], columns: list[str]) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(row.get(c, '-')))}</td>" for c in columns) + "</tr>"
                    for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def download_link(filename: str, data: bytes, mime: str = "application/octet-stream") -> str:
+    """An HTML link that downloads `data` as `filename` with no server behind it (a data: URI inside the page)."""
+    encoded = base64.b64encode(data).decode("ascii")
+    return (f'<a download="{html.escape(filename)}" href="data:{mime};base64,{encoded}">'
+            f"{html.escape(filename)}</a>")

@@ -57,8 +57,20 @@ def test_table_and_ordering_read_the_report():
     report["methods"]["free-echo@55"] = row(0.9)
     assert not evaluation.paper_ordering(report)["Free-Echo worsens from t_i = 15 to 35 to 55 (SSIM)"]
     table = evaluation.markdown_table({"phantom CAMUS": report}, paper={"phantom CAMUS": "CAMUS"})
-    assert "| phantom CAMUS | free-echo | 35 | 0.300 +- 0.000 | 6.00 +- 0.00 | n/a | n/a |" in table
-    assert "| *paper, real CAMUS* | *clsfree* | *-* | *0.52* | *22.49* | *22.50* | *150.80* |" in table
+    assert "| phantom CAMUS | free-echo | 35 | 1×? | 0.300 | 6.00 | n/a | n/a |" in table  # one map: no spread
+    assert "| *paper, real CAMUS* | *clsfree* | *-* | *?×10* | *0.52* | *22.49* | *22.50* | *150.80* |" in table
+    report["methods"]["free-echo@35"] |= {"maps": 8, "samples_per_map": 4, "SSIM_std": 0.05}
+    assert "| free-echo | 35 | 8×4 | 0.300\u00a0±\u00a00.050 | 6.00\u00a0±\u00a00.00 |" in evaluation.markdown_table({"x": report})
+
+
+def test_the_paper_claims_are_checked_on_the_paper_table_first():
+    rows = {row["claim"]: row for row in evaluation.claims_table({})}
+    assert rows["Cls-Free above Free-Echo@15 (SSIM)"]["paper, EchoNet-Dynamic"] == "holds"
+    # On its own EchoNet-Dynamic PSNR the paper has Cls-Free 20.04 < Free-Echo@15 20.78 < SDEdit 21.52.
+    assert rows["Cls-Free above Free-Echo@15 (PSNR)"]["paper, EchoNet-Dynamic"] == "fails"
+    assert rows["Free-Echo@15 above SDEdit (PSNR)"]["paper, EchoNet-Dynamic"] == "fails"
+    assert all(row["paper, CAMUS"] == "holds" for row in rows.values())
+    assert len(rows) == 6
 
 
 def test_anatomy_columns_join_the_report_and_the_table(trained, tmp_path):

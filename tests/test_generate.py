@@ -82,3 +82,13 @@ def test_generation_without_data_works_at_the_frame_counts_users_train(camus_map
     config = GenerateConfig(start_step=63, samples=1, solver="euler", stochastic_sampler=False)
     videos = generate_from_map(tmp_path / "ed.png", checkpoint, None, config)["videos"]
     assert videos.shape == (1, frames, round(size * 64 / 78), size)
+
+
+def test_video_bytes_are_a_playable_file(tmp_path):
+    from freeecho_core.generate import video_bytes
+
+    video = np.stack([np.full((16, 16), 40 * k, np.uint8) for k in range(5)])
+    path = tmp_path / "v.avi"
+    path.write_bytes(video_bytes(video, 10.0))
+    capture = cv2.VideoCapture(str(path))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5 and capture.get(cv2.CAP_PROP_FPS) == 10.0

@@ -47,7 +47,7 @@ def test_sdedit_matches_the_closed_form_sample_by_sample(gaussian, start_step):
 def test_sdedit_evaluates_the_network_only_from_the_start_step(gaussian):
     init = torch.zeros(1, 1, 2, 4, 4)
     sdedit_sample(gaussian, init, SIGMAS, 15, generator=torch.Generator().manual_seed(0), **AUTHORS_CHURN)
-    assert gaussian.calls == 97  # DESIGN.md: 97 evaluations from t_i = 15
+    assert gaussian.calls == 97  # book/design.md, section 1: 97 evaluations from t_i = 15
     gaussian.calls = 0
     sdedit_sample(gaussian, init, SIGMAS, 15, solver="euler")
     assert gaussian.calls == 49

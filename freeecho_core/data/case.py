@@ -1,6 +1,6 @@
 """One echo recording with its labels: what the phantom renders and what the dataset writers store.
 
-Label conventions (DESIGN.md section 2):
+Label conventions (book/design.md, section 3):
 - CAMUS labels, used in files and in `EchoCase.labels`: 0 background, 1 LV cavity, 2 myocardium, 3 left atrium.
 - The 5-label pseudo-image convention of the method: 0 outside the scan sector, 1 sector tissue, 2 LV cavity,
   3 myocardium, 4 left atrium (`to_five_labels`).

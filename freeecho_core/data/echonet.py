@@ -1,4 +1,4 @@
-"""EchoNet-Dynamic files (DESIGN.md section 3): LV tracings, the method of disks, writing and reading the dataset.
+"""EchoNet-Dynamic files (book/design.md, section 4): LV tracings, the method of disks, writing and reading the dataset.
 
 Layout, identical for the real download and for the phantom:
     <root>/FileList.csv        FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split (no .avi)

@@ -1,5 +1,6 @@
-"""The built book in a real browser: every page loads without console errors, the figures, animations, widgets
-and equations are there, and every internal link resolves (issue 8)."""
+"""The built book in a real browser: every page loads without console errors, the figures, animations and
+equations are there and move, every figure has a caption, tables are tables, titles carry no raw TeX, no page is
+empty, and every link resolves or is a well-formed address."""
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -11,9 +12,9 @@ NOTEBOOK_PAGES = {  # page -> what it must show
     "notebooks/00_edm_core.html": {"figures": 1},
     "notebooks/01_data.html": {"figures": 2, "animations": 1},
     "notebooks/02_training.html": {"figures": 2, "animations": 1},
-    "notebooks/03_pseudo_video.html": {"figures": 3, "widgets": 1},
+    "notebooks/03_pseudo_video.html": {"figures": 3, "animations": 2},
     "notebooks/04_ablation_ti.html": {"figures": 2},
-    "notebooks/05_evaluation.html": {"figures": 1, "animations": 1},
+    "notebooks/05_evaluation.html": {"figures": 1, "animations": 4},
     "notebooks/06_generate.html": {"figures": 1, "animations": 1},
     "notebooks/07_benchmarks.html": {"figures": 2},
     "book/method.html": {"equations": 4},
@@ -105,8 +106,148 @@ def test_figures_animations_widgets_and_equations_render(site, base_url, browser
         assert len(players) >= expected["animations"], page
         frame = players[0].find_element(By.TAG_NAME, "img")
         wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", frame) > 0)
-    if "widgets" in expected:  # the embedded widget state, rendered by the locally served widget manager
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".widget-slider, .jupyter-widgets.widget-inline-hbox"))
     if "equations" in expected:  # MathJax, served locally, typesets the page's display equations
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "mjx-container")) >= expected["equations"])
     assert not console_errors(browser), page
+
+
+class PageText(HTMLParser):
+    """Text by where it sits: the <title>, navigation (<nav> elements), paragraphs, and the article body."""
+
+    def __init__(self):
+        super().__init__()
+        self.title, self.nav, self.paragraphs, self.article = "", [], [], []
+        self.open = []  # tags whose text is being collected: "title", "nav", "p", "article"
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("title", "nav", "p", "article"):
+            self.open.append(tag)
+            if tag == "p":
+                self.paragraphs.append("")
+
+    def handle_endtag(self, tag):
+        if tag in self.open:
+            del self.open[len(self.open) - 1 - self.open[::-1].index(tag)]
+
+    def handle_data(self, data):
+        if "title" in self.open:
+            self.title += data
+        if "nav" in self.open:
+            self.nav.append(data)
+        if "p" in self.open and self.paragraphs:
+            self.paragraphs[-1] += data
+        if "article" in self.open:
+            self.article.append(data)
+
+
+def page_text(path: Path) -> PageText:
+    text = PageText()
+    text.feed(path.read_text(encoding="utf-8"))
+    return text
+
+
+PIPE_TABLE = re.compile(r"\|\s*:?-{3,}:?\s*\|")  # a Markdown table's header rule, | --- |
+
+
+def test_no_paragraph_holds_markdown_table_syntax(site):
+    raw = [f"{page}: {p.strip()[:80]}" for page in pages(site) for p in page_text(site / page).paragraphs
+           if PIPE_TABLE.search(p) or p.count("|") >= 4]
+    assert not raw, "tables printed as text:\n" + "\n".join(raw)
+
+
+def test_no_raw_tex_in_titles_or_navigation(site):
+    """<title> is never typeset; navigation is typeset only on pages that load MathJax (maths of their own)."""
+    raw = []
+    for page in pages(site):
+        text = page_text(site / page)
+        typeset = re.search(r'<script[^>]+src="[^"]*mathjax', (site / page).read_text(encoding="utf-8")) is not None
+        places = [("title", text.title)] + ([] if typeset else [("navigation", n) for n in text.nav])
+        raw += [f"{page} ({where}): {value.strip()[:80]}" for where, value in places
+                if re.search(r"\\[(\[]|\$[^$\s]", value)]
+    assert not raw, "\n".join(raw)
+
+
+def test_no_page_is_empty(site):
+    """Every page says something (search and the index are generated; index.html only redirects)."""
+    skip = {"search.html", "genindex.html"}
+    empty = [page for page in pages(site) if page not in skip
+             and 'http-equiv="Refresh"' not in (site / page).read_text(encoding="utf-8")
+             and len(" ".join(page_text(site / page).article).split()) < 30]
+    assert not empty, f"pages with less than 30 words: {empty}"
+
+
+FILE_LIKE_HOSTS = ("md", "py", "ipynb", "txt", "json", "yaml", "yml", "csv", "pt", "npy", "html")
+
+
+def test_every_external_link_is_a_well_formed_url(site):
+    bad = []
+    for page in pages(site):
+        for target in parse(site / page).targets:
+            parts = urlsplit(target)
+            if parts.scheme not in ("http", "https"):
+                continue
+            host = parts.hostname or ""
+            labels = host.split(".")
+            if len(labels) < 2 or not all(labels) or labels[-1].lower() in FILE_LIKE_HOSTS:
+                bad.append(f"{page}: {target}")
+    assert not bad, "\n".join(bad)
+
+
+class Images(HTMLParser):
+    """The content images of a page's <article>, each with its alt text and whether it sits in a <figure> that has
+    a <figcaption>; the frames of animation players (div.animation) are not content images."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.images, self.figures = [], [], []  # figures: [has caption] of the open <figure>s
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            inside = [t for t, _ in self.stack]
+            if "article" in inside and not any("animation" in (a.get("class") or "").split() for _, a in self.stack):
+                self.images.append({"alt": attrs.get("alt") or "", "src": attrs.get("src", ""),
+                                    "figure": "figure" in inside, "index": len(self.figures) - 1})
+            return
+        if tag in ("br", "hr", "meta", "link", "input", "source", "wbr"):
+            return
+        if tag == "figure":
+            self.figures.append(False)
+        if tag == "figcaption" and self.figures:
+            self.figures[-1] = True
+        self.stack.append((tag, attrs))
+
+    def handle_endtag(self, tag):
+        for k in range(len(self.stack) - 1, -1, -1):
+            if self.stack[k][0] == tag:
+                del self.stack[k:]
+                break
+
+
+def test_every_figure_has_a_caption_and_real_alt_text(site):
+    missing = []
+    for page in pages(site):
+        images = Images()
+        images.feed((site / page).read_text(encoding="utf-8"))
+        for image in images.images:
+            alt = image["alt"].strip()
+            if not image["figure"] or not images.figures[image["index"]]:
+                missing.append(f"{page}: {image['src'][:60]} has no caption")
+            if len(alt.split()) < 3 or "/" in alt or re.search(r"\.(png|jpe?g|svg|gif)$", alt, re.I):
+                missing.append(f"{page}: {image['src'][:60]} has alt text {alt!r}")
+    assert not missing, "\n".join(missing)
+
+
+@pytest.mark.parametrize("page", sorted(p for p, e in NOTEBOOK_PAGES.items() if "animations" in e))
+def test_every_animation_moves_when_stepped(base_url, browser, page):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{base_url}/{page}")
+    players = browser.find_elements(By.CSS_SELECTOR, "div.animation")
+    assert players, page
+    for player in players:
+        frame = player.find_element(By.TAG_NAME, "img")
+        before = frame.get_attribute("src")
+        step = player.find_element(By.CSS_SELECTOR, 'button[title="Next frame"]')
+        browser.execute_script("arguments[0].click()", step)
+        assert frame.get_attribute("src") != before, f"{page}: an animation shows the same image after a step"
