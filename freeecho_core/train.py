@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from freeecho_core.checkpoint import load_checkpoint, save_checkpoint, unet_payload
+from freeecho_core.checkpoint import code_version, load_checkpoint, save_checkpoint, unet_payload
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips, dataset_fingerprint
 from freeecho_core.edm import EDMPrecond, edm_loss
@@ -160,16 +160,21 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         p_ema.lerp_(p, 1 - decay)
 
 
-def training_state(config: TrainConfig, model, ema, optimizer, step: int, data: dict) -> dict:
-    return unet_payload(model, train_config=asdict(config), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+def training_state(config: TrainConfig, model, ema, optimizer, step: int, data: dict, version: dict) -> dict:
+    return unet_payload(model, code_version=version, train_config=asdict(config), ema=ema.state_dict(),
+                        optimizer=optimizer.state_dict(),
                         step=step, data=data)
 
 
-def write_checkpoints(run_dir: Path, config: TrainConfig, model, ema, optimizer, step: int, data: dict) -> None:
+def write_checkpoints(run_dir: Path, config: TrainConfig, model, ema, optimizer, step: int, data: dict,
+                      version: dict) -> None:
     """`checkpoint.pt` (everything needed to resume) and `ema.pt` (config + EMA weights, for sampling); both
-    carry `data`: the training folder and the frame rate of its clips (what sampled videos are played at)."""
-    save_checkpoint(run_dir / "checkpoint.pt", training_state(config, model, ema, optimizer, step, data))
-    save_checkpoint(run_dir / "ema.pt", unet_payload(ema, train_config=asdict(config), step=step, data=data))
+    carry `data` (the training folder, its fingerprint and the frame rate of its clips, which sampled videos are
+    played at) and `version`, the code version the process started with (the checkout may change under a long
+    run)."""
+    save_checkpoint(run_dir / "checkpoint.pt", training_state(config, model, ema, optimizer, step, data, version))
+    save_checkpoint(run_dir / "ema.pt", unet_payload(ema, code_version=version, train_config=asdict(config),
+                                                     step=step, data=data))
 
 
 def resume_state(run_dir: Path, config: TrainConfig, model, ema, optimizer, data: dict,
@@ -215,6 +220,7 @@ def train(config: TrainConfig, data_root: str | os.PathLike, run_dir: str | os.P
     if not resume and (run_dir / "checkpoint.pt").exists():
         raise FileExistsError(f"{run_dir / 'checkpoint.pt'} exists: pass resume=True (--resume) or a new run folder")
     data = {"path": str(data_root), "fps": dataset.frame_rate(), "fingerprint": dataset_fingerprint(data_root)}
+    version = code_version()
     model = build_model(config).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -240,13 +246,13 @@ def train(config: TrainConfig, data_root: str | os.PathLike, run_dir: str | os.P
             log.write(done, loss)
             bar.set_postfix(loss=f"{loss:.4f}")
             if done % config.checkpoint_every == 0 and rank == 0:
-                write_checkpoints(run_dir, config, model, ema, optimizer, done, data)
+                write_checkpoints(run_dir, config, model, ema, optimizer, done, data, version)
     except KeyboardInterrupt:
         if rank == 0:  # keep the steps completed so far
-            write_checkpoints(run_dir, config, model, ema, optimizer, done, data)
+            write_checkpoints(run_dir, config, model, ema, optimizer, done, data, version)
         raise
     if rank == 0 and done > start and done % config.checkpoint_every:
-        write_checkpoints(run_dir, config, model, ema, optimizer, done, data)
+        write_checkpoints(run_dir, config, model, ema, optimizer, done, data, version)
     return run_dir
 
 

@@ -202,3 +202,11 @@ def test_a_rendered_phantom_keeps_its_fingerprint_and_another_does_not(tmp_path)
     one, two, other = (make_phantom_dataset(tmp_path / name, "echonet", 3, seed, config, workers=1, progress=False)
                        for name, seed in (("one", 0), ("two", 0), ("other", 1)))
     assert dataset_fingerprint(one) == dataset_fingerprint(two) != dataset_fingerprint(other)
+
+
+def test_checkpoints_record_the_code_version_the_run_started_with(data_root, tmp_path, monkeypatch):
+    versions = iter(range(100))
+    monkeypatch.setattr(training, "code_version", lambda: {"commit": f"c{next(versions)}"})
+    train(replace(CONFIG, steps=4, checkpoint_every=2), data_root, tmp_path / "run", progress=False)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["code_version"] == {"commit": "c0"}
+    assert load_checkpoint(tmp_path / "run" / "ema.pt")["code_version"] == {"commit": "c0"}
