@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from freeecho_core.anatomy import ANATOMY_COLUMNS
 from freeecho_core.bench import SUITES, bench_forward, cpu_training_suite, run_suite
+from freeecho_core.checkpoint import load_checkpoint
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.maps import CONVENTIONS
 from freeecho_core.data.make_dataset import FORMATS, make_phantom_dataset
@@ -19,11 +20,10 @@ from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.data.stats import folder_statistics, summary_rows
 from freeecho_core.edm import karras_sigmas
 from freeecho_core.evaluate import EvalConfig, evaluate
+from freeecho_core.files import check_output_folder
 from freeecho_core.generate import VIDEO_FORMATS, GenerateConfig, generate_from_map
 from freeecho_core.model_card import write_model_card, write_segmenter_card
-from freeecho_core.checkpoint import load_checkpoint
-from freeecho_core.files import check_output_folder
-from freeecho_core.profiles import PARAMS_DIR, load_profile, profile_section
+from freeecho_core.profiles import load_profile, profile_file, profile_section
 from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
 from freeecho_core.synthesis import DEFAULT_CHECKPOINT, load_denoiser
 from freeecho_core.train import MODEL_KINDS, clip_config, config_from_profile, train
@@ -87,12 +87,6 @@ def resolve_device(option: str, local_rank: int = 0) -> str:
     return str(device)
 
 
-def profile_path(name: str) -> Path:
-    """The YAML file of a profile given by name or path (for messages)."""
-    path = Path(name)
-    return path if path.suffix in (".yaml", ".yml") else PARAMS_DIR / f"{name}.yaml"
-
-
 def cmd_info(args: argparse.Namespace) -> None:
     for name, cfg in PRESETS.items():
         print(f"preset {name}: {count_parameters(UNet3D(cfg)):,} parameters  {cfg}")
@@ -136,7 +130,7 @@ def cmd_phantom(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     overrides = {"kind": args.kind} | ({"steps": args.steps} if args.steps is not None else {})
-    config = config_from_profile(profile_section(args.profile, "train"), source=str(profile_path(args.profile)),
+    config = config_from_profile(profile_section(args.profile, "train"), source=str(profile_file(args.profile)),
                                  **overrides)
     run_dir = args.run_dir or Path("runs") / Path(args.profile).stem / config.kind
     check_output_folder(run_dir, "--run-dir")

@@ -88,14 +88,19 @@ def file_digest(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def video_key(method: Method, config: EvalConfig, digests: dict, data: EchoClips) -> dict:
+def data_key(data: EchoClips) -> dict:
+    """The data that videos of `data` are made for: the folder's fingerprint, the split and its seed, and the
+    clip preparation."""
+    return {"fingerprint": dataset_fingerprint(data.root), "split": data.split, "clip": asdict(data.config),
+            "split_seed": data.seed}
+
+
+def video_key(method: Method, config: EvalConfig, digests: dict, data: dict) -> dict:
     """Everything that made the stored videos of one method: the weights (`digests`: sha256 by model role), the
-    seed, the method and sampler settings, and the data (its fingerprint, split and clip preparation)."""
+    seed, the method and sampler settings, and the data (`data_key`)."""
     role = "clsfree" if method.kind == "clsfree" else "unconditional"
-    return {"method": asdict(method), "checkpoint_sha256": digests[role],
-            "seed": config.seed, "samples": config.samples, "sampler": asdict(config.sampler()), "bins": config.bins,
-            "data": {"fingerprint": dataset_fingerprint(data.root), "split": data.split, "clip": asdict(data.config),
-                     "split_seed": data.seed}}
+    return {"method": asdict(method), "checkpoint_sha256": digests[role], "seed": config.seed,
+            "samples": config.samples, "sampler": asdict(config.sampler()), "bins": config.bins, "data": data}
 
 
 def claim_video_folder(out: Path, method: Method, key: dict) -> None:
@@ -225,8 +230,9 @@ def evaluate(data_root, unconditional: str | os.PathLike, clsfree: str | os.Path
                              f"{clsfree_config.get('size')}) than {unconditional} ({train_config.get('frames')} x "
                              f"{train_config.get('size')}); both models must share a clip size")
     clip = clip_config(train_config)
-    load_judge(segmenter, clip, device)  # a wrong segmenter or feature network is reported now, not after
-    networks = feature_networks(feature_weights or {}, device) if rank == 0 else ({}, {})  # the generation
+    # A wrong segmenter or feature-network file is reported now, not after the generation.
+    load_judge(segmenter, clip, device)
+    networks = feature_networks(feature_weights or {}, device) if rank == 0 else ({}, {})
     data = EchoClips(data_root, split, clip, seed=train_config.get("seed", 0))
     if len(data) == 0:
         raise ValueError(f"{data_root}: the {split} split is empty")
@@ -234,8 +240,9 @@ def evaluate(data_root, unconditional: str | os.PathLike, clsfree: str | os.Path
     if rank == 0:
         digests = {role: file_digest(path) for role, path in (("unconditional", unconditional),
                                                                ("clsfree", clsfree)) if path}
+        made_for = data_key(data)
         for method in methods:
-            claim_video_folder(out, method, video_key(method, config, digests, data))
+            claim_video_folder(out, method, video_key(method, config, digests, made_for))
     if world_size > 1:
         dist.barrier()
     made = generate_all(data, models, out, config, device, methods, rank, world_size, max_maps, progress)
@@ -268,12 +275,11 @@ def mean_cell(mean: float, std: float, n: int, digits: int) -> str:
 
 
 def markdown_table(reports: dict[str, dict], paper: dict[str, str] | None = None) -> str:
-    """Table 1 layout: dataset, method, t_i, n (test maps × samples per map; the paper gives only its 10 samples),
-    SSIM, PSNR (mean ± std over maps),
-    FID, FVD ("n/a" where a metric is unavailable), then the anatomy columns that any report holds (Dice per
-    structure, EF proxy error, LV area roughness, FD-seg, FVD-seg; "-" for the paper, which did not measure
-    them). `paper` maps a dataset label of ours to the paper's real dataset whose numbers are added as separate
-    rows, labelled as the paper's."""
+    """Table 1 layout: dataset, method, t_i, n (test maps × samples per map; the paper gives only its 10
+    samples), SSIM, PSNR (mean ± std over maps), FID, FVD ("n/a" where a metric is unavailable), then the anatomy
+    columns that any report holds (Dice per structure, EF proxy error, LV area roughness, FD-seg, FVD-seg; "-"
+    for the paper, which did not measure them). `paper` maps a dataset label of ours to the paper's real dataset
+    whose numbers are added as separate rows, labelled as the paper's."""
     anatomy = [c for c in ANATOMY_COLUMNS if any(c in row for r in reports.values() for row in r["methods"].values())]
     header = ["dataset", "method", "t_i", "n", "SSIM", "PSNR (dB)", "FID", "FVD", *anatomy]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

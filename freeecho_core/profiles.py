@@ -9,14 +9,18 @@ import yaml
 PARAMS_DIR = Path(__file__).resolve().parents[1] / "params"  # the repository's params/ (editable install)
 
 
+def profile_file(name: str | Path) -> Path:
+    """The YAML file of a profile given by name (params/<name>.yaml in the repository) or by path."""
+    path = Path(name)
+    return path if path.suffix in (".yaml", ".yml") else PARAMS_DIR / f"{name}.yaml"
+
+
 def load_profile(name: str | Path) -> dict:
-    """A profile by name (smoke, gpu-short, paper: params/<name>.yaml in the repository) or by YAML path.
+    """A profile by name (smoke, cpu, gpu-short, paper: params/<name>.yaml in the repository) or by YAML path.
 
     Raises FileNotFoundError or ValueError naming the file when it is missing, not YAML, empty, or not a
     mapping of sections."""
-    path = Path(name)
-    if path.suffix not in (".yaml", ".yml"):
-        path = PARAMS_DIR / f"{name}.yaml"
+    path = profile_file(name)
     if not path.is_file():
         known = sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"profile {name!r} not found ({path}); known profiles: {known}")
