@@ -75,6 +75,12 @@ def test_no_page_loads_anything_from_the_internet(site):
     assert not remote, "\n".join(remote)
 
 
+def test_the_site_root_serves_a_favicon(site):
+    # The root index.html is a redirect without an icon link: a browser asks for /favicon.ico (a console error
+    # when it is missing, raced against the redirect).
+    assert (site / "favicon.ico").read_bytes()[:4] == b"\x00\x00\x01\x00"
+
+
 def console_errors(browser) -> list[str]:
     return [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
 
