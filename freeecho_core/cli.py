@@ -25,7 +25,7 @@ from freeecho_core.generate import VIDEO_FORMATS, GenerateConfig, generate_from_
 from freeecho_core.model_card import write_model_card, write_segmenter_card
 from freeecho_core.profiles import load_profile, profile_file, profile_section
 from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
-from freeecho_core.synthesis import DEFAULT_CHECKPOINT, load_denoiser
+from freeecho_core.synthesis import DEFAULT_CHECKPOINT, METHOD_KINDS, load_denoiser
 from freeecho_core.train import MODEL_KINDS, clip_config, config_from_profile, train
 from freeecho_core.unet3d import PRESETS, UNet3D, count_parameters
 from freeecho_core.validate import as_float, as_int
@@ -194,7 +194,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     config = EvalConfig(samples=args.samples, start_steps=tuple(args.start_steps), guidance=args.guidance,
-                        solver=args.solver, batch=args.batch, seed=args.seed)
+                        solver=args.solver, stochastic_sampler=not args.deterministic, batch=args.batch,
+                        seed=args.seed, methods=tuple(dict.fromkeys(args.methods)))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun: the maps are sharded
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(args.device, local_rank)
@@ -206,7 +207,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     try:
         report = evaluate(args.data, args.unconditional, args.clsfree, args.out, config, split=args.split,
                           feature_weights=weights, device=device, rank=rank, world_size=world_size,
-                          max_maps=args.max_maps, segmenter=args.segmenter)
+                          max_maps=args.max_maps, segmenter=args.segmenter, compile=args.compile)
     finally:
         if world_size > 1:
             dist.destroy_process_group()
@@ -278,7 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--start-steps", type=start_step, nargs="+", default=list(EvalConfig.start_steps))
     ev.add_argument("--guidance", type=finite_number, default=EvalConfig.guidance)
     ev.add_argument("--solver", default=EvalConfig.solver, choices=["heun", "euler"])
+    ev.add_argument("--deterministic", action="store_true",
+                    help="sample the ODE without the authors' churn (S_churn 80 by default)")
+    ev.add_argument("--methods", nargs="+", choices=METHOD_KINDS, default=list(METHOD_KINDS),
+                    help="which kinds of method to run (default: all of Table 1)")
     ev.add_argument("--batch", type=at_least(1), default=EvalConfig.batch)
+    ev.add_argument("--compile", action="store_true",
+                    help="torch.compile the networks: minutes of warm-up, then faster sampling (long runs)")
     ev.add_argument("--seed", type=at_least(0), default=EvalConfig.seed)
     ev.add_argument("--max-maps", type=at_least(1), help="score only the first N test maps")
     ev.add_argument("--inception-weights", help="local InceptionV3 weights for FID (else FID is unavailable)")

@@ -215,9 +215,11 @@ def score(data: EchoClips, out: Path, methods: list[Method], feature_weights: di
 def evaluate(data_root, unconditional: str | os.PathLike, clsfree: str | os.PathLike | None, out,
              config: EvalConfig = EvalConfig(), *, split: str = "TEST", feature_weights: dict | None = None,
              device="cpu", rank: int = 0, world_size: int = 1, max_maps: int | None = None,
-             progress: bool = True, segmenter: str | os.PathLike | None = None) -> dict | None:
+             progress: bool = True, segmenter: str | os.PathLike | None = None,
+             compile: bool = False) -> dict | None:
     """Generate (resumably, sharded over processes) and score; process 0 writes and returns <out>/metrics.json.
-    `segmenter`: a checkpoint of `freeecho_core.segmenter` for the anatomy metrics (optional)."""
+    `segmenter`: a checkpoint of `freeecho_core.segmenter` for the anatomy metrics (optional). `compile`:
+    torch.compile the networks (minutes of warm-up, then faster sampling: for long runs)."""
     out, device = Path(out), torch.device(device)
     check_output_folder(out, "--out")
     models, train_config = {}, {}
@@ -229,6 +231,9 @@ def evaluate(data_root, unconditional: str | os.PathLike, clsfree: str | os.Path
             raise ValueError(f"{clsfree} was trained on other clips ({clsfree_config.get('frames')} x "
                              f"{clsfree_config.get('size')}) than {unconditional} ({train_config.get('frames')} x "
                              f"{train_config.get('size')}); both models must share a clip size")
+    if compile:
+        for denoiser in models.values():
+            denoiser.net = torch.compile(denoiser.net)
     clip = clip_config(train_config)
     # A wrong segmenter or feature-network file is reported now, not after the generation.
     load_judge(segmenter, clip, device)

@@ -107,3 +107,17 @@ def test_stored_videos_made_with_other_settings_are_generated_again(trained, tmp
     assert key["seed"] == 7 and len(key["checkpoint_sha256"]) == 64 and key["data"]["split"] == "TEST"
     assert json.loads((tmp_path / "metrics.json").read_text())["config"]["seed"] == 7
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_the_command_runs_the_chosen_methods_with_the_deterministic_sampler(trained, tmp_path, capsys):
+    from freeecho_core.cli import main
+
+    data, unconditional, clsfree = trained
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(data), "--unconditional", str(unconditional), "--clsfree", str(clsfree),
+                 "--out", str(out), "--samples", "1", "--max-maps", "1", "--solver", "euler", "--deterministic",
+                 "--methods", "free-echo", "sdedit", "--start-steps", "55", "--device", "cpu"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert list(report["methods"]) == ["sdedit@15", "free-echo@55"]
+    assert report["config"]["stochastic_sampler"] is False
+    assert json.loads((out / "videos" / "free-echo@55" / "key.json").read_text())["sampler"]["stochastic_sampler"] is False
