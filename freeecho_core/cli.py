@@ -177,7 +177,7 @@ def cmd_segmenter(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     config = GenerateConfig(start_step=args.t_start, samples=args.samples, mapping=args.mapping, solver=args.solver,
-                            seed=args.seed, fps=args.fps)
+                            stochastic_sampler=args.sampler == "churn", seed=args.seed, fps=args.fps)
     device = resolve_device(args.device)
     check_output_folder(args.out, "--out")
     target = None
@@ -192,9 +192,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
           f"{result['convention']} labels) to {args.out}")
 
 
+SAMPLERS = ("churn", "ode")
+SAMPLER_HELP = ("churn: the authors' stochastic sampler (S_churn 80, noise added back at each step); "
+                "ode: the deterministic probability-flow ODE")
+
+
+def sampler_name(stochastic: bool) -> str:
+    return "churn" if stochastic else "ode"
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     config = EvalConfig(samples=args.samples, start_steps=tuple(args.start_steps), guidance=args.guidance,
-                        solver=args.solver, stochastic_sampler=not args.deterministic, batch=args.batch,
+                        solver=args.solver, stochastic_sampler=args.sampler == "churn", batch=args.batch,
                         seed=args.seed, methods=tuple(dict.fromkeys(args.methods)))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun: the maps are sharded
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -279,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--start-steps", type=start_step, nargs="+", default=list(EvalConfig.start_steps))
     ev.add_argument("--guidance", type=finite_number, default=EvalConfig.guidance)
     ev.add_argument("--solver", default=EvalConfig.solver, choices=["heun", "euler"])
-    ev.add_argument("--deterministic", action="store_true",
-                    help="sample the ODE without the authors' churn (S_churn 80 by default)")
+    ev.add_argument("--sampler", choices=SAMPLERS, default=sampler_name(EvalConfig.stochastic_sampler),
+                    help=SAMPLER_HELP)
     ev.add_argument("--methods", nargs="+", choices=METHOD_KINDS, default=list(METHOD_KINDS),
                     help="which kinds of method to run (default: all of Table 1)")
     ev.add_argument("--batch", type=at_least(1), default=EvalConfig.batch)
@@ -308,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the map's label convention (auto: label 4 -> five, a binary mask -> lv, else camus)")
     gen.add_argument("--mapping", default=GenerateConfig.mapping, choices=["barycentric", "stochastic"])
     gen.add_argument("--solver", default=GenerateConfig.solver, choices=["heun", "euler"])
+    gen.add_argument("--sampler", choices=SAMPLERS, default=sampler_name(GenerateConfig.stochastic_sampler),
+                     help=SAMPLER_HELP)
     gen.add_argument("--format", default="avi", choices=sorted(VIDEO_FORMATS))
     gen.add_argument("--fps", type=positive_number, default=GenerateConfig.fps,
                      help="frame rate of the written videos (default: that of the model's training data)")

@@ -115,7 +115,7 @@ def test_the_command_runs_the_chosen_methods_with_the_deterministic_sampler(trai
     data, unconditional, clsfree = trained
     out = tmp_path / "eval"
     assert main(["evaluate", "--data", str(data), "--unconditional", str(unconditional), "--clsfree", str(clsfree),
-                 "--out", str(out), "--samples", "1", "--max-maps", "1", "--solver", "euler", "--deterministic",
+                 "--out", str(out), "--samples", "1", "--max-maps", "1", "--solver", "euler", "--sampler", "ode",
                  "--methods", "free-echo", "sdedit", "--start-steps", "55", "--device", "cpu"]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert list(report["methods"]) == ["sdedit@15", "free-echo@55"]

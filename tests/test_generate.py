@@ -61,8 +61,10 @@ def test_generate_command(trained, camus_map, tmp_path, capsys):
     _, unconditional, _ = trained
     nib.save(nib.Nifti1Image(camus_map.T.copy(), np.eye(4)), tmp_path / "ed.nii.gz")
     args = ["generate", "--map", str(tmp_path / "ed.nii.gz"), "--checkpoint", str(unconditional), "--t-start", "55",
-            "--samples", "1", "--out", str(tmp_path / "out"), "--solver", "euler", "--format", "mp4", "--device", "cpu"]
+            "--samples", "1", "--out", str(tmp_path / "out"), "--solver", "euler", "--sampler", "ode", "--format", "mp4",
+            "--device", "cpu"]
     assert main(args) == 0
+    assert json.loads((tmp_path / "out" / "ed.json").read_text())["config"]["stochastic_sampler"] is False
     assert "wrote 1 videos of 4 frames" in capsys.readouterr().out and (tmp_path / "out" / "ed_0.mp4").is_file()
     cv2.imwrite(str(tmp_path / "empty.png"), np.zeros((16, 16), np.uint8))
     assert main(args[:2] + [str(tmp_path / "empty.png")] + args[3:]) == 2
