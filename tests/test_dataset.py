@@ -9,7 +9,7 @@ from freeecho_core.data.clips import (UNLABELLED, ClipConfig, crop_to_aspect, my
                                       prepare_clip, resize_frames, resize_labels_nearest, sector_from_frames,
                                       take_frames)
 from freeecho_core.data.dataset import CACHE_DIR, EchoClips, camus_splits, detect_format, ejection_fractions
-from freeecho_core.data.make_dataset import echonet_splits, make_phantom_dataset
+from freeecho_core.data.make_dataset import echonet_splits, make_phantom_dataset, profile_phantom
 from freeecho_core.data.phantom import PhantomConfig, make_case
 from freeecho_core.data.histogram import intensity_histogram
 
@@ -211,3 +211,15 @@ def test_split_histogram_without_a_writable_root_is_computed_uncached(camus_root
     assert (root / CACHE_DIR).is_file()
     with pytest.raises(OSError):  # an explicit cache folder that cannot be made is an error
         ds.intensity_histogram(bins=8, cache_dir=root / CACHE_DIR)
+
+
+def test_a_profile_phantom_is_rendered_with_the_profile_settings_once(tmp_path, camus_root):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("01_data: {phantom_count: 1, phantom_height: 32, phantom_frames: 4, seed: 5}\n")
+    root = profile_phantom(tmp_path / "my-phantom", "camus", profile)
+    manifest = json.loads((root / "phantom.json").read_text())
+    assert (manifest["count"], manifest["seed"], manifest["config"]["height"], manifest["config"]["frames"]) == (1, 5, 32, 4)
+    assert profile_phantom(camus_root, "camus", profile) == camus_root  # already there: kept
+    assert json.loads((camus_root / "phantom.json").read_text())["count"] == 4
+    real = tmp_path / "CAMUS"  # a user's dataset is never written into
+    assert profile_phantom(real, "camus", profile) == real and not real.exists()

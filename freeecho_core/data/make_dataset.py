@@ -21,6 +21,7 @@ from freeecho_core.data.camus import write_camus_case
 from freeecho_core.data.echonet import write_echonet_dataset
 from freeecho_core.data.phantom import PhantomConfig, case_rng, make_case
 from freeecho_core.files import staged_folder
+from freeecho_core.profiles import profile_section
 from freeecho_core.progress import progress_bar
 
 FORMATS = ("camus", "camus-2019", "echonet")  # camus-2019: the original CAMUS release's MetaImage layout
@@ -102,3 +103,16 @@ def _render_into(staging: Path, fmt: str, count: int, seed: int, config: Phantom
         cases = list(progress_bar(pool.map(_echonet_case, [(seed, i, config) for i in range(count)]), **bar))
     write_echonet_dataset(staging, cases, echonet_splits(count))
     return [_summary(case) for case in cases]
+
+
+def profile_phantom(root: str | os.PathLike, fmt: str, profile: str, progress: bool = False) -> Path:
+    """The phantom dataset a profile's notebooks read: rendered into `root` with the profile's `01_data`
+    settings (count, frame height and count, seed) unless a phantom is already there. A folder whose name does
+    not say `phantom` is a user's real dataset and is returned as it is."""
+    root = Path(root)
+    if "phantom" in root.name and not (root / "phantom.json").is_file():
+        data = profile_section(profile, "01_data")
+        make_phantom_dataset(root, fmt, int(data["phantom_count"]), int(data["seed"]),
+                             PhantomConfig(height=int(data["phantom_height"]), frames=int(data["phantom_frames"])),
+                             progress=progress)
+    return root
