@@ -14,7 +14,7 @@ NOTEBOOK_PAGES = {  # page -> what it must show
     "notebooks/02_training.html": {"figures": 2, "animations": 1},
     "notebooks/03_pseudo_video.html": {"figures": 3, "animations": 2},
     "notebooks/04_ablation_ti.html": {"figures": 2},
-    "notebooks/05_evaluation.html": {"figures": 1, "animations": 4},
+    "notebooks/05_evaluation.html": {"figures": 1, "animations": 2},  # one dataset: Fig. 2 and Fig. 1
     "notebooks/06_generate.html": {"figures": 1, "animations": 1},
     "notebooks/07_benchmarks.html": {"figures": 2},
     "book/method.html": {"equations": 4},
