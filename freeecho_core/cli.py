@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from freeecho_core.edm import karras_sigmas
 from freeecho_core.evaluate import EvalConfig, evaluate
 from freeecho_core.files import check_output_folder
 from freeecho_core.generate import VIDEO_FORMATS, GenerateConfig, generate_from_map
-from freeecho_core.model_card import write_model_card, write_segmenter_card
+from freeecho_core.model_card import held_out_scores, record_held_out_scores, write_model_card, write_segmenter_card
 from freeecho_core.profiles import load_profile, profile_file, profile_section
 from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
 from freeecho_core.synthesis import DEFAULT_CHECKPOINT, METHOD_KINDS, load_denoiser
@@ -228,6 +229,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for why in report["unavailable"].values():
         print(f"unavailable: {why}")
     print(f"wrote {Path(args.out) / 'metrics.json'}")
+    if args.model_cards:
+        scores = held_out_scores(report, args.command_line)
+        for role, checkpoint in (("unconditional", args.unconditional), ("clsfree", args.clsfree)):
+            card = record_held_out_scores(checkpoint, scores[role]) if checkpoint and role in scores else None
+            if card:
+                print(f"added the {role} model's scores to {card}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--methods", nargs="+", choices=METHOD_KINDS, default=list(METHOD_KINDS),
                     help="which kinds of method to run (default: all of Table 1)")
     ev.add_argument("--batch", type=at_least(1), default=EvalConfig.batch)
+    ev.add_argument("--model-cards", action="store_true",
+                    help="add the scores to the model cards (model_card.json) beside the checkpoints")
     ev.add_argument("--compile", action="store_true",
                     help="torch.compile the networks: minutes of warm-up, then faster sampling (long runs)")
     ev.add_argument("--seed", type=at_least(0), default=EvalConfig.seed)
@@ -337,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = "freeecho " + shlex.join(map(str, argv))  # recorded in what a command writes
     try:
         args.func(args)
     except KeyboardInterrupt:

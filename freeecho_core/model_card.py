@@ -16,6 +16,7 @@ import torch
 
 from freeecho_core.bench import cpu_model
 from freeecho_core.checkpoint import code_version, load_checkpoint
+from freeecho_core.files import write_text_atomically
 from freeecho_core.train import read_log
 
 CARD_NAME = "model_card.json"
@@ -57,6 +58,39 @@ def write_model_card(run_dir: str | os.PathLike, data_root: str | os.PathLike, c
     path = run_dir / CARD_NAME
     path.write_text(json.dumps(card, indent=1) + "\n")
     return path
+
+
+HELD_OUT_COLUMNS = ("SSIM", "PSNR", "Dice LV", "Dice myo", "Dice LA", "EF proxy error", "FD-seg", "FVD-seg")
+
+
+def held_out_scores(report: dict, command: str) -> dict:
+    """The scores of an evaluation report (`evaluate.evaluate`) per model role: the unconditional model is scored
+    by SDEdit and Free-Echo, the Cls-Free model by its own row. Each entry names the split, the number of maps
+    and samples, the sampler and the command that made it."""
+    by_role = {}
+    for name, row in report["methods"].items():
+        role = "clsfree" if name == "clsfree" else "unconditional"
+        by_role.setdefault(role, {})[name] = {k: round(row[k], 4) for k in HELD_OUT_COLUMNS if k in row}
+    config = report["config"]
+    about = {"split": report["split"], "maps": next(iter(report["methods"].values()))["maps"],
+             "samples_per_map": config["samples"], "solver": config["solver"],
+             "sampler": "churn" if config["stochastic_sampler"] else "ode", "command": command}
+    return {role: {"evaluation": about, "methods": methods} for role, methods in by_role.items()}
+
+
+def record_held_out_scores(checkpoint: str | os.PathLike, scores: dict) -> Path | None:
+    """Add `scores` (one evaluation, from `held_out_scores`) to the model card beside `checkpoint`, keyed by the
+    evaluation's split, size and sampler, so that evaluations with other settings are kept side by side.
+    Returns the card's path, or None when the checkpoint has no card."""
+    card_path = Path(checkpoint).parent / CARD_NAME
+    if not card_path.is_file():
+        return None
+    card = json.loads(card_path.read_text())
+    about = scores["evaluation"]
+    key = f"{about['split']}, {about['maps']} maps x {about['samples_per_map']}, {about['solver']} {about['sampler']}"
+    card["held_out_scores"] = {**card.get("held_out_scores", {}), key: scores}
+    write_text_atomically(card_path, json.dumps(card, indent=1) + "\n")
+    return card_path
 
 
 def write_segmenter_card(path: str | os.PathLike, command: str, seconds: float | None = None) -> Path:

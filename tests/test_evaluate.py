@@ -121,3 +121,31 @@ def test_the_command_runs_the_chosen_methods_with_the_deterministic_sampler(trai
     assert list(report["methods"]) == ["sdedit@15", "free-echo@55"]
     assert report["config"]["stochastic_sampler"] is False
     assert json.loads((out / "videos" / "free-echo@55" / "key.json").read_text())["sampler"]["stochastic_sampler"] is False
+
+
+def test_the_command_adds_its_scores_to_the_model_cards(trained, tmp_path):
+    import shutil
+
+    from freeecho_core.cli import main
+    from freeecho_core.model_card import write_model_card
+
+    data, unconditional, clsfree = trained
+    models = {}
+    for role, source in (("unconditional", unconditional), ("clsfree", clsfree)):
+        shutil.copytree(source.parent, tmp_path / role)
+        write_model_card(tmp_path / role, data, "freeecho train ...")
+        models[role] = tmp_path / role / "ema.pt"
+    args = ["evaluate", "--data", str(data), "--unconditional", str(models["unconditional"]), "--clsfree",
+            str(models["clsfree"]), "--out", str(tmp_path / "eval"), "--samples", "1", "--max-maps", "1",
+            "--solver", "euler", "--start-steps", "55", "--methods", "free-echo", "clsfree", "--model-cards"]
+    assert main(args) == 0
+    cards = {role: json.loads((tmp_path / role / "model_card.json").read_text()) for role in models}
+    (key,) = cards["unconditional"]["held_out_scores"]
+    assert key == "TEST, 1 maps x 1, euler churn"
+    scores = cards["unconditional"]["held_out_scores"][key]
+    assert list(scores["methods"]) == ["free-echo@55"] and "SSIM" in scores["methods"]["free-echo@55"]
+    assert scores["evaluation"]["command"].startswith("freeecho evaluate --data ")
+    assert list(cards["clsfree"]["held_out_scores"][key]["methods"]) == ["clsfree"]
+    other = [str(tmp_path / "eval-ode") if a == str(tmp_path / "eval") else a for a in args]
+    assert main(other + ["--sampler", "ode"]) == 0  # another sampler: kept beside the first
+    assert len(json.loads((tmp_path / "unconditional" / "model_card.json").read_text())["held_out_scores"]) == 2
