@@ -26,7 +26,7 @@ from freeecho_core.generate import VIDEO_FORMATS, GenerateConfig, generate_from_
 from freeecho_core.model_card import held_out_scores, record_held_out_scores, write_model_card, write_segmenter_card
 from freeecho_core.profiles import load_profile, profile_file, profile_section
 from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
-from freeecho_core.synthesis import DEFAULT_CHECKPOINT, METHOD_KINDS, load_denoiser
+from freeecho_core.synthesis import DEFAULT_CHECKPOINT, METHOD_KINDS, SAMPLERS, load_denoiser, sampler_name
 from freeecho_core.train import MODEL_KINDS, clip_config, config_from_profile, train
 from freeecho_core.unet3d import PRESETS, UNet3D, count_parameters
 from freeecho_core.validate import as_float, as_int
@@ -193,13 +193,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
           f"{result['convention']} labels) to {args.out}")
 
 
-SAMPLERS = ("churn", "ode")
 SAMPLER_HELP = ("churn: the authors' stochastic sampler (S_churn 80, noise added back at each step); "
                 "ode: the deterministic probability-flow ODE")
-
-
-def sampler_name(stochastic: bool) -> str:
-    return "churn" if stochastic else "ode"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ import torch
 from freeecho_core.bench import cpu_model
 from freeecho_core.checkpoint import code_version, load_checkpoint
 from freeecho_core.files import write_text_atomically
+from freeecho_core.synthesis import sampler_name
 from freeecho_core.train import read_log
 
 CARD_NAME = "model_card.json"
@@ -74,7 +75,7 @@ def held_out_scores(report: dict, command: str) -> dict:
     config = report["config"]
     about = {"split": report["split"], "maps": next(iter(report["methods"].values()))["maps"],
              "samples_per_map": config["samples"], "solver": config["solver"],
-             "sampler": "churn" if config["stochastic_sampler"] else "ode", "command": command}
+             "sampler": sampler_name(config["stochastic_sampler"]), "command": command}
     return {role: {"evaluation": about, "methods": methods} for role, methods in by_role.items()}
 
 

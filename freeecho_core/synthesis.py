@@ -55,6 +55,14 @@ class Method:
             raise ValueError(f"start step t_i must be in 0..{steps - 1}, got {self.start_step}")
 
 
+SAMPLERS = ("churn", "ode")  # the authors' stochastic sampler (S_churn 80), the deterministic ODE
+
+
+def sampler_name(stochastic: bool) -> str:
+    """The name of a sampler in options and records: "churn" (stochastic) or "ode"."""
+    return SAMPLERS[0] if stochastic else SAMPLERS[1]
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     solver: str = "heun"  # "heun" (EDM Algorithm 2) or "euler" (half the network evaluations)
