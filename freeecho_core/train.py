@@ -49,6 +49,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per step on each process
     steps: int = 100_000  # optimizer steps (paper: 100k)
     lr: float = 1e-3  # Adam learning rate (paper: 1e-3)
+    lr_cooldown: int = 0  # the last this many steps decay the learning rate linearly to 0; 0: constant (the paper)
     ema_halflife: float = 2212.0  # EMA half-life in training images (the authors' decay 0.995 per step of 16)
     ema_rampup: float = 0.05  # the half-life is at most this share of the images seen so far (EDM's ramp-up)
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
@@ -63,8 +64,8 @@ class TrainConfig:
         """Coerce numeric text (YAML reads 1e-3 as a string) and check every field: one ValueError naming it."""
         as_choice("kind", self.kind, MODEL_KINDS)
         as_choice("preset", self.preset, PRESETS)
-        ints = {"frames": 1, "size": 8, "batch_size": 1, "grad_accum": 1, "steps": 1, "checkpoint_every": 1,
-                "seed": 0, "num_workers": 0}
+        ints = {"frames": 1, "size": 8, "batch_size": 1, "grad_accum": 1, "steps": 1, "lr_cooldown": 0,
+                "checkpoint_every": 1, "seed": 0, "num_workers": 0}
         values = {name: as_int(name, getattr(self, name), low) for name, low in ints.items()}
         values |= {"lr": as_float("lr", self.lr, above=0),
                    "ema_halflife": as_float("ema_halflife", self.ema_halflife, above=0),
@@ -144,6 +145,16 @@ def micro_batch_loss(denoiser, batch: dict, gens: list[torch.Generator], config:
     with autocast:
         loss = edm_loss(denoiser, x0, cond, generator=gens)
     return loss.float().mean()
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): constant, then over the last `lr_cooldown` steps of
+    the run a linear decay that reaches 0 after the final step (the cool-down of a warmup-stable-decay schedule,
+    Hu et al. 2024, MiniCPM; Hagele et al. 2024). A function of the step only, so a resumed run is bit-exact."""
+    left = config.steps - step
+    if left > config.lr_cooldown:
+        return config.lr
+    return config.lr * left / (config.lr_cooldown + 1)
 
 
 def ema_decay(config: TrainConfig, images_seen: int) -> float:
@@ -284,6 +295,8 @@ def optimizer_step(denoiser, model, optimizer, loader, sampler: StepBatches, con
                    device, world_size: int) -> float:
     """One optimizer step over `grad_accum` micro-batches; raises NonFiniteLoss before touching the weights."""
     optimizer.zero_grad(set_to_none=True)
+    for group in optimizer.param_groups:  # also replaces the rate a resumed optimizer state carries
+        group["lr"] = learning_rate(config, step)
     total = 0.0
     for micro in range(config.grad_accum):
         gens = sample_generators(config.seed, sampler.global_positions(step, micro), device)

@@ -15,7 +15,7 @@ from freeecho_core.checkpoint import load_checkpoint, unet_from_payload
 from freeecho_core.data.dataset import dataset_fingerprint
 from freeecho_core.data.make_dataset import make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig
-from freeecho_core.train import NonFiniteLoss, TrainConfig, ema_decay, read_log, train
+from freeecho_core.train import NonFiniteLoss, TrainConfig, ema_decay, learning_rate, read_log, train
 
 CONFIG = TrainConfig(preset="tiny", frames=4, size=16, batch_size=4, steps=4, checkpoint_every=2, seed=3)
 
@@ -37,7 +37,9 @@ def assert_same_weights(a: dict, b: dict):
 
 
 def test_resume_after_an_interrupt_gives_the_weights_of_a_straight_run(data_root, tmp_path, monkeypatch):
-    train(CONFIG, data_root, tmp_path / "straight", progress=False)
+    """Interrupted inside the learning-rate cool-down: the resumed optimizer takes the schedule's rate."""
+    config = replace(CONFIG, lr_cooldown=3)
+    train(config, data_root, tmp_path / "straight", progress=False)
     real_step = training.optimizer_step
 
     def interrupt_at_step_3(*args, **kwargs):
@@ -47,10 +49,10 @@ def test_resume_after_an_interrupt_gives_the_weights_of_a_straight_run(data_root
 
     monkeypatch.setattr(training, "optimizer_step", interrupt_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        train(CONFIG, data_root, tmp_path / "resumed", progress=False)
+        train(config, data_root, tmp_path / "resumed", progress=False)
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 2
     monkeypatch.setattr(training, "optimizer_step", real_step)
-    train(CONFIG, data_root, tmp_path / "resumed", resume=True, progress=False)
+    train(config, data_root, tmp_path / "resumed", resume=True, progress=False)
     for key in ("model", "ema"):
         assert_same_weights(weights(tmp_path / "straight", key), weights(tmp_path / "resumed", key))
     log = read_log(tmp_path / "resumed" / "log.csv")
@@ -165,6 +167,16 @@ def test_ema_warm_up_forgets_the_initial_weights_in_runs_of_any_length():
         assert np.all(np.diff(betas) >= 0) and betas.prod() < 1e-2, (config, steps)
     no_rampup = [0.995] * 30  # the old fixed decay: a smoke run's EMA kept 86 % of its initial weights
     assert np.prod(no_rampup) > 0.85
+
+
+def test_the_cool_down_decays_the_learning_rate_linearly_over_the_last_steps():
+    config = TrainConfig(lr=1e-3, steps=10, lr_cooldown=4)
+    rates = [learning_rate(config, step) for step in range(10)]
+    assert rates[:6] == [1e-3] * 6
+    assert rates[6:] == pytest.approx([0.8e-3, 0.6e-3, 0.4e-3, 0.2e-3])
+    assert {learning_rate(TrainConfig(steps=10), step) for step in range(10)} == {1e-3}  # the paper: constant
+    with pytest.raises(ValueError, match="lr_cooldown"):
+        TrainConfig(lr_cooldown=-1)
 
 
 def test_resume_continues_the_clock_removes_stale_temporaries_and_refuses_other_data(data_root, tmp_path):
