@@ -187,7 +187,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         clip = clip_config(train_config)
         target = EchoClips(args.data, "TRAIN", clip, seed=train_config.get("seed", 0)).intensity_histogram()
     result = generate_from_map(args.map, args.checkpoint, args.out, config, convention=args.labels, target=target,
-                               video_format=args.format, device=device)
+                               video_format=args.format, device=device, progress=True)
     n, K, h, w = result["videos"].shape
     print(f"wrote {n} videos of {K} frames ({h} x {w} pixels, {result['fps']:.1f} fps; map read as "
           f"{result['convention']} labels) to {args.out}")

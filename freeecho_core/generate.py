@@ -73,10 +73,11 @@ def video_bytes(video: np.ndarray, fps: float, container: str = "avi") -> bytes:
 
 
 def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config: GenerateConfig = GenerateConfig(),
-                      *, convention: str = "auto", target=None, video_format: str = "avi", device="cpu") -> dict:
+                      *, convention: str = "auto", target=None, video_format: str = "avi", device="cpu",
+                      progress: bool = False) -> dict:
     """Generate `config.samples` videos from the ED map at `map_path` with the unconditional model at
     `checkpoint`. target: the OT target (centres, weights), e.g. `EchoClips(...).intensity_histogram()` of the
-    training data; default `synthesis.phantom_target`. With `out`, writes <stem>_<k>.<video_format>, <stem>.npy
+    training data; default `synthesis.phantom_target`. progress: a bar over the sampling steps. With `out`, writes <stem>_<k>.<video_format>, <stem>.npy
     (uint8 (n, K, h, w)) and <stem>.json; returns {"map": (S, S) 5-label map, "videos": (n, K, h, w) uint8 cropped
     to the map's aspect, "convention", "fps", "files"}."""
     if video_format not in VIDEO_FORMATS:
@@ -91,7 +92,7 @@ def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config:
     kind = "free-echo" if config.mapping == "barycentric" else "free-echo-stochastic"
     sampler = SamplerConfig(solver=config.solver, stochastic_sampler=config.stochastic_sampler)
     result = pipe(map_path, config.samples, config.start_step, config.seed, method=kind, convention=convention,
-                  sampler=sampler)
+                  sampler=sampler, progress=progress)
     config = replace(config, fps=config.fps or pipe.fps)
     files = []
     if out is not None:

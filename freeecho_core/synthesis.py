@@ -126,9 +126,9 @@ def initial_videos(method: Method, ed_map: np.ndarray, target, frames: int, seed
 
 @torch.no_grad()
 def generate(method: Method, ed_map: np.ndarray, seeds: list[int], models: dict, target, frames: int,
-             sampler: SamplerConfig, device) -> torch.Tensor:
+             sampler: SamplerConfig, device, progress: bool = False) -> torch.Tensor:
     """n = len(seeds) videos (n, K, S, S) in [-1, 1] for one ED map (5-label (S, S) array). models: the
-    denoisers by role, "unconditional" and/or "clsfree"."""
+    denoisers by role, "unconditional" and/or "clsfree". progress: a bar over the sampling steps."""
     sigmas = karras_sigmas()
     churn = AUTHORS_CHURN if sampler.stochastic_sampler else {}
     gens = [torch.Generator(device).manual_seed(s) for s in seeds]
@@ -137,11 +137,11 @@ def generate(method: Method, ed_map: np.ndarray, seeds: list[int], models: dict,
         cond = one_hot_maps(torch.from_numpy(ed_map)[None].to(device)).expand(len(seeds), -1, -1, -1)
         x = sigmas[0] * randn_per_sample((len(seeds), 1, frames, size, size), gens, device=device)
         guided = cfg_denoiser(models["clsfree"], cond, sampler.guidance)
-        out = SOLVERS[sampler.solver](guided, x, sigmas, generator=gens, **churn)
+        out = SOLVERS[sampler.solver](guided, x, sigmas, generator=gens, progress=progress, **churn)
     else:
         init = initial_videos(method, ed_map, target, frames, seeds).to(device)
         out = sdedit_sample(models["unconditional"], init, sigmas, method.start_step, generator=gens,
-                            solver=sampler.solver, **churn)
+                            solver=sampler.solver, progress=progress, **churn)
     return out[:, 0].float().clamp(-1, 1).cpu()
 
 
@@ -195,9 +195,10 @@ class FreeEcho:
                    train_config.get("size", 128), target=target, fps=float(fps), device=device, source=str(path))
 
     def __call__(self, labels, samples: int = 4, start_step: int = 15, seed: int = 0, *, method: str | None = None,
-                 convention: str = "auto", sampler: SamplerConfig = SamplerConfig()) -> Synthesis:
+                 convention: str = "auto", sampler: SamplerConfig = SamplerConfig(),
+                 progress: bool = False) -> Synthesis:
         """`samples` videos from one ED map (a file path or an (H, W) integer array, in any convention of
-        `data.maps`); sample k uses seed + k."""
+        `data.maps`); sample k uses seed + k; progress: a bar over the sampling steps."""
         if samples < 1:
             raise ValueError(f"samples must be at least 1, got {samples}")
         kind = method or ("clsfree" if self.conditional else "free-echo")
@@ -210,6 +211,6 @@ class FreeEcho:
         seeds = [seed + k for k in range(samples)]
         role = "clsfree" if self.conditional else "unconditional"
         square = to_uint8(generate(chosen, prepared.ed_map, seeds, {role: self.denoiser}, self.target, self.frames,
-                                   sampler, self.device))
+                                   sampler, self.device, progress))
         return Synthesis(crop_to_aspect(square, prepared.shape), square, prepared.ed_map, prepared.convention,
                          seeds, chosen)

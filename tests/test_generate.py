@@ -65,7 +65,9 @@ def test_generate_command(trained, camus_map, tmp_path, capsys):
             "--device", "cpu"]
     assert main(args) == 0
     assert json.loads((tmp_path / "out" / "ed.json").read_text())["config"]["stochastic_sampler"] is False
-    assert "wrote 1 videos of 4 frames" in capsys.readouterr().out and (tmp_path / "out" / "ed_0.mp4").is_file()
+    printed = capsys.readouterr()
+    assert "wrote 1 videos of 4 frames" in printed.out and (tmp_path / "out" / "ed_0.mp4").is_file()
+    assert "sampling" in printed.err and "9/9" in printed.err  # the bar over the 9 steps from t_i = 55 to 0
     cv2.imwrite(str(tmp_path / "empty.png"), np.zeros((16, 16), np.uint8))
     assert main(args[:2] + [str(tmp_path / "empty.png")] + args[3:]) == 2
     assert "empty.png: the label map has no LV cavity" in capsys.readouterr().err
