@@ -77,9 +77,9 @@ def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config:
                       progress: bool = False) -> dict:
     """Generate `config.samples` videos from the ED map at `map_path` with the unconditional model at
     `checkpoint`. target: the OT target (centres, weights), e.g. `EchoClips(...).intensity_histogram()` of the
-    training data; default `synthesis.phantom_target`. progress: a bar over the sampling steps. With `out`, writes <stem>_<k>.<video_format>, <stem>.npy
-    (uint8 (n, K, h, w)) and <stem>.json; returns {"map": (S, S) 5-label map, "videos": (n, K, h, w) uint8 cropped
-    to the map's aspect, "convention", "fps", "files"}."""
+    training data; default `synthesis.phantom_target`. progress: a bar over the sampling steps. With `out`,
+    writes <stem>_<k>.<video_format>, <stem>.npy (uint8 (n, K, h, w)) and <stem>.json; returns {"map": (S, S)
+    5-label map, "videos": (n, K, h, w) uint8 cropped to the map's aspect, "convention", "fps", "files"}."""
     if video_format not in VIDEO_FORMATS:
         raise ValueError(f"video format must be one of {sorted(VIDEO_FORMATS)}, got {video_format!r}")
     if config.fps is not None:
