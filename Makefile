@@ -49,9 +49,13 @@ data/phantom-%/phantom.json: | $(INSTALLED)
 data/cpu/phantom-camus/phantom.json: | $(INSTALLED)
 	$(BIN)/freeecho phantom --format camus --out data/cpu/phantom-camus $(CPU_PHANTOM)
 
+# The unit tests and the notebooks (nbval) in one run over TEST_WORKERS processes of one thread each: a test
+# module or a notebook stays on one worker (--dist loadscope), so a notebook's cells run in order in one kernel.
+TEST_WORKERS ?= 2
+
 test: $(INSTALLED) $(DATA)
-	$(BIN)/pytest tests --ignore=tests/browser
-	$(BIN)/pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope -p no:cacheprovider \
+		--nbval-lax --nbval-current-env notebooks tests --ignore=tests/browser
 
 $(OFFLINE)/require.js:
 	book/offline_assets.sh $(OFFLINE)
