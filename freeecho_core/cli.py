@@ -25,6 +25,7 @@ from freeecho_core.files import check_output_folder
 from freeecho_core.generate import VIDEO_FORMATS, GenerateConfig, generate_from_map
 from freeecho_core.model_card import held_out_scores, record_held_out_scores, write_model_card, write_segmenter_card
 from freeecho_core.profiles import load_profile, profile_file, profile_section
+from freeecho_core.sampler import SOLVERS
 from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
 from freeecho_core.synthesis import DEFAULT_CHECKPOINT, METHOD_KINDS, SAMPLERS, load_denoiser, sampler_name
 from freeecho_core.train import MODEL_KINDS, clip_config, config_from_profile, train
@@ -178,7 +179,8 @@ def cmd_segmenter(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     config = GenerateConfig(start_step=args.t_start, samples=args.samples, mapping=args.mapping, solver=args.solver,
-                            stochastic_sampler=args.sampler == "churn", seed=args.seed, fps=args.fps)
+                            stochastic_sampler=args.sampler == "churn", sampler_steps=args.sampler_steps,
+                            seed=args.seed, fps=args.fps)
     device = resolve_device(args.device)
     check_output_folder(args.out, "--out")
     target = None
@@ -193,13 +195,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
           f"{result['convention']} labels) to {args.out}")
 
 
+SOLVER_HELP = ("heun: EDM's second-order steps (2N - 1 network evaluations for N steps); euler: one evaluation a "
+               "step; dpmpp2m: DPM-Solver++(2M), second order at one evaluation a step, with the ode sampler only")
+STEPS_HELP = ("steps from the start noise level sigma(t_i) to the end, re-spaced by the Karras rule (rho 7) "
+              "(default: the 64-step schedule's own, 64 - t_i; Cls-Free: 64)")
 SAMPLER_HELP = ("churn: the authors' stochastic sampler (S_churn 80, noise added back at each step); "
                 "ode: the deterministic probability-flow ODE")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     config = EvalConfig(samples=args.samples, start_steps=tuple(args.start_steps), guidance=args.guidance,
-                        solver=args.solver, stochastic_sampler=args.sampler == "churn", batch=args.batch,
+                        solver=args.solver, stochastic_sampler=args.sampler == "churn",
+                        sampler_steps=args.sampler_steps, batch=args.batch,
                         seed=args.seed, methods=tuple(dict.fromkeys(args.methods)))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun: the maps are sharded
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -289,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--samples", type=at_least(1), default=EvalConfig.samples, help="videos per map (paper: 10)")
     ev.add_argument("--start-steps", type=start_step, nargs="+", default=list(EvalConfig.start_steps))
     ev.add_argument("--guidance", type=finite_number, default=EvalConfig.guidance)
-    ev.add_argument("--solver", default=EvalConfig.solver, choices=["heun", "euler"])
+    ev.add_argument("--solver", default=EvalConfig.solver, choices=sorted(SOLVERS), help=SOLVER_HELP)
+    ev.add_argument("--sampler-steps", type=at_least(2), default=EvalConfig.sampler_steps, help=STEPS_HELP)
     ev.add_argument("--sampler", choices=SAMPLERS, default=sampler_name(EvalConfig.stochastic_sampler),
                     help=SAMPLER_HELP)
     ev.add_argument("--methods", nargs="+", choices=METHOD_KINDS, default=list(METHOD_KINDS),
@@ -320,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--labels", default="auto", choices=CONVENTIONS,
                      help="the map's label convention (auto: label 4 -> five, a binary mask -> lv, else camus)")
     gen.add_argument("--mapping", default=GenerateConfig.mapping, choices=["barycentric", "stochastic"])
-    gen.add_argument("--solver", default=GenerateConfig.solver, choices=["heun", "euler"])
+    gen.add_argument("--solver", default=GenerateConfig.solver, choices=sorted(SOLVERS), help=SOLVER_HELP)
+    gen.add_argument("--sampler-steps", type=at_least(2), default=GenerateConfig.sampler_steps, help=STEPS_HELP)
     gen.add_argument("--sampler", choices=SAMPLERS, default=sampler_name(GenerateConfig.stochastic_sampler),
                      help=SAMPLER_HELP)
     gen.add_argument("--format", default="avi", choices=sorted(VIDEO_FORMATS))

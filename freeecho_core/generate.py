@@ -32,8 +32,9 @@ class GenerateConfig:
     mapping: str = "barycentric"  # OT map: "barycentric" (the paper's reading) or "stochastic" (ours)
     # The sampler the stored CPU models were measured with: Euler on the ODE. The authors' churn (S_churn 80)
     # washed the map out of their videos (notebook 05); Heun costs twice the network evaluations.
-    solver: str = "euler"  # "euler" or "heun" (EDM Algorithm 2)
+    solver: str = "euler"  # "euler", "heun" (EDM Algorithm 2) or "dpmpp2m" (DPM-Solver++(2M), ODE only)
     stochastic_sampler: bool = False  # True: the authors' churn
+    sampler_steps: int | None = None  # steps after t_i; None: the 64-step schedule's own (64 - t_i)
     seed: int = 0  # sample k uses seed + k
     fps: float | None = None  # frame rate of the video files; None: the training data's, from the checkpoint
 
@@ -90,7 +91,8 @@ def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config:
     if pipe.conditional:
         raise ValueError(f"{checkpoint} is a conditional (Cls-Free) model; Free-Echo samples the unconditional one")
     kind = "free-echo" if config.mapping == "barycentric" else "free-echo-stochastic"
-    sampler = SamplerConfig(solver=config.solver, stochastic_sampler=config.stochastic_sampler)
+    sampler = SamplerConfig(solver=config.solver, stochastic_sampler=config.stochastic_sampler,
+                            steps=config.sampler_steps)
     result = pipe(map_path, config.samples, config.start_step, config.seed, method=kind, convention=convention,
                   sampler=sampler, progress=progress)
     config = replace(config, fps=config.fps or pipe.fps)

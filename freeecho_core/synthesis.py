@@ -30,7 +30,7 @@ from freeecho_core.data.maps import prepare_map
 from freeecho_core.data.phantom import PhantomConfig, make_case
 from freeecho_core.edm import EDMPrecond, karras_sigmas, randn_per_sample
 from freeecho_core.pseudo import match_intensities, pseudo_video, sdedit_colour_image
-from freeecho_core.sampler import SOLVERS, cfg_denoiser, sdedit_sample
+from freeecho_core.sampler import SOLVERS, cfg_denoiser, sdedit_sample, start_schedule
 from freeecho_core.train import one_hot_maps
 
 METHOD_KINDS = ("sdedit", "clsfree", "free-echo", "free-echo-stochastic")
@@ -65,13 +65,18 @@ def sampler_name(stochastic: bool) -> str:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    solver: str = "heun"  # "heun" (EDM Algorithm 2) or "euler" (half the network evaluations)
+    solver: str = "heun"  # "heun" (EDM Algorithm 2), "euler" (half the evaluations), "dpmpp2m" (ODE only)
     stochastic_sampler: bool = True  # the authors' churn (S_churn 80); False: the deterministic ODE
     guidance: float = 7.0  # Cls-Free guidance weight w (paper: 7.0)
+    steps: int | None = None  # steps after t_i; None: the 64-step schedule's own (64 - t_i; Cls-Free: 64)
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
+        if self.solver == "dpmpp2m" and self.stochastic_sampler:
+            raise ValueError("the dpmpp2m solver integrates the deterministic ODE only; use it with the ode sampler")
+        if self.steps is not None and self.steps < 2:
+            raise ValueError(f"sampler steps must be at least 2, got {self.steps}")
 
 
 def denoiser_from_payload(payload: dict, device, source: str = "checkpoint") -> EDMPrecond:
@@ -137,11 +142,12 @@ def generate(method: Method, ed_map: np.ndarray, seeds: list[int], models: dict,
         cond = one_hot_maps(torch.from_numpy(ed_map)[None].to(device)).expand(len(seeds), -1, -1, -1)
         x = sigmas[0] * randn_per_sample((len(seeds), 1, frames, size, size), gens, device=device)
         guided = cfg_denoiser(models["clsfree"], cond, sampler.guidance)
-        out = SOLVERS[sampler.solver](guided, x, sigmas, generator=gens, progress=progress, **churn)
+        schedule = start_schedule(sigmas, 0, sampler.steps).to(device)
+        out = SOLVERS[sampler.solver](guided, x, schedule, generator=gens, progress=progress, **churn)
     else:
         init = initial_videos(method, ed_map, target, frames, seeds).to(device)
         out = sdedit_sample(models["unconditional"], init, sigmas, method.start_step, generator=gens,
-                            solver=sampler.solver, progress=progress, **churn)
+                            solver=sampler.solver, steps=sampler.steps, progress=progress, **churn)
     return out[:, 0].float().clamp(-1, 1).cpu()
 
 

@@ -6,12 +6,14 @@ import torch
 from freeecho_core.edm import EDMPrecond, karras_sigmas
 from freeecho_core.sampler import (
     cfg_denoiser,
+    dpmpp_2m_sample,
     euler_sample,
     heun_sample,
     randn_per_sample,
     reference_sdedit_sample,
     sdedit_sample,
     seeded_generators,
+    start_schedule,
 )
 from freeecho_core.unet3d import UNet3D, unet3d_config
 
@@ -62,7 +64,7 @@ def test_heun_and_euler_evaluation_counts_on_the_full_schedule(gaussian):
     assert gaussian.calls == 64
 
 
-@pytest.mark.parametrize("solver, order", [(heun_sample, 2), (euler_sample, 1)])
+@pytest.mark.parametrize("solver, order", [(heun_sample, 2), (euler_sample, 1), (dpmpp_2m_sample, 2)])
 def test_solvers_converge_at_their_order(gaussian, solver, order):
     x_T = SIGMAS[0] * torch.linspace(-3, 3, 13, dtype=torch.float64).reshape(13, 1, 1, 1, 1)
     expected = exact_ode_solution(x_T, SIGMAS[0].item(), gaussian.mu, gaussian.s)
@@ -197,3 +199,60 @@ def test_reference_mode_without_churn_solves_the_ode_from_the_noise_free_pseudo_
     assert torch.allclose(out, expected, atol=3e-3)  # Heun's discretisation error on 29 steps: ~1e-3
     noised = exact_ode_solution(init + SIGMAS[35] * torch.randn_like(init), SIGMAS[35].item(), gaussian.mu, gaussian.s)
     assert not torch.allclose(out, noised, atol=3e-2)  # sdedit_sample would have noised init to sigma_35
+
+
+def test_dpmpp_2m_evaluates_once_per_step_and_its_first_step_is_euler(gaussian):
+    x_T = SIGMAS[0] * torch.linspace(-3, 3, 13, dtype=torch.float64).reshape(13, 1, 1, 1, 1)
+    dpmpp_2m_sample(gaussian, x_T, SIGMAS)
+    assert gaussian.calls == 64
+    two = SIGMAS[[0, 1, -1]]  # one step then the last: the multistep term never enters
+    assert torch.allclose(dpmpp_2m_sample(gaussian, x_T, two), euler_sample(gaussian, x_T, two), atol=1e-12)
+
+
+def test_at_13_network_evaluations_dpmpp_2m_is_the_closest_to_the_exact_ode(gaussian):
+    x_T = SIGMAS[0] * torch.linspace(-3, 3, 13, dtype=torch.float64).reshape(13, 1, 1, 1, 1)
+    expected = exact_ode_solution(x_T, SIGMAS[0].item(), gaussian.mu, gaussian.s)
+    errors = {name: (solver(gaussian, x_T, karras_sigmas(steps)) - expected).abs().max().item()
+              for name, solver, steps in (("euler", euler_sample, 13), ("heun", heun_sample, 7),
+                                          ("dpmpp2m", dpmpp_2m_sample, 13))}
+    assert errors["dpmpp2m"] < 0.6 * min(errors["euler"], errors["heun"])
+
+
+def test_dpmpp_2m_refuses_churn(gaussian):
+    with pytest.raises(ValueError, match="deterministic ODE only"):
+        dpmpp_2m_sample(gaussian, torch.zeros(1, 1, 1, 2, 2), SIGMAS, **AUTHORS_CHURN)
+
+
+@pytest.mark.parametrize("start_step", [0, 15, 35])
+def test_the_start_schedule_re_discretises_the_range_after_t_i(start_step):
+    assert torch.equal(start_schedule(SIGMAS, start_step), SIGMAS[start_step:])  # default: the paper's steps
+    own = start_schedule(SIGMAS, start_step, 64 - start_step)
+    assert torch.allclose(own, SIGMAS[start_step:], rtol=1e-12)  # the Karras rule is the schedule's own
+    few = start_schedule(SIGMAS, start_step, 6)
+    assert len(few) == 7 and few[0] == SIGMAS[start_step] and few[-1] == 0
+    assert few[-2].item() == pytest.approx(SIGMAS[-2].item()) and bool((few[:-1] > few[1:]).all())
+
+
+def test_the_start_schedule_rejects_too_few_steps_and_the_last_start_step():
+    with pytest.raises(ValueError, match="at least 2"):
+        start_schedule(SIGMAS, 15, 1)
+    with pytest.raises(ValueError, match="start step below 63"):
+        start_schedule(SIGMAS, 63, 4)
+    with pytest.raises(ValueError, match="start_step must be in"):
+        start_schedule(SIGMAS, 64)
+
+
+@pytest.mark.parametrize("solver", ["heun", "euler", "dpmpp2m"])
+def test_sdedit_with_fewer_steps_converges_to_the_paper_run(gaussian, solver):
+    init = torch.linspace(-1, 1, 2 * 3 * 8 * 8, dtype=torch.float64).reshape(2, 1, 3, 8, 8)
+
+    def run(steps):
+        return sdedit_sample(gaussian, init, SIGMAS, 15, generator=torch.Generator().manual_seed(7), solver=solver,
+                             steps=steps)
+
+    paper = run(None)
+    assert torch.allclose(run(49), paper, rtol=0, atol=1e-12)  # 64 - 15 steps: the paper's own
+    gaussian.calls = 0
+    errors = [(run(steps) - paper).abs().max().item() for steps in (7, 13, 25)]
+    assert gaussian.calls == (13 + 25 + 49 if solver == "heun" else 7 + 13 + 25)
+    assert errors[0] > errors[1] > errors[2]

@@ -76,3 +76,25 @@ def test_checkpoints_without_a_frame_rate_play_at_the_default(trained, tmp_path)
     payload.pop("data")
     torch.save(payload, tmp_path / "old.pt")
     assert FreeEcho.from_checkpoint(tmp_path / "old.pt").fps == DEFAULT_FPS
+
+
+@pytest.mark.parametrize("solver, steps, nfe", [("euler", 6, 6), ("heun", 6, 11), ("dpmpp2m", 6, 6),
+                                                ("euler", None, None)])
+def test_sampler_steps_set_the_network_evaluations_of_both_kinds_of_model(trained, camus_map, solver, steps, nfe):
+    _, unconditional, clsfree = trained
+    sampler = SamplerConfig(solver=solver, stochastic_sampler=False, steps=steps)
+    for path, start_step, default_nfe in ((unconditional, 15, 64 - 15), (clsfree, 0, 64)):
+        pipe = FreeEcho.from_checkpoint(path)
+        calls = []
+        pipe.denoiser.register_forward_hook(lambda *_: calls.append(1))
+        out = pipe(camus_map, samples=1, start_step=start_step, sampler=sampler)
+        assert len(calls) == (nfe or default_nfe) and out.square.shape == (1, 4, 16, 16)
+
+
+def test_sampler_settings_are_checked_when_made():
+    with pytest.raises(ValueError, match="dpmpp2m solver integrates the deterministic ODE only"):
+        SamplerConfig(solver="dpmpp2m", stochastic_sampler=True)
+    with pytest.raises(ValueError, match="sampler steps must be at least 2, got 1"):
+        SamplerConfig(steps=1)
+    with pytest.raises(ValueError, match="solver must be one of"):
+        SamplerConfig(solver="rk4")
