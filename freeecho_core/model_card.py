@@ -75,7 +75,8 @@ def held_out_scores(report: dict, command: str) -> dict:
     config = report["config"]
     about = {"split": report["split"], "maps": next(iter(report["methods"].values()))["maps"],
              "samples_per_map": config["samples"], "solver": config["solver"],
-             "sampler": sampler_name(config["stochastic_sampler"]), "command": command}
+             "sampler": sampler_name(config["stochastic_sampler"]), "sampler_steps": config.get("sampler_steps"),
+             "command": command}
     return {role: {"evaluation": about, "methods": methods} for role, methods in by_role.items()}
 
 
@@ -89,6 +90,8 @@ def record_held_out_scores(checkpoint: str | os.PathLike, scores: dict) -> Path 
     card = json.loads(card_path.read_text())
     about = scores["evaluation"]
     key = f"{about['split']}, {about['maps']} maps x {about['samples_per_map']}, {about['solver']} {about['sampler']}"
+    if about.get("sampler_steps"):  # the schedule's own steps are the unmarked default
+        key += f", {about['sampler_steps']} steps"
     card["held_out_scores"] = {**card.get("held_out_scores", {}), key: scores}
     write_text_atomically(card_path, json.dumps(card, indent=1) + "\n")
     return card_path

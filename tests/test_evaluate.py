@@ -149,3 +149,7 @@ def test_the_command_adds_its_scores_to_the_model_cards(trained, tmp_path):
     other = [str(tmp_path / "eval-ode") if a == str(tmp_path / "eval") else a for a in args]
     assert main(other + ["--sampler", "ode"]) == 0  # another sampler: kept beside the first
     assert len(json.loads((tmp_path / "unconditional" / "model_card.json").read_text())["held_out_scores"]) == 2
+    fewer = [str(tmp_path / "eval-ode-6") if a == str(tmp_path / "eval") else a for a in args]
+    assert main(fewer + ["--sampler", "ode", "--sampler-steps", "6"]) == 0  # fewer steps: a third entry
+    card = json.loads((tmp_path / "unconditional" / "model_card.json").read_text())["held_out_scores"]
+    assert card["TEST, 1 maps x 1, euler ode, 6 steps"]["evaluation"]["sampler_steps"] == 6
