@@ -87,12 +87,12 @@ def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config:
         as_float("fps", config.fps, above=0)
     if out is not None:
         check_output_folder(out, "--out")
+    sampler = SamplerConfig(solver=config.solver, stochastic_sampler=config.stochastic_sampler,
+                            steps=config.sampler_steps)  # checked before the model and the OT target load
     pipe = FreeEcho.from_checkpoint(checkpoint, target=target, device=device)
     if pipe.conditional:
         raise ValueError(f"{checkpoint} is a conditional (Cls-Free) model; Free-Echo samples the unconditional one")
     kind = "free-echo" if config.mapping == "barycentric" else "free-echo-stochastic"
-    sampler = SamplerConfig(solver=config.solver, stochastic_sampler=config.stochastic_sampler,
-                            steps=config.sampler_steps)
     result = pipe(map_path, config.samples, config.start_step, config.seed, method=kind, convention=convention,
                   sampler=sampler, progress=progress)
     config = replace(config, fps=config.fps or pipe.fps)

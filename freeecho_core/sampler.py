@@ -128,12 +128,6 @@ def dpmpp_2m_sample(
 SOLVERS = {"heun": heun_sample, "euler": euler_sample, "dpmpp2m": dpmpp_2m_sample}
 
 
-def network_evaluations(solver: str, steps: int) -> int:
-    """NFE of `steps` steps ending at sigma = 0: Heun corrects every step but the last (2N - 1), Euler and
-    DPM-Solver++(2M) evaluate once per step (N)."""
-    return 2 * steps - 1 if solver == "heun" else steps
-
-
 def start_schedule(sigmas, start_step: int, steps: int | None = None) -> torch.Tensor:
     """The noise levels integrated from the start step t_i: the schedule's own sigmas[start_step:] (64 - t_i
     steps on the paper's schedule), or, with `steps`, [sigmas[start_step], sigma_min] re-discretised into
