@@ -24,11 +24,12 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from freeecho_core.checkpoint import code_version
+from freeecho_core.checkpoint import code_version, load_checkpoint
 from freeecho_core.edm import EDMPrecond, karras_sigmas
 from freeecho_core.sampler import reference_sdedit_sample, sdedit_sample
 from freeecho_core.synthesis import AUTHORS_CHURN
@@ -361,6 +362,86 @@ def cpu_training_suite(*, preset: str = "cpu", repeats: int = 3, configurations=
                                    compile=compiled, cpu_dtype=dtype))
     finally:
         torch.set_num_threads(threads)
+    return run.records
+
+
+# ----------------------------------------------------------------------------- the stored model's videos (issue 17)
+
+def video_setting(name: str, solver: str, steps: int | None) -> dict:
+    """A named sampler setting of Free-Echo from t_i = 15 (ODE; the churn costs the same evaluations)."""
+    return {"setting": name, "solver": solver, "steps": steps}
+
+
+def cpu_sampling_settings() -> list[dict]:
+    """The settings the cpu-sampling suite times: the paper's Heun over the schedule's 49 steps (97 NFE), the
+    Euler steps that `generate` used before issue 17 (49 NFE), and today's `generate` default."""
+    from freeecho_core.generate import GenerateConfig
+
+    default = GenerateConfig()
+    return [video_setting("paper: Heun, 49 steps", "heun", None),
+            video_setting("before: Euler, 49 steps", "euler", None),
+            video_setting(f"generate default: {default.solver}, {default.sampler_steps or 64 - default.start_step} steps",
+                          default.solver, default.sampler_steps)]
+
+
+def cpu_sampling_suite(checkpoint, map_path, *, repeats: int = 1, batch: int = 4, variants: bool = True,
+                       out=None, log=print) -> list[dict]:
+    """Seconds per Free-Echo video (t_i = 15, a map file in, videos out: the OT pseudo video and the sampler,
+    `synthesis.FreeEcho`) of a stored model on this machine's threads, for each of `cpu_sampling_settings`, then,
+    for `generate`'s default, torch.compile, `batch` videos per call and bf16 autocast, each with its deviation
+    from the eager float32 videos of the same seeds (grey levels of 255); last, the authors' cost profile on a
+    net of the same preset (`bench_sampling`'s reference mode: 3 channels, 127 evaluations, float32) and each
+    setting's `speedup_vs_reference`. The untimed warm-up of each run is one network evaluation (for a compiled
+    net: its compilation, recorded as `warmup_seconds`)."""
+    from freeecho_core.synthesis import FreeEcho, SamplerConfig
+
+    run = SuiteRun("cpu-sampling", None, Path(out) if out else None, log)
+    pipe = FreeEcho.from_checkpoint(checkpoint)
+    eager_net, preset = pipe.denoiser.net, load_checkpoint(checkpoint)["train_config"]["preset"]
+    shape = [1, 1, pipe.frames, pipe.size, pipe.size]
+    settings = cpu_sampling_settings()
+    runs = [(s, 1, "float32", False) for s in settings]
+    if variants:
+        default = settings[-1]
+        runs += [(default, 1, "float32", True), (default, batch, "float32", False), (default, batch, "float32", True),
+                 (default, 1, "bfloat16", False)]
+    eager_videos = {}
+    for setting, n, dtype, compiled in runs:
+        pipe.denoiser.net = torch.compile(eager_net) if compiled else eager_net
+        sampler = SamplerConfig(setting["solver"], stochastic_sampler=False, steps=setting["steps"])
+        x = torch.zeros([n] + shape[1:])
+        start = time.perf_counter()
+        with torch.no_grad(), autocast("cpu", dtype):
+            pipe.denoiser(x, torch.ones(n))
+        warmup = time.perf_counter() - start
+        counted = CountingDenoiser(pipe.denoiser, "cpu", dtype)
+        pipe.denoiser = counted
+        with torch.no_grad():
+            videos = []
+            times = time_call(lambda: videos.append(pipe(map_path, n, 15, seed=0, sampler=sampler).square), "cpu",
+                              repeats, warmup=0)
+        pipe.denoiser = counted.D
+        record = {"benchmark": "video", "setting": setting["setting"], "solver": setting["solver"],
+                  "nfe": counted.calls // repeats, "start_step": 15, "preset": preset,
+                  "checkpoint": str(checkpoint), "shape": [n] + shape[1:], "batch": n, "dtype": dtype,
+                  "compiled": compiled, "warmup_seconds": warmup, **timing(times, n, "videos/s", 1),
+                  "extrapolated": False}
+        record["seconds_per_video"] = record["seconds_median"] / n
+        key = setting["setting"]
+        first = videos[-1][:1].astype(np.int16)
+        if (dtype, compiled, n) == ("float32", False, 1):
+            eager_videos[key] = first
+        else:
+            diff = np.abs(first - eager_videos[key])
+            record |= {"max_abs_diff_grey": int(diff.max()), "mean_abs_diff_grey": float(diff.mean())}
+        run.add(record | environment("cpu"))
+    reference = bench_sampling("reference", preset, batch=1, frames=pipe.frames, size=pipe.size, start_step=15,
+                               repeats=repeats)
+    run.add(reference)
+    for r in run.records:
+        if r["benchmark"] == "video":
+            r["speedup_vs_reference"] = reference["seconds_per_video"] / r["seconds_per_video"]
+    run.save()
     return run.records
 
 

@@ -6,13 +6,14 @@ import json
 import os
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from freeecho_core.anatomy import ANATOMY_COLUMNS
-from freeecho_core.bench import SUITES, bench_forward, cpu_training_suite, run_suite
+from freeecho_core.bench import SUITES, bench_forward, cpu_sampling_suite, cpu_training_suite, run_suite
 from freeecho_core.checkpoint import load_checkpoint
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.maps import CONVENTIONS
@@ -23,11 +24,13 @@ from freeecho_core.edm import karras_sigmas
 from freeecho_core.evaluate import EvalConfig, evaluate
 from freeecho_core.files import check_output_folder
 from freeecho_core.generate import VIDEO_FORMATS, GenerateConfig, generate_from_map
+from freeecho_core.nfe_study import REFERENCE, STUDY_NFE, STUDY_SOLVERS, StudyConfig, run_study, steps_for_nfe
+from freeecho_core.motion import es_frame_of_clips
 from freeecho_core.model_card import held_out_scores, record_held_out_scores, write_model_card, write_segmenter_card
 from freeecho_core.profiles import load_profile, profile_file, profile_section
 from freeecho_core.sampler import SOLVERS
 from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
-from freeecho_core.synthesis import DEFAULT_CHECKPOINT, METHOD_KINDS, SAMPLERS, load_denoiser, sampler_name
+from freeecho_core.synthesis import DEFAULT_CHECKPOINT, EXAMPLE_MAP, METHOD_KINDS, SAMPLERS, load_denoiser, sampler_name
 from freeecho_core.train import MODEL_KINDS, clip_config, config_from_profile, train
 from freeecho_core.unet3d import PRESETS, UNet3D, count_parameters
 from freeecho_core.validate import as_float, as_int
@@ -71,6 +74,14 @@ def start_step(text: str) -> int:
 start_step.__name__ = f"start step in 0..{SCHEDULE_STEPS - 1}"
 
 
+def sampler_steps(text: str) -> int | None:
+    """An argparse type: "schedule" (None: the 64-step schedule's own steps after t_i) or an integer >= 2."""
+    return None if text == "schedule" else as_int("value", text, 2)
+
+
+sampler_steps.__name__ = "'schedule' or an integer >= 2"
+
+
 def resolve_device(option: str, local_rank: int = 0) -> str:
     """--device: auto (the local GPU if there is one, else the CPU), cpu, cuda or cuda:N; refused when absent."""
     if option == "auto":
@@ -99,13 +110,20 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     if args.suite:
-        records = cpu_training_suite(repeats=args.repeats, out=args.out) if args.suite == "cpu-training" else \
-            run_suite(args.suite, device=device, compile=args.compile, out=args.out)
+        if args.suite == "cpu-training":
+            records = cpu_training_suite(repeats=args.repeats, out=args.out)
+        elif args.suite == "cpu-sampling":
+            if not args.map.is_file():
+                raise ValueError(f"--map {args.map}: no such file; expected an ED label map (PNG or NIfTI)")
+            records = cpu_sampling_suite(args.checkpoint, args.map, repeats=args.repeats, batch=args.batch or 4,
+                                         out=args.out)
+        else:
+            records = run_suite(args.suite, device=device, compile=args.compile, out=args.out)
         print(f"{len(records)} records" + (f"; wrote {args.out}" if args.out else ""))
         return
     records = []
     for preset in args.preset:
-        record = bench_forward(preset, batch=args.batch, frames=args.frames, size=args.size,
+        record = bench_forward(preset, batch=args.batch or 1, frames=args.frames, size=args.size,
                                device=device, dtype=args.dtype, repeats=args.repeats)
         print(f"{preset}: {record['seconds_median']:.4f} s per network evaluation "
               f"({record['shape']}, {record['dtype']}, {record['device']})")
@@ -180,16 +198,19 @@ def cmd_segmenter(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     config = GenerateConfig(start_step=args.t_start, samples=args.samples, mapping=args.mapping, solver=args.solver,
                             stochastic_sampler=args.sampler == "churn", sampler_steps=args.sampler_steps,
-                            seed=args.seed, fps=args.fps)
+                            seed=args.seed, fps=args.fps, ef=args.ef, es_frame=args.es_frame)
     device = resolve_device(args.device)
     check_output_folder(args.out, "--out")
     target = None
     if args.data:
         _, train_config = load_denoiser(args.checkpoint, "cpu", "unconditional")
         clip = clip_config(train_config)
-        target = EchoClips(args.data, "TRAIN", clip, seed=train_config.get("seed", 0)).intensity_histogram()
+        train = EchoClips(args.data, "TRAIN", clip, seed=train_config.get("seed", 0))
+        target = train.intensity_histogram()
+        if (args.ef is not None or args.es_map) and args.es_frame is None:
+            config = replace(config, es_frame=es_frame_of_clips(train.clip(i) for i in range(len(train))))
     result = generate_from_map(args.map, args.checkpoint, args.out, config, convention=args.labels, target=target,
-                               video_format=args.format, device=device, progress=True)
+                               video_format=args.format, device=device, progress=True, es_map_path=args.es_map)
     n, K, h, w = result["videos"].shape
     print(f"wrote {n} videos of {K} frames ({h} x {w} pixels, {result['fps']:.1f} fps; map read as "
           f"{result['convention']} labels) to {args.out}")
@@ -197,8 +218,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 SOLVER_HELP = ("heun: EDM's second-order steps (2N - 1 network evaluations for N steps); euler: one evaluation a "
                "step; dpmpp2m: DPM-Solver++(2M), second order at one evaluation a step, with the ode sampler only")
-STEPS_HELP = ("steps from the start noise level sigma(t_i) to the end, re-spaced by the Karras rule (rho 7) "
-              "(default: the 64-step schedule's own, 64 - t_i; Cls-Free: 64)")
+STEPS_HELP = ("steps from the start noise level sigma(t_i) to the end, re-spaced by the Karras rule (rho 7), or "
+              "'schedule': the 64-step schedule's own, 64 - t_i (Cls-Free: 64)")
 SAMPLER_HELP = ("churn: the authors' stochastic sampler (S_churn 80, noise added back at each step); "
                 "ode: the deterministic probability-flow ODE")
 
@@ -239,6 +260,41 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 print(f"added the {role} model's scores to {card}")
 
 
+def grid_entry(text: str) -> list[tuple[str, int]]:
+    """SOLVER:NFE[,NFE...] -> [(solver, nfe), ...]."""
+    solver, _, nfes = text.partition(":")
+    if solver not in SOLVERS or not nfes:
+        raise argparse.ArgumentTypeError(f"expected SOLVER:NFE,NFE,... with a solver among {sorted(SOLVERS)}, "
+                                         f"got {text!r}")
+    try:
+        settings = [(solver, int(n)) for n in nfes.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers of evaluations after {solver}:, got {nfes!r}")
+    for setting in settings:
+        try:
+            steps_for_nfe(*setting)
+        except ValueError as why:
+            raise argparse.ArgumentTypeError(str(why))
+    return settings
+
+
+def cmd_nfe_study(args: argparse.Namespace) -> None:
+    grid = tuple(s for entry in args.grid for s in entry) if args.grid else StudyConfig.grid
+    if REFERENCE not in grid:
+        raise ValueError(f"--grid must hold the study's reference setting, {REFERENCE[0]}:{REFERENCE[1]}")
+    config = StudyConfig(grid=grid, start_steps=tuple(args.start_steps), methods=tuple(dict.fromkeys(args.methods)),
+                         samples=args.samples, max_maps=args.max_maps, batch=args.batch, seed=args.seed)
+    study = run_study(args.data, args.unconditional, args.clsfree, args.segmenter, args.out, config,
+                      device=resolve_device(args.device), compile=args.compile, json_path=args.json)
+    default = study["default"]
+    if default and default["solver"]:
+        print(f"fewest evaluations within one standard error of {REFERENCE[0]} at {REFERENCE[1]} NFE: "
+              f"{default['solver']} at {default['nfe']} NFE ({default['steps']} steps)")
+    elif default:
+        print(f"no setting but the reference stays within one standard error of {REFERENCE[0]} at {REFERENCE[1]} NFE")
+    print(f"wrote {args.json or Path(args.out) / 'study.json'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="freeecho", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="print Python tracebacks instead of one-line errors")
@@ -247,13 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
     bench = sub.add_parser("bench", help="benchmark suites (sampling, reference mode, training, OT, phantom) or "
                                          "one network evaluation per preset; store JSON")
-    bench.add_argument("--suite", choices=sorted(SUITES) + ["cpu-training"],
+    bench.add_argument("--suite", choices=sorted(SUITES) + ["cpu-sampling", "cpu-training"],
                        help="run a whole suite (smoke: seconds, for CI; cpu: a few minutes; gpu: the paper size; "
-                            "cpu-training: training steps of the cpu preset, eager and compiled, 1 and 2 threads) "
+                            "cpu-training: training steps of the cpu preset, eager and compiled, 1 and 2 threads; "
+                            "cpu-sampling: seconds per video of the stored model, --checkpoint and --map) "
                             "instead of the per-preset evaluation timing")
     bench.add_argument("--compile", action="store_true", help="with --suite: add torch.compile'd variants")
+    bench.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                       help="cpu-sampling: the model (default: the stored cpu model)")
+    bench.add_argument("--map", type=Path, default=EXAMPLE_MAP, help="cpu-sampling: the ED map (default: the example)")
     bench.add_argument("--preset", nargs="+", default=sorted(PRESETS), choices=sorted(PRESETS))
-    bench.add_argument("--batch", type=at_least(1), default=1)
+    bench.add_argument("--batch", type=at_least(1),
+                       help="videos per call (default 1; cpu-sampling: of its batched variants, default 4)")
     bench.add_argument("--frames", type=at_least(1), default=8)
     bench.add_argument("--size", type=at_least(8), default=64, help="frame height and width in pixels")
     bench.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -297,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--start-steps", type=start_step, nargs="+", default=list(EvalConfig.start_steps))
     ev.add_argument("--guidance", type=finite_number, default=EvalConfig.guidance)
     ev.add_argument("--solver", default=EvalConfig.solver, choices=sorted(SOLVERS), help=SOLVER_HELP)
-    ev.add_argument("--sampler-steps", type=at_least(2), default=EvalConfig.sampler_steps, help=STEPS_HELP)
+    ev.add_argument("--sampler-steps", type=sampler_steps, default=EvalConfig.sampler_steps,
+                    help=STEPS_HELP + " (default: schedule, the paper's)")
     ev.add_argument("--sampler", choices=SAMPLERS, default=sampler_name(EvalConfig.stochastic_sampler),
                     help=SAMPLER_HELP)
     ev.add_argument("--methods", nargs="+", choices=METHOD_KINDS, default=list(METHOD_KINDS),
@@ -316,6 +378,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "metrics: Dice, EF proxy, LV area roughness, FD-seg, FVD-seg")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=cmd_evaluate)
+    nfe = sub.add_parser("nfe-study", help="quality against network evaluations per video: each solver at "
+                         "several NFE on the same TEST maps and seeds (resumable; issue 17)")
+    nfe.add_argument("--data", required=True, type=Path, help="a CAMUS or EchoNet-Dynamic folder")
+    nfe.add_argument("--unconditional", required=True, type=Path, help="ema.pt of the unconditional model")
+    nfe.add_argument("--clsfree", type=Path, help="ema.pt of the Cls-Free model (for --methods clsfree)")
+    nfe.add_argument("--segmenter", required=True, type=Path, help="the segmenter that reads Dice LV and FD-seg")
+    nfe.add_argument("--out", required=True, type=Path, help="folder of the videos, one evaluate folder per setting")
+    nfe.add_argument("--json", type=Path, help="also write the study here (e.g. results/bench/nfe-quality.json)")
+    nfe.add_argument("--grid", type=grid_entry, nargs="+", metavar="SOLVER:NFE,...",
+                     help=f"the settings (default: each of {', '.join(STUDY_SOLVERS)} at "
+                          f"{', '.join(map(str, STUDY_NFE))} NFE; must include {REFERENCE[0]}:{REFERENCE[1]})")
+    nfe.add_argument("--methods", nargs="+", choices=["free-echo", "clsfree"], default=list(StudyConfig.methods))
+    nfe.add_argument("--start-steps", type=start_step, nargs="+", default=list(StudyConfig.start_steps),
+                     help="Free-Echo's t_i")
+    nfe.add_argument("--samples", type=at_least(2), default=StudyConfig.samples, help="videos per map")
+    nfe.add_argument("--max-maps", type=at_least(1), default=StudyConfig.max_maps, help="the first N TEST maps")
+    nfe.add_argument("--batch", type=at_least(1), default=StudyConfig.batch)
+    nfe.add_argument("--seed", type=at_least(0), default=StudyConfig.seed)
+    nfe.add_argument("--compile", action="store_true", help="torch.compile the networks (for long runs)")
+    nfe.add_argument("--device", default="auto")
+    nfe.set_defaults(func=cmd_nfe_study)
     gen = sub.add_parser("generate", help="videos from your own ED map (PNG or NIfTI; CAMUS, 5-label or LV-only)")
     gen.add_argument("--map", required=True, type=Path, help="the ED label map: .png, .nii or .nii.gz, any size")
     gen.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
@@ -329,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the map's label convention (auto: label 4 -> five, a binary mask -> lv, else camus)")
     gen.add_argument("--mapping", default=GenerateConfig.mapping, choices=["barycentric", "stochastic"])
     gen.add_argument("--solver", default=GenerateConfig.solver, choices=sorted(SOLVERS), help=SOLVER_HELP)
-    gen.add_argument("--sampler-steps", type=at_least(2), default=GenerateConfig.sampler_steps, help=STEPS_HELP)
+    gen.add_argument("--sampler-steps", type=sampler_steps, default=GenerateConfig.sampler_steps,
+                     help=STEPS_HELP + f" (default: {GenerateConfig.sampler_steps or 'schedule'}; the benchmark page's "
+                          "quality study chose it)")
     gen.add_argument("--sampler", choices=SAMPLERS, default=sampler_name(GenerateConfig.stochastic_sampler),
                      help=SAMPLER_HELP)
     gen.add_argument("--format", default="avi", choices=sorted(VIDEO_FORMATS))
@@ -338,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=at_least(0), default=GenerateConfig.seed)
     gen.add_argument("--data", type=Path, help="the training dataset, whose grey levels are the OT target "
                      "(default: the echo phantom's)")
+    gen.add_argument("--ef", type=finite_number, help="a target ejection fraction (0.05-0.85): the pseudo video beats, "
+                     "its LV contracting to the ES volume this EF implies (default: a still pseudo video, the paper's)")
+    gen.add_argument("--es-map", type=Path, help="the ES label map of the same recording: the pseudo video beats "
+                     "from the ED map's shapes to its shapes (with its own EF; instead of --ef)")
+    gen.add_argument("--es-frame", type=positive_number, help="frame of end systole in a beating video (default: "
+                     "the median of --data's clips, else the last frame, as in CAMUS's ED-to-ES sequences)")
     gen.add_argument("--device", default="auto")
     gen.set_defaults(func=cmd_generate)
     seg = sub.add_parser("segmenter", help="train the 2-D segmenter that the anatomy metrics read videos with")

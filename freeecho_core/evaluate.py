@@ -211,17 +211,11 @@ def score(data: EchoClips, out: Path, methods: list[Method], feature_weights: di
     return {"methods": results, "unavailable": unavailable, "segmenter": judge_info}
 
 
-def evaluate(data_root, unconditional: str | os.PathLike, clsfree: str | os.PathLike | None, out,
-             config: EvalConfig = EvalConfig(), *, split: str = "TEST", feature_weights: dict | None = None,
-             device="cpu", rank: int = 0, world_size: int = 1, max_maps: int | None = None,
-             progress: bool = True, segmenter: str | os.PathLike | None = None,
-             compile: bool = False) -> dict | None:
-    """Generate (resumably, sharded over processes) and score; process 0 writes and returns <out>/metrics.json.
-    `segmenter`: a checkpoint of `freeecho_core.segmenter` for the anatomy metrics (optional). `compile`:
-    torch.compile the networks (minutes of warm-up, then faster sampling: for long runs)."""
-    out, device = Path(out), torch.device(device)
-    check_output_folder(out, "--out")
-    models, train_config = {}, {}
+def load_models(unconditional: str | os.PathLike, clsfree: str | os.PathLike | None, device,
+                compile: bool = False) -> tuple[dict, dict]:
+    """The EMA denoisers by role ("unconditional", and "clsfree" when given), checked to share a clip size,
+    and the unconditional model's training config. `compile`: torch.compile the networks."""
+    models = {}
     models["unconditional"], train_config = load_denoiser(unconditional, device, "unconditional")
     if clsfree:
         models["clsfree"], clsfree_config = load_denoiser(clsfree, device, "clsfree")
@@ -233,6 +227,21 @@ def evaluate(data_root, unconditional: str | os.PathLike, clsfree: str | os.Path
     if compile:
         for denoiser in models.values():
             denoiser.net = torch.compile(denoiser.net)
+    return models, train_config
+
+
+def evaluate(data_root, unconditional: str | os.PathLike, clsfree: str | os.PathLike | None, out,
+             config: EvalConfig = EvalConfig(), *, split: str = "TEST", feature_weights: dict | None = None,
+             device="cpu", rank: int = 0, world_size: int = 1, max_maps: int | None = None,
+             progress: bool = True, segmenter: str | os.PathLike | None = None,
+             compile: bool = False, models: tuple[dict, dict] | None = None) -> dict | None:
+    """Generate (resumably, sharded over processes) and score; process 0 writes and returns <out>/metrics.json.
+    `segmenter`: a checkpoint of `freeecho_core.segmenter` for the anatomy metrics (optional). `compile`:
+    torch.compile the networks (minutes of warm-up, then faster sampling: for long runs). `models`: what
+    `load_models` returned for these checkpoints, to share loaded (and compiled) networks between runs."""
+    out, device = Path(out), torch.device(device)
+    check_output_folder(out, "--out")
+    models, train_config = models or load_models(unconditional, clsfree, device, compile)
     clip = clip_config(train_config)
     # A wrong segmenter or feature-network file is reported now, not after the generation.
     load_judge(segmenter, clip, device)

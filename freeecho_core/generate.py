@@ -18,6 +18,7 @@ import numpy as np
 
 from freeecho_core.checkpoint import code_version
 from freeecho_core.data.maps import map_stem
+from freeecho_core.motion import EF_RANGE
 from freeecho_core.files import check_output_folder, save_array_atomically, shared_mode, write_text_atomically
 from freeecho_core.synthesis import AUTHORS_CHURN, DEFAULT_CHECKPOINT, FreeEcho, SamplerConfig
 from freeecho_core.validate import as_float
@@ -37,6 +38,8 @@ class GenerateConfig:
     sampler_steps: int | None = None  # steps after t_i; None: the 64-step schedule's own (64 - t_i)
     seed: int = 0  # sample k uses seed + k
     fps: float | None = None  # frame rate of the video files; None: the training data's, from the checkpoint
+    ef: float | None = None  # a target EF: the pseudo video beats (motion.beating_maps); None: held still
+    es_frame: float | None = None  # frame of end systole in a beating video; None: the last (CAMUS half sequences)
 
 
 def write_video(path: Path, video: np.ndarray, fps: float) -> Path:
@@ -75,16 +78,25 @@ def video_bytes(video: np.ndarray, fps: float, container: str = "avi") -> bytes:
 
 def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config: GenerateConfig = GenerateConfig(),
                       *, convention: str = "auto", target=None, video_format: str = "avi", device="cpu",
-                      progress: bool = False) -> dict:
+                      progress: bool = False, es_map_path=None) -> dict:
     """Generate `config.samples` videos from the ED map at `map_path` with the unconditional model at
     `checkpoint`. target: the OT target (centres, weights), e.g. `EchoClips(...).intensity_histogram()` of the
     training data; default `synthesis.phantom_target`. progress: a bar over the sampling steps. With `out`,
     writes <stem>_<k>.<video_format>, <stem>.npy (uint8 (n, K, h, w)) and <stem>.json; returns {"map": (S, S)
-    5-label map, "videos": (n, K, h, w) uint8 cropped to the map's aspect, "convention", "fps", "files"}."""
+    5-label map, "videos": (n, K, h, w) uint8 cropped to the map's aspect, "convention", "fps", "files",
+    "label_maps"}. `config.ef` or `es_map_path` (the ES map of the same recording) make the pseudo video beat."""
     if video_format not in VIDEO_FORMATS:
         raise ValueError(f"video format must be one of {sorted(VIDEO_FORMATS)}, got {video_format!r}")
     if config.fps is not None:
         as_float("fps", config.fps, above=0)
+    if config.ef is not None and not EF_RANGE[0] <= as_float("ef", config.ef) <= EF_RANGE[1]:
+        raise ValueError(f"the target EF must lie in [{EF_RANGE[0]}, {EF_RANGE[1]}], got {config.ef}")
+    if config.es_frame is not None:
+        as_float("es_frame", config.es_frame, above=0)
+    if es_map_path is not None and not Path(es_map_path).is_file():
+        raise ValueError(f"{es_map_path}: no such ES map file")
+    if es_map_path is not None and config.ef is not None:
+        raise ValueError("give a target EF or an ES map (which sets the EF), one of the two")
     if out is not None:
         check_output_folder(out, "--out")
     sampler = SamplerConfig(solver=config.solver, stochastic_sampler=config.stochastic_sampler,
@@ -93,8 +105,12 @@ def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config:
     if pipe.conditional:
         raise ValueError(f"{checkpoint} is a conditional (Cls-Free) model; Free-Echo samples the unconditional one")
     kind = "free-echo" if config.mapping == "barycentric" else "free-echo-stochastic"
+    if (config.ef is not None or es_map_path is not None) and kind != "free-echo":
+        raise ValueError("a beating pseudo video (--ef, --es-map) takes the barycentric mapping")
     result = pipe(map_path, config.samples, config.start_step, config.seed, method=kind, convention=convention,
-                  sampler=sampler, progress=progress)
+                  sampler=sampler, progress=progress, ef=config.ef, es_map=es_map_path, es_frame=config.es_frame)
+    if result.label_maps is not None:
+        config = replace(config, es_frame=config.es_frame if config.es_frame is not None else pipe.frames - 1)
     config = replace(config, fps=config.fps or pipe.fps)
     files = []
     if out is not None:
@@ -102,10 +118,11 @@ def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config:
         out.mkdir(parents=True, exist_ok=True)
         files = [write_video(out / f"{stem}_{k}.{video_format}", v, config.fps) for k, v in enumerate(result.videos)]
         save_array_atomically(out / f"{stem}.npy", result.videos)
-        record = {"map": str(map_path), "map_shape": list(result.videos.shape[-2:]), "checkpoint": str(checkpoint),
+        record = {"map": str(map_path), "es_map": None if es_map_path is None else str(es_map_path),
+                  "map_shape": list(result.videos.shape[-2:]), "checkpoint": str(checkpoint),
                   "config": asdict(config), "seeds": result.seeds,
                   "churn": AUTHORS_CHURN if config.stochastic_sampler else None, "frames": pipe.frames,
                   "size": pipe.size, "convention": result.convention, "code_version": code_version()}
         write_text_atomically(out / f"{stem}.json", json.dumps(record, indent=1) + "\n")
     return {"map": result.ed_map, "videos": result.videos, "convention": result.convention, "fps": config.fps,
-            "files": files}
+            "files": files, "label_maps": result.label_maps}

@@ -20,13 +20,15 @@ label map itself moves, frame by frame, before the grey levels of eq. (3) are pu
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.ndimage import distance_transform_edt
 
 from freeecho_core.anatomy import camus_from_five, lv_volume_curve
+from freeecho_core.data.case import FIVE_LABELS
 from freeecho_core.data.clips import UNLABELLED
 from freeecho_core.data.echonet import principal_axis
 from freeecho_core.data.phantom import volume_curve
-from freeecho_core.pseudo import check_labels
+from freeecho_core.pseudo import check_labels, match_intensities
 
 TISSUE, LV, MYO, LA = 1, 2, 3, 4  # the 5-label convention (data.case.FIVE_LABELS)
 ES_PHASE = 0.38  # end systole as a fraction of the cycle: the middle of the phantom's 0.34-0.42
@@ -166,3 +168,19 @@ def es_frame_of_clips(clips) -> float:
     if not positions:
         raise ValueError("no clip has an annotated frame after ED within its frames: the ED-to-ES timing is unknown")
     return float(np.median(positions))
+
+
+def beating_pseudo_video(maps: np.ndarray, target) -> torch.Tensor:
+    """The pseudo video of a label sequence, (1, 1, K, S, S) in [-1, 1]: every frame's labels take the grey
+    levels that eq. (3) gives the ED map (frame 0; `pseudo.match_intensities`, Sinkhorn, barycentric), so that
+    the shapes move and the grey levels stay."""
+    maps = np.asarray(maps)
+    image, _ = match_intensities(maps[0], target, "sinkhorn", "barycentric")
+    lookup = np.full(max(FIVE_LABELS) + 1, np.nan)
+    for label in np.unique(maps[0]):
+        lookup[label] = image[maps[0] == label][0]
+    video = lookup[maps]
+    if np.isnan(video).any():
+        missing = sorted(set(np.unique(maps[np.isnan(video)]).tolist()))
+        raise ValueError(f"labels {missing} appear in later frames but not at ED: their grey level is unknown")
+    return (2 * torch.as_tensor(video, dtype=torch.float32) - 1)[None, None]

@@ -29,6 +29,7 @@ from freeecho_core.data.histogram import intensity_histogram
 from freeecho_core.data.maps import prepare_map
 from freeecho_core.data.phantom import PhantomConfig, make_case
 from freeecho_core.edm import EDMPrecond, karras_sigmas, randn_per_sample
+from freeecho_core.motion import beating_maps, beating_pseudo_video
 from freeecho_core.pseudo import match_intensities, pseudo_video, sdedit_colour_image
 from freeecho_core.sampler import SOLVERS, cfg_denoiser, sdedit_sample, start_schedule
 from freeecho_core.train import one_hot_maps
@@ -39,6 +40,8 @@ DEFAULT_FPS = 25.0  # written into videos of models whose checkpoint records no 
 # The stored model trained on a 2-core CPU (the cpu profile: 16 frames x 64 x 64, phantom CAMUS data).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "cpu" / "phantom-camus" / \
     "unconditional" / "ema.pt"
+# The ED map that ships with the repository (a phantom 2CH view): the README's first `generate` command.
+EXAMPLE_MAP = Path(__file__).resolve().parents[1] / "examples" / "ed_map_2ch.png"
 
 
 @dataclass(frozen=True)
@@ -117,8 +120,17 @@ def phantom_target(size: int, frames: int, cases: int = 4, bins: int = 256):
     return centres, pooled / pooled.sum()
 
 
-def initial_videos(method: Method, ed_map: np.ndarray, target, frames: int, seeds: list[int]) -> torch.Tensor:
-    """The clean init of one map for an SDEdit-type method: (n, 1, K, S, S) in [-1, 1]."""
+def initial_videos(method: Method, ed_map: np.ndarray, target, frames: int, seeds: list[int],
+                   label_maps: np.ndarray | None = None) -> torch.Tensor:
+    """The clean init of one map for an SDEdit-type method: (n, 1, K, S, S) in [-1, 1]. label_maps: (K, S, S)
+    5-label maps of a beating heart (`motion.beating_maps`, frame 0 the ED map) for Free-Echo's pseudo video."""
+    if label_maps is not None:
+        if method.kind != "free-echo":
+            raise ValueError(f"a beating pseudo video is made for the free-echo method, not {method.kind}")
+        if label_maps.shape != (frames, *ed_map.shape) or not np.array_equal(label_maps[0], ed_map):
+            raise ValueError(f"label_maps must be ({frames}, {ed_map.shape[0]}, {ed_map.shape[1]}) 5-label maps "
+                             f"that start with the ED map, got shape {label_maps.shape}")
+        return beating_pseudo_video(label_maps, target).expand(len(seeds), -1, -1, -1, -1)
     if method.kind == "sdedit":
         return pseudo_video(sdedit_colour_image(ed_map), frames).expand(len(seeds), -1, -1, -1, -1)
     if method.kind == "free-echo":
@@ -131,9 +143,10 @@ def initial_videos(method: Method, ed_map: np.ndarray, target, frames: int, seed
 
 @torch.no_grad()
 def generate(method: Method, ed_map: np.ndarray, seeds: list[int], models: dict, target, frames: int,
-             sampler: SamplerConfig, device, progress: bool = False) -> torch.Tensor:
+             sampler: SamplerConfig, device, progress: bool = False, label_maps: np.ndarray | None = None) -> torch.Tensor:
     """n = len(seeds) videos (n, K, S, S) in [-1, 1] for one ED map (5-label (S, S) array). models: the
-    denoisers by role, "unconditional" and/or "clsfree". progress: a bar over the sampling steps."""
+    denoisers by role, "unconditional" and/or "clsfree". progress: a bar over the sampling steps. label_maps:
+    the frames' label maps of a beating pseudo video (Free-Echo only; `initial_videos`)."""
     sigmas = karras_sigmas()
     churn = AUTHORS_CHURN if sampler.stochastic_sampler else {}
     gens = [torch.Generator(device).manual_seed(s) for s in seeds]
@@ -145,7 +158,7 @@ def generate(method: Method, ed_map: np.ndarray, seeds: list[int], models: dict,
         schedule = start_schedule(sigmas, 0, sampler.steps).to(device)
         out = SOLVERS[sampler.solver](guided, x, schedule, generator=gens, progress=progress, **churn)
     else:
-        init = initial_videos(method, ed_map, target, frames, seeds).to(device)
+        init = initial_videos(method, ed_map, target, frames, seeds, label_maps).to(device)
         out = sdedit_sample(models["unconditional"], init, sigmas, method.start_step, generator=gens,
                             solver=sampler.solver, steps=sampler.steps, progress=progress, **churn)
     return out[:, 0].float().clamp(-1, 1).cpu()
@@ -163,6 +176,7 @@ class Synthesis:
     videos: (n, K, h, w) uint8, cropped back to the map's aspect ratio (h or w is the model's size S).
     square: (n, K, S, S) uint8, the model's output before cropping.
     ed_map: (S, S) 5-label model input; convention: how the map was read; seeds: one per video.
+    label_maps: (K, S, S) 5-label maps of the beating pseudo video (None: the ED map held still).
     """
 
     videos: np.ndarray
@@ -171,6 +185,7 @@ class Synthesis:
     convention: str
     seeds: list[int]
     method: Method
+    label_maps: np.ndarray | None = None
 
 
 class FreeEcho:
@@ -201,10 +216,12 @@ class FreeEcho:
                    train_config.get("size", 128), target=target, fps=float(fps), device=device, source=str(path))
 
     def __call__(self, labels, samples: int = 4, start_step: int = 15, seed: int = 0, *, method: str | None = None,
-                 convention: str = "auto", sampler: SamplerConfig = SamplerConfig(),
-                 progress: bool = False) -> Synthesis:
+                 convention: str = "auto", sampler: SamplerConfig = SamplerConfig(), progress: bool = False,
+                 ef: float | None = None, es_map=None, es_frame: float | None = None) -> Synthesis:
         """`samples` videos from one ED map (a file path or an (H, W) integer array, in any convention of
-        `data.maps`); sample k uses seed + k; progress: a bar over the sampling steps."""
+        `data.maps`); sample k uses seed + k; progress: a bar over the sampling steps. With a target `ef` or an
+        `es_map` (a file or array like the ED map's), Free-Echo's pseudo video beats (`motion.beating_maps`),
+        end systole at frame `es_frame` (default: the last frame, as in CAMUS's ED-to-ES half sequences)."""
         if samples < 1:
             raise ValueError(f"samples must be at least 1, got {samples}")
         kind = method or ("clsfree" if self.conditional else "free-echo")
@@ -214,9 +231,19 @@ class FreeEcho:
                              f"({'only clsfree' if self.conditional else 'free-echo, free-echo-stochastic or sdedit'})")
         chosen = Method(kind if kind == "clsfree" else f"{kind}@{start_step}", kind, 0 if kind == "clsfree" else start_step)
         prepared = prepare_map(labels, self.size, convention)
+        label_maps = None
+        if ef is not None or es_map is not None:
+            es = None
+            if es_map is not None:
+                es = prepare_map(es_map, self.size, convention)
+                if es.shape != prepared.shape:
+                    raise ValueError(f"the ES map is {es.shape[0]} x {es.shape[1]} pixels and the ED map "
+                                     f"{prepared.shape[0]} x {prepared.shape[1]}: give the two maps of one recording")
+            label_maps = beating_maps(prepared.ed_map, self.frames, self.frames - 1 if es_frame is None else es_frame,
+                                      ef, None if es is None else es.ed_map)
         seeds = [seed + k for k in range(samples)]
         role = "clsfree" if self.conditional else "unconditional"
         square = to_uint8(generate(chosen, prepared.ed_map, seeds, {role: self.denoiser}, self.target, self.frames,
-                                   sampler, self.device, progress))
+                                   sampler, self.device, progress, label_maps))
         return Synthesis(crop_to_aspect(square, prepared.shape), square, prepared.ed_map, prepared.convention,
-                         seeds, chosen)
+                         seeds, chosen, label_maps)

@@ -169,6 +169,35 @@ def sigma_axis(ax, steps, sigmas) -> None:
 FONT_AWESOME_CDN = re.compile(r'<link rel="stylesheet"\s+href="https://maxcdn\.bootstrapcdn\.com/font-awesome/[^"]*">\s*')
 
 
+SOLVER_COLOURS = {"heun": "#1976d2", "euler": "#e65100", "dpmpp2m": "#2e7d32"}
+
+
+def plot_quality_against_nfe(axes, study: dict, methods: list[str], metrics=("Dice LV", "SSIM", "FD-seg")):
+    """One row of `axes` per method and one column per metric: the score against the network evaluations per
+    video, one line per solver (error bars: one standard error), and the reference's mean ± one standard
+    error as a grey band (`nfe_study.REFERENCE`)."""
+    reference = tuple(study["reference"].values())
+    for row_axes, method in zip(np.atleast_2d(axes), methods):
+        rows = [r for r in study["rows"] if r["method"] == method]
+        for ax, metric in zip(row_axes, metrics):
+            ref = next(r for r in rows if (r["solver"], r["nfe"]) == reference)[metric]
+            if isinstance(ref, dict):
+                ax.axhspan(ref["mean"] - ref["se"], ref["mean"] + ref["se"], color="0.85", zorder=0)
+            for solver in dict.fromkeys(r["solver"] for r in rows):
+                mine = sorted((r for r in rows if r["solver"] == solver), key=lambda r: r["nfe"])
+                values = [r[metric] for r in mine]
+                means = [v["mean"] if isinstance(v, dict) else v for v in values]
+                errors = [v["se"] if isinstance(v, dict) else 0 for v in values]
+                ax.errorbar([r["nfe"] for r in mine], means, yerr=errors, marker="o", ms=4, capsize=2,
+                            color=SOLVER_COLOURS.get(solver), label=solver)
+            ax.set_xscale("log")
+            nfes = sorted({r["nfe"] for r in rows})
+            ax.set_xticks(nfes, [str(n) for n in nfes])
+            ax.minorticks_off()
+            ax.set(xlabel="network evaluations per video", title=f"{method}: {metric}")
+    np.atleast_2d(axes)[0, 0].legend(title="solver", fontsize=8)
+
+
 def animation_html(anim: animation.FuncAnimation) -> str:
     """The self-contained HTML player of an animation (frames embedded as base64), with no CDN link."""
     return FONT_AWESOME_CDN.sub("", anim.to_jshtml())

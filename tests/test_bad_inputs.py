@@ -139,7 +139,8 @@ CASES = [
     *((f"generate-{option.strip('-')}-{value}", lambda f, t, o=option, v=value: [
         "generate", "--map", f["map"], "--checkpoint", f["unconditional"], "--out", t / "o", o, v], option)
       for option, value in [("--samples", "0"), ("--samples", "-1"), ("--fps", "0"), ("--fps", "nan"),
-                            ("--t-start", "64"), ("--t-start", "-1"), ("--seed", "-1"), ("--device", "tpu9")]),
+                            ("--t-start", "64"), ("--t-start", "-1"), ("--seed", "-1"), ("--device", "tpu9"),
+                            ("--sampler-steps", "1"), ("--sampler-steps", "many"), ("--solver", "rk4")]),
     *((f"generate-checkpoint-{name}", lambda f, t, name=name: [
         "generate", "--map", f["map"], "--checkpoint", f[f"ckpt_{name}"] if name != "missing" else t / "no.pt",
         "--out", t / "o"], expected)
@@ -159,7 +160,22 @@ CASES = [
     *((f"evaluate-{option.strip('-')}-{value}", lambda f, t, o=option, v=value: [
         "evaluate", "--data", f["camus"], "--unconditional", f["unconditional"], "--out", t / "e", o, v], option)
       for option, value in [("--samples", "0"), ("--samples", "-3"), ("--max-maps", "0"), ("--batch", "0"),
-                            ("--start-steps", "64"), ("--guidance", "nan")]),
+                            ("--start-steps", "64"), ("--guidance", "nan"), ("--sampler-steps", "0")]),
+    ("evaluate-dpmpp2m-churn", lambda f, t: [
+        "evaluate", "--data", f["camus"], "--unconditional", f["unconditional"], "--out", t / "e", "--solver",
+        "dpmpp2m", "--sampler", "churn"], "dpmpp2m solver integrates the deterministic ODE only"),
+    # nfe-study
+    *((f"nfe-study-{option.strip('-')}-{value}", lambda f, t, o=option, v=value: [
+        "nfe-study", "--data", f["camus"], "--unconditional", f["unconditional"], "--segmenter", f["text"],
+        "--out", t / "n", "--methods", "free-echo", o, v], option)
+      for option, value in [("--grid", "heun:97,24"), ("--grid", "rk4:7"), ("--grid", "euler:seven"),
+                            ("--samples", "1"), ("--max-maps", "0")]),
+    ("nfe-study-segmenter-missing", lambda f, t: [
+        "nfe-study", "--data", f["camus"], "--unconditional", f["unconditional"], "--segmenter", t / "seg.pt",
+        "--out", t / "n", "--methods", "free-echo"], "--segmenter"),
+    ("nfe-study-clsfree-missing", lambda f, t: [
+        "nfe-study", "--data", f["camus"], "--unconditional", f["unconditional"], "--segmenter", f["text"],
+        "--out", t / "n"], "--clsfree"),
     ("evaluate-unconditional-is-clsfree", lambda f, t: [
         "evaluate", "--data", f["camus"], "--unconditional", f["clsfree"], "--out", t / "e"], "expected an uncond"),
     ("evaluate-clsfree-is-unconditional", lambda f, t: [
@@ -188,6 +204,8 @@ CASES = [
     # bench
     *((f"bench-{option.strip('-')}-{value}", lambda f, t, o=option, v=value: ["bench", "--preset", "tiny", o, v],
        option) for option, value in [("--repeats", "0"), ("--size", "0"), ("--batch", "0"), ("--device", "tpu9")]),
+    ("bench-cpu-sampling-map-missing", lambda f, t: ["bench", "--suite", "cpu-sampling", "--checkpoint",
+                                                     f["unconditional"], "--map", t / "no.png"], "--map"),
     # data files: EchoNet
     ("echonet-split-unknown", lambda f, t: TRAIN + ["--data", echonet_copy(
         f, t, first_train_row({"Split": "TRIAN"})), "--run-dir", t / "r"], "Split is 'TRIAN'"),

@@ -230,3 +230,26 @@ def test_cpu_training_suite_times_eager_compiled_threads_and_bf16(tmp_path):
     assert [r["dtype"] for r in records] == ["float32", "bfloat16"] and all(r["threads"] == 1 for r in records)
     assert all(r["throughput_unit"] == "it/s" and r["seconds_median"] > 0 for r in records)
     assert torch.get_num_threads() == threads and (tmp_path / "t.json").is_file()
+
+
+def test_cpu_sampling_suite_times_a_stored_model_and_the_reference_mode(trained, tmp_path):
+    """The cpu-sampling suite on a tiny trained model: each setting's measured evaluations, the variants'
+    deviations from the eager float32 videos of the same seeds, and the ratio to the authors' cost profile."""
+    from freeecho_core.bench import cpu_sampling_suite
+    from freeecho_core.synthesis import EXAMPLE_MAP
+
+    _, unconditional, _ = trained
+    records = cpu_sampling_suite(unconditional, EXAMPLE_MAP, batch=2, out=tmp_path / "s.json", log=lambda line: None)
+    videos = [r for r in records if r["benchmark"] == "video"]
+    assert [r["nfe"] for r in videos[:2]] == [97, 49]  # the paper's Heun and the Euler steps, from t_i = 15
+    assert [(r["batch"], r["dtype"], r["compiled"]) for r in videos[2:]] == [
+        (1, "float32", False), (1, "float32", True), (2, "float32", False), (2, "float32", True), (1, "bfloat16", False)]
+    assert all("max_abs_diff_grey" not in r for r in videos[:3])
+    compiled, batched = videos[3], videos[4]
+    assert compiled["max_abs_diff_grey"] <= 2 and batched["max_abs_diff_grey"] <= 2  # the same videos
+    assert compiled["warmup_seconds"] > 0 and all(r["preset"] == "tiny" for r in videos)
+    reference = records[-1]
+    assert (reference["mode"], reference["nfe"], reference["shape"][1]) == ("reference", 127, 3)
+    for r in videos:
+        assert r["speedup_vs_reference"] == pytest.approx(reference["seconds_per_video"] / r["seconds_per_video"])
+    assert json.loads((tmp_path / "s.json").read_text()) == records

@@ -1,13 +1,17 @@
 """The beating pseudo video's label maps (issue 18): their EF, timing and anatomy, on phantom hearts at 64 x 64."""
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from freeecho_core.anatomy import camus_from_five, ef_area_proxy, lv_area_curve
 from freeecho_core.data.case import to_five_labels
 from freeecho_core.data.clips import UNLABELLED, Clip, ed_map_from_labels
 from freeecho_core.data.phantom import PhantomConfig, make_case
 from freeecho_core.metrics import dice
-from freeecho_core.motion import (ES_PHASE, Interpolation, beating_maps, cycle_fractions, es_frame_of_clips)
+from freeecho_core.motion import (ES_PHASE, Interpolation, beating_maps, beating_pseudo_video, cycle_fractions,
+                                  es_frame_of_clips)
 
 TISSUE, LV, MYO, LA = 1, 2, 3, 4
 
@@ -93,3 +97,42 @@ def test_bad_requests_are_refused_in_one_line(heart):
         beating_maps(ed, 8, 0, ef=0.5)
     with pytest.raises(ValueError, match="no LV cavity"):
         beating_maps(to_five_labels(np.zeros((64, 64), int), np.ones((64, 64), bool)), 8, 4, ef=0.5)
+
+
+def test_the_beating_pseudo_video_moves_the_shapes_and_keeps_the_grey_levels(heart):
+    from freeecho_core.pseudo import match_intensities
+    from freeecho_core.synthesis import phantom_target
+
+    ed, _, _, _ = heart
+    target = phantom_target(64, 8)
+    maps = beating_maps(ed, 8, es_frame=7, ef=0.5)
+    video = beating_pseudo_video(maps, target)
+    still, _ = match_intensities(ed, target, "sinkhorn", "barycentric")
+    assert video.shape == (1, 1, 8, 64, 64)
+    assert torch.allclose(video[0, 0, 0], 2 * torch.as_tensor(still, dtype=torch.float32) - 1)
+    for label in (LV, MYO, LA):  # one grey level per label in every frame: only the shapes move
+        assert len(torch.unique(video[0, 0][torch.as_tensor(maps == label)])) == 1
+    changed = torch.as_tensor(maps[7] != ed)
+    assert torch.equal(video[0, 0, 7][~changed], video[0, 0, 0][~changed]) and changed.any()
+    with pytest.raises(ValueError, match=r"labels \[4\] appear in later frames but not at ED"):
+        beating_pseudo_video(np.stack([np.where(ed == LA, TISSUE, ed), ed]), target)
+
+
+def test_generation_with_a_target_ef_beats_and_is_recorded(trained, tmp_path, capsys):
+    from freeecho_core.cli import main
+    from freeecho_core.synthesis import EXAMPLE_MAP
+
+    _, unconditional, _ = trained
+    args = ["generate", "--map", str(EXAMPLE_MAP), "--checkpoint", str(unconditional), "--samples", "1", "--out",
+            str(tmp_path / "out"), "--solver", "euler", "--sampler", "ode", "--sampler-steps", "3", "--device", "cpu"]
+    assert main(args + ["--ef", "0.5"]) == 0
+    record = json.loads((tmp_path / "out" / "ed_map_2ch.json").read_text())
+    assert record["config"]["ef"] == 0.5 and record["config"]["es_frame"] == 3  # 4 frames: ES at the last
+    assert main(args + ["--ef", "0.5", "--es-frame", "2", "--out", str(tmp_path / "o2")]) == 0
+    assert json.loads((tmp_path / "o2" / "ed_map_2ch.json").read_text())["config"]["es_frame"] == 2
+    for extra, expected in (([ "--ef", "0.95"], "target EF must lie in [0.05, 0.85], got 0.95"),
+                            (["--es-map", str(tmp_path / "no.png")], "no.png: no such ES map file"),
+                            (["--ef", "0.5", "--mapping", "stochastic"], "takes the barycentric mapping"),
+                            (["--ef", "0.5", "--es-map", str(EXAMPLE_MAP)], "give a target EF or an ES map")):
+        assert main(args + extra + ["--out", str(tmp_path / "bad")]) == 2
+        assert expected in capsys.readouterr().err
