@@ -798,7 +798,8 @@ def summary_line(r: dict) -> str:
 
 def describe(r: dict) -> str:
     """What a record measured, in words."""
-    parts = [r.get("preset"), r.get("mode"), r.get("op"), r.get("variant"), r.get("method"), r.get("what")]
+    parts = [r.get("preset"), r.get("mode"), r.get("setting"), r.get("op"), r.get("variant"), r.get("method"),
+             r.get("what")]
     if r.get("bins"):
         parts.append(f"{r['bins']} bins")
     if r.get("nfe"):

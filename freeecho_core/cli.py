@@ -411,10 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--labels", default="auto", choices=CONVENTIONS,
                      help="the map's label convention (auto: label 4 -> five, a binary mask -> lv, else camus)")
     gen.add_argument("--mapping", default=GenerateConfig.mapping, choices=["barycentric", "stochastic"])
-    gen.add_argument("--solver", default=GenerateConfig.solver, choices=sorted(SOLVERS), help=SOLVER_HELP)
+    gen.add_argument("--solver", default=GenerateConfig.solver, choices=sorted(SOLVERS),
+                     help=SOLVER_HELP + f" (default: {GenerateConfig.solver})")
     gen.add_argument("--sampler-steps", type=sampler_steps, default=GenerateConfig.sampler_steps,
-                     help=STEPS_HELP + f" (default: {GenerateConfig.sampler_steps or 'schedule'}; the benchmark page's "
-                          "quality study chose it)")
+                     help=STEPS_HELP + f" (default: {GenerateConfig.sampler_steps or 'schedule'}, at most 64 - t_i; the "
+                          "benchmark page's quality study chose it; the paper: --solver heun --sampler churn "
+                          "--sampler-steps schedule)")
     gen.add_argument("--sampler", choices=SAMPLERS, default=sampler_name(GenerateConfig.stochastic_sampler),
                      help=SAMPLER_HELP)
     gen.add_argument("--format", default="avi", choices=sorted(VIDEO_FORMATS))

@@ -46,6 +46,7 @@ def test_generation_from_a_map_file_writes_videos_frames_and_a_record(trained, c
     assert files == ["ed.json", "ed.npy", "ed_0.avi", "ed_1.avi"]
     record = json.loads((tmp_path / "out" / "ed.json").read_text())
     assert record["seeds"] == [0, 1] and record["config"]["start_step"] == 63 and record["size"] == 16
+    assert record["steps_after_t_i"] == 1  # the default 13 steps, capped by the schedule's own from t_i = 63
     fps = load_checkpoint(unconditional)["data"]["fps"]  # the training clips' frame rate, not a fixed 25
     assert record["convention"] == "camus" and record["config"]["fps"] == result["fps"] == fps
     assert cv2.VideoCapture(str(tmp_path / "out" / "ed_0.avi")).get(cv2.CAP_PROP_FPS) == pytest.approx(fps, rel=1e-3)

@@ -76,3 +76,15 @@ def test_a_study_scores_every_setting_on_the_same_maps_and_resumes(trained, tmp_
     assert cli.main(args) == 2
     assert "--grid must hold the study's reference setting, heun:97" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
+
+
+def test_generates_default_sampler_is_the_stored_studys_choice():
+    """`freeecho generate`'s default is what the committed quality study chose (results/bench/nfe-quality.json):
+    a new study that chooses otherwise fails here until the default follows it."""
+    from pathlib import Path
+
+    from freeecho_core.generate import GenerateConfig
+
+    study = json.loads((Path(__file__).resolve().parents[1] / "results" / "bench" / "nfe-quality.json").read_text())
+    choice, default = study["default"], GenerateConfig()
+    assert (default.solver, default.sampler_steps, default.stochastic_sampler) == (choice["solver"], choice["steps"], False)
