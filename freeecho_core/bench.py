@@ -815,6 +815,13 @@ def describe(r: dict) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def stored_suites(folder) -> dict[str, list[dict]]:
+    """The stored benchmark runs of a folder (results/bench): {file stem: records} of each JSON file that holds a
+    list of records; other JSON there (the quality study, nfe-quality.json) is not a timing run."""
+    suites = {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))}
+    return {name: records for name, records in suites.items() if isinstance(records, list)}
+
+
 def results_table(paths) -> list[dict]:
     """The rows of the benchmark page from stored suite JSON files: one row per timed record, with the device,
     dtype, batch, shape, seconds, throughput, whether it is extrapolated, the speedup over the reference mode

@@ -253,3 +253,11 @@ def test_cpu_sampling_suite_times_a_stored_model_and_the_reference_mode(trained,
     for r in videos:
         assert r["speedup_vs_reference"] == pytest.approx(reference["seconds_per_video"] / r["seconds_per_video"])
     assert json.loads((tmp_path / "s.json").read_text()) == records
+
+
+def test_stored_suites_are_the_json_lists_of_records_and_nothing_else(tmp_path):
+    from freeecho_core.bench import stored_suites
+
+    (tmp_path / "cpu.json").write_text(json.dumps([{"benchmark": "suite"}]))
+    (tmp_path / "nfe-quality.json").write_text(json.dumps({"rows": []}))  # a study, not a timing run
+    assert stored_suites(tmp_path) == {"cpu": [{"benchmark": "suite"}]}
