@@ -6,7 +6,9 @@ import json
 import os
 import shlex
 import sys
-from dataclasses import replace
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -14,19 +16,21 @@ import torch.distributed as dist
 
 from freeecho_core.anatomy import ANATOMY_COLUMNS
 from freeecho_core.bench import SUITES, bench_forward, cpu_sampling_suite, cpu_training_suite, run_suite
+from freeecho_core.bench_data import data_suite
 from freeecho_core.checkpoint import load_checkpoint
-from freeecho_core.data.dataset import EchoClips
-from freeecho_core.data.maps import CONVENTIONS
+from freeecho_core.data.dataset import CACHE_DIR_VARIABLE, SPLITS, EchoClips
 from freeecho_core.data.make_dataset import FORMATS, make_phantom_dataset
+from freeecho_core.data.maps import CONVENTIONS
 from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.data.stats import folder_statistics, summary_rows
 from freeecho_core.edm import karras_sigmas
+from freeecho_core.ef_study import EFStudyConfig, run_ef_study
 from freeecho_core.evaluate import EvalConfig, evaluate
 from freeecho_core.files import check_output_folder
 from freeecho_core.generate import VIDEO_FORMATS, GenerateConfig, generate_from_map
-from freeecho_core.nfe_study import REFERENCE, STUDY_NFE, STUDY_SOLVERS, StudyConfig, run_study, steps_for_nfe
-from freeecho_core.motion import es_frame_of_clips
 from freeecho_core.model_card import held_out_scores, record_held_out_scores, write_model_card, write_segmenter_card
+from freeecho_core.motion import EF_RANGE, es_frame_of_clips
+from freeecho_core.nfe_study import REFERENCE, STUDY_NFE, STUDY_SOLVERS, StudyConfig, run_study, steps_for_nfe
 from freeecho_core.profiles import load_profile, profile_file, profile_section
 from freeecho_core.sampler import SOLVERS
 from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
@@ -110,6 +114,11 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     if args.suite:
+        if args.suite == "data":
+            report = data_suite(args.counts, out=args.out)
+            print(f"{sum(len(d['runs']) for d in report['datasets'])} loader runs" +
+                  (f"; wrote {args.out}" if args.out else ""))
+            return
         if args.suite == "cpu-training":
             records = cpu_training_suite(repeats=args.repeats, out=args.out)
         elif args.suite == "cpu-sampling":
@@ -132,6 +141,23 @@ def cmd_bench(args: argparse.Namespace) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(records, indent=2) + "\n")
         print(f"wrote {args.out}")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    config = config_from_profile(profile_section(args.profile, "train"), source=str(profile_file(args.profile)))
+    clip = clip_config(asdict(config))
+    for split in args.splits:
+        clips = EchoClips(args.data, split, clip, seed=config.seed, workers=args.workers)
+        if not len(clips):
+            print(f"{split}: no clips")
+            continue
+        start = time.perf_counter()
+        store = clips.prepare()
+        if store is None:
+            raise ValueError(f"--data {args.data}: the dataset folder cannot be written; give --cache-dir")
+        print(f"{split}: {len(store)} clips of {clip.frames} x {clip.size} x {clip.size} in {store.folder} "
+              f"({store.nbytes() / 1e6:.1f} MB, {store.nbytes() / len(store) / 1e6:.2f} MB per clip; "
+              f"{time.perf_counter() - start:.1f} s)")
 
 
 def cmd_phantom(args: argparse.Namespace) -> None:
@@ -295,18 +321,43 @@ def cmd_nfe_study(args: argparse.Namespace) -> None:
     print(f"wrote {args.json or Path(args.out) / 'study.json'}")
 
 
+def cmd_ef_study(args: argparse.Namespace) -> None:
+    if not args.segmenter.is_file():
+        raise ValueError(f"--segmenter {args.segmenter}: no such file; the study reads the EF with the stored segmenter")
+    if not EF_RANGE[0] <= min(args.efs) <= max(args.efs) <= EF_RANGE[1]:
+        raise ValueError(f"--efs must lie in [{EF_RANGE[0]}, {EF_RANGE[1]}], got {args.efs}")
+    config = EFStudyConfig(efs=tuple(args.efs), start_steps=tuple(args.start_steps), samples=args.samples,
+                           max_maps=args.max_maps, seed=args.seed)
+    report = run_ef_study(args.data, args.checkpoint, args.segmenter, args.out, config,
+                          device=resolve_device(args.device))
+    for t_i, row in report["summary"].items():
+        b = row["beating"]
+        print(f"t_i = {t_i}: beating EF proxy vs target: r {b['correlation']:.2f}, MAE {b['mae']:.3f}, bias "
+              f"{b['bias']:+.3f}; still: MAE {row['still']['mae']:.3f} (its EF {row['still_ef_mean']:.2f}); "
+              f"Dice LV at ED {row['dice_lv_ed_beating']:.3f} (still {row['dice_lv_ed_still']:.3f})")
+    pseudo = report["pseudo_video"]
+    print(f"the beating pseudo video itself: r {pseudo['correlation']:.2f}, MAE {pseudo['mae']:.3f}, "
+          f"bias {pseudo['bias']:+.3f}")
+    floor = report["real_floor"]
+    print(f"real TEST clips, segmenter vs labels: MAE {floor['mae']:.3f}, bias {floor['bias']:+.3f} ({floor['n']} clips)")
+    print(f"wrote {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="freeecho", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="print Python tracebacks instead of one-line errors")
+    parser.add_argument("--cache-dir", type=Path, help="where prepared clips and histograms are kept (default: "
+                        "<dataset>/.freeecho_cache; needed for a read-only dataset)")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="model presets, parameter counts and the noise schedule")
     info.set_defaults(func=cmd_info)
     bench = sub.add_parser("bench", help="benchmark suites (sampling, reference mode, training, OT, phantom) or "
                                          "one network evaluation per preset; store JSON")
-    bench.add_argument("--suite", choices=sorted(SUITES) + ["cpu-sampling", "cpu-training"],
+    bench.add_argument("--suite", choices=sorted(SUITES) + ["cpu-sampling", "cpu-training", "data"],
                        help="run a whole suite (smoke: seconds, for CI; cpu: a few minutes; gpu: the paper size; "
                             "cpu-training: training steps of the cpu preset, eager and compiled, 1 and 2 threads; "
-                            "cpu-sampling: seconds per video of the stored model, --checkpoint and --map) "
+                            "cpu-sampling: seconds per video of the stored model, --checkpoint and --map; "
+                            "data: the prepared-clip store and the DataLoader at the paper's clip size, --counts) "
                             "instead of the per-preset evaluation timing")
     bench.add_argument("--compile", action="store_true", help="with --suite: add torch.compile'd variants")
     bench.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
@@ -320,8 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     bench.add_argument("--repeats", type=at_least(1), default=3)
+    bench.add_argument("--counts", type=at_least(3), nargs="+", default=[50, 500],
+                       help="data: videos of the EchoNet-format phantoms measured (rendered once into runs/bench-data)")
     bench.add_argument("--out", type=Path, help="JSON file for the results")
     bench.set_defaults(func=cmd_bench)
+    prep = sub.add_parser("prepare", help="prepare a dataset's clips once into the clip store that training, "
+                          "evaluation and the segmenter read (otherwise their first use does it)")
+    prep.add_argument("--data", required=True, type=Path, help="a CAMUS or EchoNet-Dynamic folder (real or phantom)")
+    prep.add_argument("--profile", default="smoke", help="the profile whose train section gives the clip size")
+    prep.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    prep.add_argument("--workers", type=at_least(1), default=None, help="processes (default: all cores)")
+    prep.set_defaults(func=cmd_prepare)
     phantom = sub.add_parser("phantom", help="render a phantom dataset in the CAMUS or EchoNet-Dynamic format")
     phantom.add_argument("--format", choices=FORMATS, help="dataset format to render (with --out)")
     phantom.add_argument("--out", type=Path, help="new (or empty) folder to write")
@@ -399,6 +459,19 @@ def build_parser() -> argparse.ArgumentParser:
     nfe.add_argument("--compile", action="store_true", help="torch.compile the networks (for long runs)")
     nfe.add_argument("--device", default="auto")
     nfe.set_defaults(func=cmd_nfe_study)
+    efs = sub.add_parser("ef-study", help="do generated videos keep the EF their beating pseudo video is given? "
+                         "(TEST maps x target EFs, read back by the segmenter; resumable)")
+    efs.add_argument("--data", required=True, type=Path, help="a CAMUS or EchoNet-Dynamic folder")
+    efs.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="the unconditional model")
+    efs.add_argument("--segmenter", required=True, type=Path, help="the segmenter that reads the EF and Dice LV")
+    efs.add_argument("--out", required=True, type=Path, help="the study's JSON (e.g. results/cpu/ef-study.json)")
+    efs.add_argument("--efs", type=finite_number, nargs="+", default=list(EFStudyConfig.efs))
+    efs.add_argument("--start-steps", type=start_step, nargs="+", default=list(EFStudyConfig.start_steps))
+    efs.add_argument("--samples", type=at_least(1), default=EFStudyConfig.samples)
+    efs.add_argument("--max-maps", type=at_least(1), default=EFStudyConfig.max_maps)
+    efs.add_argument("--seed", type=at_least(0), default=EFStudyConfig.seed)
+    efs.add_argument("--device", default="auto")
+    efs.set_defaults(func=cmd_ef_study)
     gen = sub.add_parser("generate", help="videos from your own ED map (PNG or NIfTI; CAMUS, 5-label or LV-only)")
     gen.add_argument("--map", required=True, type=Path, help="the ED label map: .png, .nii or .nii.gz, any size")
     gen.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
@@ -447,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = "freeecho " + shlex.join(map(str, argv))  # recorded in what a command writes
     try:
-        args.func(args)
+        with cache_dir_variable(args.cache_dir):
+            args.func(args)
     except KeyboardInterrupt:
         print(f"freeecho {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -457,6 +531,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"freeecho {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+@contextmanager
+def cache_dir_variable(cache_dir: Path | None):
+    """FREEECHO_CACHE_DIR set to `cache_dir` for the command (read by every EchoClips, in this process and the
+    processes it starts), and restored afterwards."""
+    previous = os.environ.get(CACHE_DIR_VARIABLE)
+    if cache_dir is not None:
+        os.environ[CACHE_DIR_VARIABLE] = str(cache_dir)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(CACHE_DIR_VARIABLE, None)
+        else:
+            os.environ[CACHE_DIR_VARIABLE] = previous
 
 
 def one_line(err: Exception) -> str:

@@ -24,7 +24,7 @@ from scipy.ndimage import binary_dilation, binary_opening, label as connected_co
 from freeecho_core.data.case import to_five_labels
 
 # Bumped whenever prepare_clip makes different clips from the same files; part of every cache key built on clips.
-PREPARATION_VERSION = 2  # 2: frames padded to a square instead of stretched; ClipConfig.fps
+PREPARATION_VERSION = 3  # 2: frames padded to a square instead of stretched; ClipConfig.fps; 3: whole grey levels
 SHORT_POLICIES = ("resample", "pad", "error")
 UNLABELLED = -1  # frame_labels value of frames without annotation
 
@@ -64,6 +64,17 @@ class Clip:
     ed_map: np.ndarray
     sector: np.ndarray
     fps: float | None
+
+
+def unit_from_grey(grey: np.ndarray) -> np.ndarray:
+    """uint8 grey levels -> float32 in [-1, 1]. A prepared clip holds whole grey levels (the source files do,
+    and resizing is rounded back to them), so the prepared-clip store keeps a video as uint8 without loss."""
+    return grey.astype(np.float32) / np.float32(127.5) - np.float32(1)
+
+
+def grey_from_unit(video: np.ndarray) -> np.ndarray:
+    """The inverse of `unit_from_grey`: float32 video in [-1, 1] on whole grey levels -> uint8."""
+    return np.rint((video.astype(np.float32) + 1) * np.float32(127.5)).clip(0, 255).astype(np.uint8)
 
 
 SECTOR_GREY = 16  # grey level a fan pixel reaches in some frame; codec noise and black borders stay below
@@ -192,6 +203,6 @@ def prepare_clip(case_id: str, view: str, frames: np.ndarray, labels: dict[int, 
             frame_labels[k] = labels[source]
     sector_small = resize_labels_nearest(sector, config.size).astype(bool)
     ed_map = ed_map_from_labels(ed_labels, sector, config.size)
-    return Clip(case_id, view, (video / 127.5 - 1).clip(-1, 1).astype(np.float32),
+    return Clip(case_id, view, unit_from_grey(np.rint(video).clip(0, 255).astype(np.uint8)),
                 resize_labels_nearest(frame_labels, config.size), ed_map, sector_small,
                 None if fps is None else float(fps / step))

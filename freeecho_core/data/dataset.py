@@ -6,7 +6,10 @@ column. Split names are TRAIN, VAL and TEST for both.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +23,11 @@ from freeecho_core.data.clips import (PREPARATION_VERSION, Clip, ClipConfig, myo
 from freeecho_core.data.echonet import (lv_tracings, method_of_disks_volume, read_echonet_video, read_filelist,
                                         read_tracings, skipped_message, traced_videos)
 from freeecho_core.data.histogram import intensity_histogram
+from freeecho_core.data.store import ClipStore, open_store, source_stats
 from freeecho_core.files import atomic_write
 
 CACHE_DIR = ".freeecho_cache"  # default cache folder inside a dataset root
+CACHE_DIR_VARIABLE = "FREEECHO_CACHE_DIR"  # a cache folder for every dataset (`freeecho --cache-dir`)
 
 SPLITS = ("TRAIN", "VAL", "TEST")
 
@@ -64,20 +69,34 @@ def camus_splits(patients: list[str], seed: int = 0, fractions=(0.8, 0.1, 0.1)) 
     return {patients[i]: names[rank] for rank, i in enumerate(order)}
 
 
+def cache_folder(root: Path, cache_dir: str | Path | None) -> tuple[Path, bool]:
+    """(the cache folder for a dataset root, whether it was chosen explicitly): `cache_dir`, else the
+    FREEECHO_CACHE_DIR environment variable, else `<root>/.freeecho_cache`."""
+    chosen = cache_dir if cache_dir is not None else os.environ.get(CACHE_DIR_VARIABLE) or None
+    return (Path(chosen), True) if chosen is not None else (root / CACHE_DIR, False)
+
+
 class EchoClips(Dataset):
     """Clips of one split; item i is a dict with
     video (1, K, S, S) float32 in [-1, 1], ed_map (S, S) int64 (5 labels), frame_labels (K, S, S) int64
     (CAMUS labels, -1 where a frame has no annotation), case_id, view.
+
+    Clips come from the split's prepared-clip store (`data.store`), built on first use in the cache folder
+    (`cache_folder`) and shared by every process that opens the same split with the same clip config; with
+    `store=False`, or when the default cache folder cannot be written (a read-only dataset: pass `cache_dir`),
+    every access decodes the recording again. Both paths give identical clips.
     """
 
     def __init__(self, root: str | Path, split: str = "TRAIN", clip: ClipConfig = ClipConfig(),
-                 views=("2CH", "4CH"), seed: int = 0, cache: bool = True):
+                 views=("2CH", "4CH"), seed: int = 0, store: bool = True, cache_dir: str | Path | None = None,
+                 workers: int | None = None, progress: bool = True):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.root, self.split, self.config, self.cache = Path(root), split, clip, cache
-        self.views, self.seed = tuple(views), seed
+        self.root, self.split, self.config = Path(root), split, clip
+        self.views, self.seed, self.use_store, self.workers, self.progress = tuple(views), seed, store, workers, progress
+        self.cache, self.explicit_cache = cache_folder(self.root, cache_dir)
         self.format = detect_format(self.root)
-        self._cached: dict[int, Clip] = {}
+        self._store: ClipStore | None = None
         self.skipped: list[str] = []  # EchoNet videos left out for lack of ED/ES tracings
         if self.format == "camus":
             patients = list_camus_patients(self.root)
@@ -97,12 +116,53 @@ class EchoClips(Dataset):
         return len(self.items)
 
     def clip(self, i: int) -> Clip:
-        if i in self._cached:
-            return self._cached[i]
-        clip = self._load_camus(*self.items[i]) if self.format == "camus" else self._load_echonet(self.items[i])
-        if self.cache:
-            self._cached[i] = clip
-        return clip
+        store = self.prepare() if self.use_store else None
+        return self.decode(i) if store is None else store.clip(i)
+
+    def decode(self, i: int) -> Clip:
+        """Clip i prepared from its source files (what the store holds)."""
+        return self._load_camus(*self.items[i]) if self.format == "camus" else self._load_echonet(self.items[i])
+
+    def prepare(self) -> ClipStore | None:
+        """Open this split's store, building it first where it is missing or outdated (`data.store`); None
+        when the default cache folder cannot be written, after a warning (clips are then decoded on every
+        access). An explicit cache folder that cannot be written raises."""
+        if self._store is None and self.use_store and len(self):
+            try:
+                self._store = open_store(self.cache, self.store_name(), self, self.store_key(),
+                                         self.item_names(), self.sources(), self.workers, self.progress)
+            except OSError as error:
+                if self.explicit_cache:
+                    raise
+                warnings.warn(f"{self.cache}: cannot keep prepared clips there ({error.strerror}); every clip is "
+                              f"decoded again on each use; pass a writable cache folder (--cache-dir)", stacklevel=2)
+                self.use_store = False
+        return self._store
+
+    def store_key(self) -> dict:
+        return {"preparation_version": PREPARATION_VERSION, "format": self.format, "split": self.split,
+                "clip": asdict(self.config), "views": list(self.views), "seed": self.seed,
+                "root": str(self.root.resolve())}
+
+    def store_name(self) -> str:
+        rate = "" if self.config.fps is None else f"-fps{self.config.fps:g}"
+        digest = hashlib.sha1(json.dumps(self.store_key(), sort_keys=True).encode()).hexdigest()[:8]
+        return f"clips-{self.split}-f{self.config.frames}-s{self.config.size}{rate}-{digest}"
+
+    def item_names(self) -> list[str]:
+        return [f"{p.name}_{v}" for p, v in self.items] if self.format == "camus" else list(self.items)
+
+    def sources(self) -> dict[str, list[int]]:
+        """Size and time of every file the split's clips are read from."""
+        if self.format == "camus":
+            files = [f for p, v in self.items for f in sorted(p.iterdir()) if f"_{v}" in f.name]
+        else:
+            files = [self.root / "FileList.csv", self.root / "VolumeTracings.csv"]
+            files += [self.root / "Videos" / f"{name}.avi" for name in self.items]
+        return source_stats(self.root, files)
+
+    def __getstate__(self):  # a DataLoader worker reopens the store itself
+        return {**self.__dict__, "_store": None}
 
     def __getitem__(self, i: int) -> dict:
         c = self.clip(i)
@@ -121,18 +181,18 @@ class EchoClips(Dataset):
         """The target distribution of paper eq. (3) for this split: `data.histogram.intensity_histogram` of the
         grey levels (video + 1) / 2 inside the sector of every frame of every clip, (centres, weights).
 
-        Computed once and cached as an .npz in `cache_dir` (default `<root>/.freeecho_cache/`), keyed by
+        Computed once from the clips (read from the split's store) and cached as an .npz in `cache_dir`
+        (default: the dataset's cache folder, `cache_folder`), keyed by
         the clip preparation's version, split, clip config (frames, size, short, fps), views, seed, bins and the
         dataset root; the file is written atomically (temporary file, then os.replace). When the default
         folder cannot be created or written (a read-only dataset root), the histogram is computed every time
         without caching; an explicit `cache_dir` that cannot be written raises. Returns float64 (bins,)
         arrays; the pixel counts are summed one clip at a time.
         """
-        default = cache_dir is None
+        folder, explicit = (Path(cache_dir), True) if cache_dir is not None else (self.cache, self.explicit_cache)
         rate = "" if self.config.fps is None else f"-fps{self.config.fps:g}"
         key = (f"v{PREPARATION_VERSION}-{self.split}-f{self.config.frames}-s{self.config.size}-"
                f"{self.config.short}{rate}-{'_'.join(self.views)}-seed{self.seed}-b{bins}")
-        folder = self.root / CACHE_DIR if default else Path(cache_dir)
         # The root is part of the key too, so one explicit cache_dir can serve several datasets.
         digest = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:8]
         path = folder / f"intensity_histogram-{key}-{digest}.npz"
@@ -144,7 +204,7 @@ class EchoClips(Dataset):
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda f: np.savez(f, centres=centres, weights=weights))
         except OSError:
-            if not default:
+            if explicit:
                 raise
         return centres, weights
 

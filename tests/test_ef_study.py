@@ -1,0 +1,56 @@
+"""The EF study (issue 18): targets in, EF proxies read back by the segmenter, the still baseline and the floor."""
+import json
+
+import numpy as np
+import pytest
+
+from freeecho_core.cli import main
+from freeecho_core.ef_study import EFStudyConfig, agreement, run_ef_study
+from freeecho_core.segmenter import SegConfig, train_segmenter
+from freeecho_core.synthesis import FreeEcho
+
+
+def test_agreement_is_correlation_mae_and_bias():
+    row = agreement([0.3, 0.5, 0.7, np.nan], [0.35, 0.55, 0.75, 0.4])  # the NaN pair is left out
+    assert row["n"] == 3 and row["correlation"] == pytest.approx(1.0)
+    assert row["mae"] == pytest.approx(0.05) and row["bias"] == pytest.approx(0.05)
+    assert np.isnan(agreement([0.3, 0.5], [0.4, 0.4])["correlation"])  # no spread: no correlation
+
+
+def test_a_study_reads_every_target_back_and_resumes(trained, tmp_path, monkeypatch):
+    data, unconditional, _ = trained
+    segmenter = train_segmenter(SegConfig(frames=4, size=16, steps=2, batch_size=8), data, tmp_path / "seg.pt",
+                                progress=False)
+    config = EFStudyConfig(efs=(0.3, 0.6), start_steps=(55,), samples=2, max_maps=2)
+    report = run_ef_study(data, unconditional, segmenter, tmp_path / "ef.json", config, progress=False)
+    assert json.loads((tmp_path / "ef.json").read_text())["summary"] == json.loads(json.dumps(report["summary"]))
+    videos = report["videos"]
+    maps = {r["map"] for r in videos}
+    assert len(videos) == len(maps) * 3 * 2  # (still, 0.3, 0.6) x 2 samples per map
+    beating = [r for r in videos if r["target_ef"] is not None]
+    assert all(r["maps_ef"] is not None for r in beating)  # the label sequence's own EF is recorded
+    assert all(r["maps_ef"] is None for r in videos if r["target_ef"] is None)
+    summary = report["summary"]["55"]
+    assert summary["beating"]["n"] + sum(not np.isfinite(r["video_ef"]) for r in beating) == len(beating)
+    assert set(summary["per_target"]) == {"0.3", "0.6"} and report["settings"]["es_frame"] == 3.0
+    pseudo = report["pseudo_video"]["rows"]  # the pseudo video read without the model: one row per map and target
+    assert sorted((r["map"], r["target_ef"]) for r in pseudo) == sorted((m, ef) for m in maps for ef in (0.3, 0.6))
+    # A second run finds every row and generates nothing; an extended one generates only the new target.
+    calls = []
+    real_call = FreeEcho.__call__
+    monkeypatch.setattr(FreeEcho, "__call__", lambda self, *a, **k: calls.append(k["ef"]) or real_call(self, *a, **k))
+    again = run_ef_study(data, unconditional, segmenter, tmp_path / "ef.json", config, progress=False)
+    assert again["videos"] == json.loads(json.dumps(videos)) and calls == []
+    wider = EFStudyConfig(efs=(0.3, 0.6, 0.45), start_steps=(55,), samples=2, max_maps=2)
+    run_ef_study(data, unconditional, segmenter, tmp_path / "ef.json", wider, progress=False)
+    assert calls == [0.45] * len(maps)
+
+
+def test_the_command_refuses_targets_out_of_range_in_one_line(trained, tmp_path, capsys):
+    data, unconditional, _ = trained
+    args = ["ef-study", "--data", str(data), "--checkpoint", str(unconditional), "--segmenter", str(unconditional),
+            "--out", str(tmp_path / "ef.json"), "--efs", "0.3", "0.95"]
+    assert main(args) == 2
+    assert "--efs must lie in [0.05, 0.85]" in capsys.readouterr().err and not (tmp_path / "ef.json").exists()
+    assert main(args[:5] + ["--segmenter", str(tmp_path / "no.pt")] + args[7:9]) == 2
+    assert "--segmenter" in capsys.readouterr().err
