@@ -331,9 +331,10 @@ def cmd_ef_study(args: argparse.Namespace) -> None:
     report = run_ef_study(args.data, args.checkpoint, args.segmenter, args.out, config,
                           device=resolve_device(args.device))
     for t_i, row in report["summary"].items():
-        b = row["beating"]
+        b, kept = row["beating"], row["beating_vs_pseudo_video"]
         print(f"t_i = {t_i}: beating EF proxy vs target: r {b['correlation']:.2f}, MAE {b['mae']:.3f}, bias "
-              f"{b['bias']:+.3f}; still: MAE {row['still']['mae']:.3f} (its EF {row['still_ef_mean']:.2f}); "
+              f"{b['bias']:+.3f}; vs its pseudo video's: r {kept['correlation']:.2f}, MAE {kept['mae']:.3f}; "
+              f"still: MAE {row['still']['mae']:.3f} (its EF {row['still_ef_mean']:.2f}); "
               f"Dice LV at ED {row['dice_lv_ed_beating']:.3f} (still {row['dice_lv_ed_still']:.3f})")
     pseudo = report["pseudo_video"]
     print(f"the beating pseudo video itself: r {pseudo['correlation']:.2f}, MAE {pseudo['mae']:.3f}, "

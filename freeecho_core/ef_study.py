@@ -7,7 +7,9 @@ the Dice LV of its ED frame against the input map. Beside it: the still pseudo v
 whatever the model invents, compared with the same targets) and the floor, the EF proxy error of the same
 segmenter on the real TEST clips against their own annotated ED and ES labels; and the segmenter's reading of
 the beating pseudo video itself, before any noise, which separates what the model loses from what the reading
-does. The same seeds serve every target of a map, so the targets differ only in the motion of the pseudo video.
+does: the generated video's EF proxy against its own pseudo video's, both read by the same segmenter, is what
+the model keeps of the motion. The same seeds serve every target of a map, so the targets differ only in the
+motion of the pseudo video.
 """
 from __future__ import annotations
 
@@ -137,12 +139,16 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
         write_text_atomically(out_json, json.dumps({"settings": settings, "videos": rows}, indent=1) + "\n")
     floor = real_floor(judge, clips)
     pseudo = pseudo_video_reads(judge, clips, config.efs, es_frame, histogram)
+    pseudo_ef = {(r["map"], r["target_ef"]): r["pseudo_ef"] for r in pseudo}
     summary = {}
     for t_i in config.start_steps:
         beating = [r for r in rows if r["start_step"] == t_i and r["target_ef"] is not None]
         still = [r["video_ef"] for r in rows if r["start_step"] == t_i and r["target_ef"] is None]
         summary[str(t_i)] = {
             "beating": agreement([r["target_ef"] for r in beating], [r["video_ef"] for r in beating]),
+            # The same reader on the video and on its own pseudo video: how much of the motion the model keeps.
+            "beating_vs_pseudo_video": agreement([pseudo_ef[(r["map"], r["target_ef"])] for r in beating],
+                                                 [r["video_ef"] for r in beating]),
             "still_ef_mean": float(np.nanmean(still)), "still_ef_sd": float(np.nanstd(still)),
             # The still video does not know the target: its correlation with the targets is 0 by construction.
             "still": {k: v for k, v in agreement([ef for ef in config.efs for _ in still],

@@ -35,6 +35,10 @@ def test_a_study_reads_every_target_back_and_resumes(trained, tmp_path, monkeypa
     assert set(summary["per_target"]) == {"0.3", "0.6"} and report["settings"]["es_frame"] == 3.0
     pseudo = report["pseudo_video"]["rows"]  # the pseudo video read without the model: one row per map and target
     assert sorted((r["map"], r["target_ef"]) for r in pseudo) == sorted((m, ef) for m in maps for ef in (0.3, 0.6))
+    read = {(r["map"], r["target_ef"]): r["pseudo_ef"] for r in pseudo}
+    expected = np.mean([abs(r["video_ef"] - read[(r["map"], r["target_ef"])]) for r in beating
+                        if np.isfinite(r["video_ef"]) and np.isfinite(read[(r["map"], r["target_ef"])])])
+    assert summary["beating_vs_pseudo_video"]["mae"] == pytest.approx(expected)
     # A second run finds every row and generates nothing; an extended one generates only the new target.
     calls = []
     real_call = FreeEcho.__call__

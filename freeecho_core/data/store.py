@@ -84,6 +84,11 @@ class ClipStore:
     def __getstate__(self):  # file descriptors are per process: a DataLoader worker opens its own
         return {**self.__dict__, "_fds": {}, "_pid": None}
 
+    def __del__(self):
+        if getattr(self, "_pid", None) == os.getpid():
+            for fd in self._fds.values():
+                os.close(fd)
+
     def _read(self, name: str, i: int) -> np.ndarray:
         if self._pid != os.getpid():
             self._fds, self._pid = {}, os.getpid()
@@ -109,11 +114,6 @@ class ClipStore:
     def nbytes(self) -> int:
         return sum((self.folder / f"{name}.npy").stat().st_size for name in ARRAYS) + \
             (self.folder / "index.json").stat().st_size
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds = {}
 
 
 def is_current(folder: Path, key: dict, items: list[str], sources: dict[str, list[int]]) -> bool:
