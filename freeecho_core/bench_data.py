@@ -5,7 +5,8 @@ each TRAIN video into the store and the store's bytes per video; then, each in a
 DataLoader (batch 16, shuffled) with 0, 2 and 8 workers: clips per second delivered in the second epoch (the
 first also starts the workers), and the resident memory of the main process (after `release_free_heap`) and of
 every worker at the end. The same runs with the clips decoded on every access and with the former per-process
-dict of prepared clips (`DictCache`, reproduced here only to be measured) show what the store replaced. Linux only: memory is read from /proc/<pid>/status.
+dict of prepared clips (`DictCache`, reproduced here only to be measured) show what the store replaced. Linux
+only: memory is read from /proc/<pid>/status.
 """
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ from freeecho_core.files import write_text_atomically
 
 PAPER_CLIP = ClipConfig(frames=24, size=128)
 MEMORY_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
-MODES = ("store", "decode", "dict")  # the store; decoding on every access; the former per-process dict
 
 
 class DictCache(Dataset):
@@ -182,6 +182,10 @@ def summary_line(count: int, r: dict) -> str:
             f"MB main {r['main_mb']['VmRSS']:.0f}, workers {workers}")
 
 
+def mean_worker_mb(run: dict) -> float:
+    return float(np.mean([w["VmRSS"] for w in run["worker_mb"]]))
+
+
 def growth_per_video(datasets: list[dict]) -> list[dict]:
     """Resident MB per TRAIN video, from the smallest to the largest dataset, of the main process and of the
     mean worker, per (mode, workers) measured at both sizes."""
@@ -197,7 +201,6 @@ def growth_per_video(datasets: list[dict]) -> list[dict]:
         row = {"mode": a["mode"], "workers": a["workers"],
                "main_mb_per_video": (b["main_mb"]["VmRSS"] - a["main_mb"]["VmRSS"]) / extra}
         if a["worker_mb"] and b["worker_mb"]:
-            mean = lambda r: float(np.mean([w["VmRSS"] for w in r["worker_mb"]]))
-            row["worker_mb_per_video"] = (mean(b) - mean(a)) / extra
+            row["worker_mb_per_video"] = (mean_worker_mb(b) - mean_worker_mb(a)) / extra
         rows.append(row)
     return rows

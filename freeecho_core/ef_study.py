@@ -22,7 +22,7 @@ import torch
 
 from freeecho_core.anatomy import camus_from_five, ef_area_proxy
 from freeecho_core.checkpoint import code_version, load_checkpoint
-from freeecho_core.data.clips import PREPARATION_VERSION, UNLABELLED
+from freeecho_core.data.clips import PREPARATION_VERSION, UNLABELLED, unit_from_grey
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.evaluate import load_judge
 from freeecho_core.files import write_text_atomically
@@ -131,7 +131,7 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
                       ef=ef, es_frame=es_frame)
         ed_labels = camus_from_five(c.ed_map)
         for k, video in enumerate(result.square):
-            seg = segment(judge, video.astype(np.float32) / 127.5 - 1)
+            seg = segment(judge, unit_from_grey(video))
             rows.append({"start_step": t_i, "map": key[1], "target_ef": ef, "sample": k,
                          "video_ef": ef_area_proxy(seg), "dice_lv_ed": dice(seg[0], ed_labels, LV),
                          "maps_ef": None if result.label_maps is None else

@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -164,15 +164,15 @@ def build_store(folder: Path, dataset, key: dict, items: list[str], sources: dic
                                       ("sector", (n, S, S)))}
         # Shown from the second second on: the quick stores of a notebook or a test leave no bar behind.
         bar = dict(total=n, disable=not progress, desc=f"preparing {dataset.split} clips", unit="clip", delay=2.0)
-        clips = []
-        if workers == 1:
-            _set_preparer(dataset)
-            results = map(_prepare_one, range(n))
-            clips = _fill(arrays, progress_bar(results, **bar))
-        else:
-            with ProcessPoolExecutor(workers, initializer=_set_preparer, initargs=(dataset,)) as pool:
+        pool = ProcessPoolExecutor(workers, initializer=_set_preparer, initargs=(dataset,)) if workers > 1 \
+            else nullcontext()
+        with pool:
+            if workers > 1:
                 results = pool.map(_prepare_one, range(n), chunksize=max(1, min(16, n // (4 * workers))))
-                clips = _fill(arrays, progress_bar(results, **bar))
+            else:
+                _set_preparer(dataset)
+                results = map(_prepare_one, range(n))
+            clips = _fill(arrays, progress_bar(results, **bar))
         for array in arrays.values():
             array.flush()
         del arrays
