@@ -176,8 +176,8 @@ def cmd_phantom(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     overrides = {"kind": args.kind} | ({"steps": args.steps} if args.steps is not None else {})
-    config = config_from_profile(profile_section(args.profile, "train"), source=str(profile_file(args.profile)),
-                                 **overrides)
+    config = config_from_profile(profile_section(args.profile, args.section),
+                                 source=str(profile_file(args.profile)), section=args.section, **overrides)
     run_dir = args.run_dir or Path("runs") / Path(args.profile).stem / config.kind
     check_output_folder(run_dir, "--run-dir")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
@@ -199,7 +199,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     if before == config.steps:
         print(f"{run_dir}/checkpoint.pt is already at step {before} of {config.steps}: nothing to train")
         return
-    command = f"freeecho train --profile {args.profile} --data {args.data} --kind {config.kind} " \
+    section = f" --section {args.section}" if args.section != "train" else ""
+    steps = f" --steps {args.steps}" if args.steps is not None else ""
+    command = f"freeecho train --profile {args.profile}{section} --data {args.data} --kind {config.kind}{steps} " \
               f"--run-dir {run_dir} --resume"
     card = write_model_card(run_dir, args.data, command)
     print(f"trained {config.kind} from step {before} to step {config.steps}: {run_dir}/checkpoint.pt, "
@@ -403,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", required=True, type=Path, help="a CAMUS or EchoNet-Dynamic folder (real or phantom)")
     tr.add_argument("--kind", default="unconditional", choices=MODEL_KINDS)
     tr.add_argument("--run-dir", type=Path, help="checkpoint folder (default runs/<profile>/<kind>)")
+    tr.add_argument("--section", default="train", help="the profile's section of training settings: train, or a "
+                    "later stage such as train_high_noise (params/cpu.yaml), continued with --resume")
     tr.add_argument("--steps", type=at_least(1), help="override the profile's number of steps")
     tr.add_argument("--resume", action="store_true", help="continue from <run>/checkpoint.pt")
     tr.add_argument("--other-data", action="store_true", help="with --resume: continue on a dataset other than "

@@ -42,22 +42,44 @@ def data_summary(data_root: str | os.PathLike) -> dict:
     return summary
 
 
+def training_stages(old: dict | None, train_config: dict, steps: int, command: str) -> list[dict]:
+    """The stages a run was trained in, oldest first: each its last step, settings and command. A run resumed
+    with other settings than the card's (a later section of the profile, e.g. `train_high_noise`) starts a new
+    stage, and the card's held-out scores, which describe the earlier weights, move into the stage they scored."""
+    if old is None:
+        stages = []
+    else:
+        stages = old.get("stages") or [{"until_step": old["steps"], "train_config": old["train_config"],
+                                        "command": old["command"]}]
+        stages[-1] = stages[-1] | ({"held_out_scores": old["held_out_scores"]} if old.get("held_out_scores") else {})
+    current = {"until_step": steps, "train_config": train_config, "command": command}
+    same = stages and without_steps(stages[-1]["train_config"]) == without_steps(train_config)
+    return stages[:-1] + [current] if same else stages + [current]
+
+
+def without_steps(train_config: dict) -> dict:
+    return {k: v for k, v in train_config.items() if k != "steps"}
+
+
 def write_model_card(run_dir: str | os.PathLike, data_root: str | os.PathLike, command: str,
                      scores: dict | None = None) -> Path:
-    """Write `run_dir`/model_card.json for the checkpoint in `run_dir` (checkpoint.pt, or ema.pt alone)."""
+    """Write `run_dir`/model_card.json for the checkpoint in `run_dir` (checkpoint.pt, or ema.pt alone), with the
+    stages of its training (`training_stages`) when an earlier card is there."""
     run_dir = Path(run_dir)
     source = run_dir / "checkpoint.pt" if (run_dir / "checkpoint.pt").is_file() else run_dir / "ema.pt"
     payload = load_checkpoint(source)
+    path = run_dir / CARD_NAME
+    old = json.loads(path.read_text()) if path.is_file() else None
+    stages = training_stages(old, payload["train_config"], int(payload["step"]), command)
     files = {p.name: round(p.stat().st_size / 1e6, 2) for p in sorted(run_dir.glob("*.pt"))}
     card = {
         "model": str(run_dir), "steps": int(payload["step"]), "train_config": payload["train_config"],
         "unet_config": payload["config"], "training_seconds": training_seconds(run_dir / "log.csv"),
         "machine": f"{cpu_model()} ({os.cpu_count()} cores), {platform.system()}, torch {torch.__version__}",
-        "data": data_summary(data_root), "command": command, "file_sizes_mb": files,
+        "data": data_summary(data_root), "command": command, "stages": stages, "file_sizes_mb": files,
         "held_out_scores": scores or {}, "code_version": code_version(),
     }
-    path = run_dir / CARD_NAME
-    path.write_text(json.dumps(card, indent=1) + "\n")
+    write_text_atomically(path, json.dumps(card, indent=1) + "\n")
     return path
 
 

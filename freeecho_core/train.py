@@ -53,6 +53,7 @@ class TrainConfig:
     ema_halflife: float = 2212.0  # EMA half-life in training images (the authors' decay 0.995 per step of 16)
     ema_rampup: float = 0.05  # the half-life is at most this share of the images seen so far (EDM's ramp-up)
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
+    noise_uniform_share: float = 0.0  # share of samples with ln(sigma) uniform over the sampling range; 0: EDM's
     p_uncond: float = 0.1  # Cls-Free: probability of the null condition in training
     checkpoint_every: int = 1000  # steps between checkpoints (one is also written at the end)
     seed: int = 0  # data order, noise, dropout and initial weights
@@ -72,6 +73,7 @@ class TrainConfig:
                    "ema_rampup": as_float("ema_rampup", self.ema_rampup, 0),
                    "grad_clip": as_float("grad_clip", self.grad_clip, 0),
                    "p_uncond": as_float("p_uncond", self.p_uncond, 0, 1),
+                   "noise_uniform_share": as_float("noise_uniform_share", self.noise_uniform_share, 0, 1),
                    "clip_fps": None if self.clip_fps is None else as_float("clip_fps", self.clip_fps, above=0),
                    "bf16": as_bool("bf16", self.bf16), "compile": as_bool("compile", self.compile)}
         for name, value in values.items():
@@ -143,7 +145,7 @@ def micro_batch_loss(denoiser, batch: dict, gens: list[torch.Generator], config:
         cond = cond * keep[:, None, None, None]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and x0.device.type == "cuda")
     with autocast:
-        loss = edm_loss(denoiser, x0, cond, generator=gens)
+        loss = edm_loss(denoiser, x0, cond, uniform_share=config.noise_uniform_share, generator=gens)
     return loss.float().mean()
 
 
@@ -357,9 +359,10 @@ def clip_config(train_config: dict) -> ClipConfig:
                       fps=train_config.get("clip_fps"))
 
 
-def config_from_profile(profile: dict, *, source: str = "the train section", **overrides) -> TrainConfig:
-    """A TrainConfig from a profile's `train` section (params/<profile>.yaml), with overrides; errors name
-    `source` (the profile file) and the setting."""
+def config_from_profile(profile: dict, *, source: str = "the profile", section: str = "train",
+                        **overrides) -> TrainConfig:
+    """A TrainConfig from a profile's `train` section (or a later stage's `section`, params/<profile>.yaml), with
+    overrides; errors name `source` (the profile file), the section and the setting."""
     unknown = set(profile) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"{source}: unknown training settings {sorted(unknown)}; known: "
@@ -367,4 +370,4 @@ def config_from_profile(profile: dict, *, source: str = "the train section", **o
     try:
         return replace(TrainConfig(**profile), **overrides)
     except ValueError as err:
-        raise ValueError(f"{source}: train.{err}") from None
+        raise ValueError(f"{source}: {section}.{err}") from None

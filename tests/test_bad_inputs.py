@@ -123,6 +123,8 @@ CASES = [
                              ("empty", "empty"), ("notrain", "section `train` is missing"),
                              ("binary", "not a text file")]),
     ("train-profile-missing", lambda f, t: TRAIN + ["--profile", "nosuch", "--data", f["camus"]], "not found"),
+    ("train-section-missing", lambda f, t: TRAIN + ["--section", "train_later", "--data", f["camus"], "--run-dir",
+                                                    t / "r"], "section `train_later` is missing"),
     ("train-device-cuda", lambda f, t: ["train", "--data", f["camus"], "--run-dir", t / "r", "--device", "cuda"],
      "--device cuda"),
     ("train-device-tpu", lambda f, t: ["train", "--data", f["camus"], "--run-dir", t / "r", "--device", "tpu9"],

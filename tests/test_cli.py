@@ -1,6 +1,11 @@
 import json
+from pathlib import Path
+
+import yaml
 
 from freeecho_core.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_info_lists_the_presets_and_the_start_step_sigmas(capsys):
@@ -47,6 +52,29 @@ def test_train_runs_a_profile_and_resumes(tmp_path, capsys):
     assert card["training_seconds"] > 0 and card["file_sizes_mb"]["ema.pt"] > 0
     assert main(["train", "--profile", "nosuch", "--data", str(data)]) == 2
     assert "profile 'nosuch' not found" in capsys.readouterr().err
+
+
+def test_a_later_section_of_the_profile_continues_the_run_and_the_card_keeps_both_stages(tmp_path):
+    data = tmp_path / "data"
+    assert main(["phantom", "--format", "camus", "--out", str(data), "--count", "3", "--height", "32",
+                 "--frames", "6", "--workers", "1"]) == 0
+    smoke = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
+    later = smoke["train"] | {"steps": 4, "lr": 5e-4, "lr_cooldown": 2, "noise_uniform_share": 0.5}
+    profile = tmp_path / "staged.yaml"
+    profile.write_text(yaml.safe_dump(smoke | {"train_later": later}))
+    run = ["--profile", str(profile), "--data", str(data), "--run-dir", str(tmp_path / "run"), "--device", "cpu"]
+    assert main(["train", *run, "--steps", "2"]) == 0
+    card_path = tmp_path / "run" / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["held_out_scores"] = {"TEST": "scores of the weights at step 2"}
+    card_path.write_text(json.dumps(card))
+    assert main(["train", *run, "--section", "train_later", "--resume"]) == 0
+    card = json.loads(card_path.read_text())
+    assert card["steps"] == 4 and card["train_config"]["noise_uniform_share"] == 0.5 and card["held_out_scores"] == {}
+    first, second = card["stages"]
+    assert first["until_step"] == 2 and first["train_config"]["noise_uniform_share"] == 0.0
+    assert first["held_out_scores"] == {"TEST": "scores of the weights at step 2"}
+    assert second["until_step"] == 4 and "--section train_later" in second["command"]
 
 
 def test_segmenter_trains_at_the_profile_clip_size_and_reports_held_out_dice(tmp_path, capsys):

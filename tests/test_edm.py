@@ -92,6 +92,24 @@ def test_training_sigma_is_lognormal_with_the_papers_parameters():
     assert log_sigma.std().item() == pytest.approx(1.2, abs=0.01)
 
 
+def test_a_uniform_share_of_training_sigmas_covers_the_sampling_range():
+    # Share 0 keeps the log-normal draws exactly; share 0.5 mixes in ln(sigma) ~ U[ln 0.002, ln 80].
+    gens = lambda: [torch.Generator().manual_seed(k) for k in range(20_000)]  # noqa: E731
+    lognormal = sample_training_sigma(20_000, generator=gens())
+    assert torch.equal(sample_training_sigma(20_000, uniform_share=0.0, generator=gens()), lognormal)
+    mixed = sample_training_sigma(20_000, uniform_share=0.5, generator=gens())
+    assert 0.002 <= mixed.min().item() and mixed.max().item() <= 80.0
+    unchanged = mixed == lognormal
+    assert unchanged.float().mean().item() == pytest.approx(0.5, abs=0.02)  # the other half is redrawn
+    uniform = mixed[~unchanged].log()
+    low, high = torch.log(torch.tensor([0.002, 80.0]))
+    assert ((uniform - low) / (high - low)).mean().item() == pytest.approx(0.5, abs=0.01)
+    # Above sigma(15) = 19 of the 64-step schedule: EDM's log-normal 0.1 %, the mixture about 7.5 %.
+    assert (lognormal > 19).float().mean().item() < 0.002
+    above = 0.5 * (high - torch.log(torch.tensor(19.0))) / (high - low)
+    assert (mixed > 19).float().mean().item() == pytest.approx(above.item(), abs=0.01)
+
+
 def test_edm_loss_of_zero_net_on_unit_scaled_data_is_one():
     # With F = 0 and zero-mean data of std sigma_data, E[lambda (c_skip (y + sigma n) - y)^2] = 1 at every sigma.
     g = torch.Generator().manual_seed(1)

@@ -24,8 +24,8 @@ def test_the_four_profiles_exist():
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
 def test_profiles_name_only_declared_parameters_of_every_notebook(profile):
-    sections = yaml.safe_load(profile.read_text())
-    sections.pop("train"), sections.pop("segment")
+    sections = {name: values for name, values in yaml.safe_load(profile.read_text()).items()
+                if name not in training_sections(profile) + ["segment"]}
     assert set(sections) == set(NOTEBOOKS), f"{profile.name} must have one section per notebook"
     for name, values in sections.items():
         declared = notebook_defaults(name)
@@ -34,13 +34,30 @@ def test_profiles_name_only_declared_parameters_of_every_notebook(profile):
             assert type(value) is type(declared[key]), f"{profile.name}:{name}.{key}"
 
 
+STAGE_SETTINGS = {"steps", "lr", "lr_cooldown", "ema_halflife", "noise_uniform_share"}  # what a later stage changes
+
+
+def training_sections(profile: Path) -> list[str]:
+    """`train` and the later stages of training a profile holds (`train_high_noise`, ...)."""
+    return [name for name in yaml.safe_load(profile.read_text()) if name == "train" or name.startswith("train_")]
+
+
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
-def test_profiles_hold_a_valid_training_section(profile):
-    train = yaml.safe_load(profile.read_text())["train"]
+def test_profiles_hold_valid_training_sections(profile):
+    sections = yaml.safe_load(profile.read_text())
     fields = TrainConfig.__dataclass_fields__
-    assert set(train) <= set(fields), f"{profile.name}: unknown settings {set(train) - set(fields)}"
-    for key, value in train.items():
-        assert type(value) is type(getattr(TrainConfig(), key)), f"{profile.name}: train.{key}"
+    for name in training_sections(profile):
+        train = sections[name]
+        assert set(train) <= set(fields), f"{profile.name}: unknown settings {set(train) - set(fields)}"
+        for key, value in train.items():
+            assert type(value) is type(getattr(TrainConfig(), key)), f"{profile.name}: {name}.{key}"
+        TrainConfig(**train)
+    later = {name: sections[name] for name in training_sections(profile) if name != "train"}
+    for name, stage in later.items():  # a later stage continues the same run: only its schedule and noise differ
+        assert {k: v for k, v in stage.items() if k not in STAGE_SETTINGS} == \
+            {k: v for k, v in sections["train"].items() if k not in STAGE_SETTINGS}, name
+        assert stage["steps"] > sections["train"]["steps"], name
+
 
 
 def test_smoke_profile_equals_the_notebook_defaults():

@@ -179,6 +179,22 @@ def test_the_cool_down_decays_the_learning_rate_linearly_over_the_last_steps():
         TrainConfig(lr_cooldown=-1)
 
 
+def test_a_later_stage_continues_a_run_with_its_own_noise_levels_and_rate(data_root, tmp_path):
+    """A stage such as params/cpu.yaml's train_high_noise resumes the run's checkpoint with other settings; its
+    uniform share of noise levels changes the steps it trains (the same data, seeds and rate otherwise)."""
+    train(CONFIG, data_root, tmp_path / "a", progress=False)
+    train(CONFIG, data_root, tmp_path / "b", progress=False)
+    later = replace(CONFIG, steps=6, lr=5e-4, lr_cooldown=2)
+    train(replace(later, noise_uniform_share=0.5), data_root, tmp_path / "a", resume=True, progress=False)
+    train(later, data_root, tmp_path / "b", resume=True, progress=False)
+    a, b = read_log(tmp_path / "a" / "log.csv"), read_log(tmp_path / "b" / "log.csv")
+    assert list(a["step"]) == list(range(1, 7)) and np.array_equal(a["loss"][:4], b["loss"][:4])
+    assert not np.array_equal(a["loss"][4:], b["loss"][4:])
+    assert load_checkpoint(tmp_path / "a" / "checkpoint.pt")["train_config"]["noise_uniform_share"] == 0.5
+    with pytest.raises(ValueError, match="noise_uniform_share"):
+        TrainConfig(noise_uniform_share=1.5)
+
+
 def test_resume_continues_the_clock_removes_stale_temporaries_and_refuses_other_data(data_root, tmp_path):
     config = replace(CONFIG, steps=2, checkpoint_every=2)
     run = tmp_path / "run"
