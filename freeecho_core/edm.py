@@ -29,13 +29,21 @@ def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
 
 def randn_per_sample(shape, generator: Generators = None, *, dtype=torch.float64, device=None):
     """N(0, I) noise of `shape`; with a list of generators, sample b is drawn from generator[b] alone."""
+    return draw_per_sample(torch.randn, shape, generator, dtype, device)
+
+
+def rand_per_sample(shape, generator: Generators = None, *, dtype=torch.float64, device=None):
+    """U[0, 1) numbers of `shape`; with a list of generators, sample b is drawn from generator[b] alone."""
+    return draw_per_sample(torch.rand, shape, generator, dtype, device)
+
+
+def draw_per_sample(draw, shape, generator: Generators, dtype, device):
+    """`draw` (torch.randn or torch.rand) of `shape`, from one generator or from generator[b] for sample b."""
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        return draw(shape, generator=generator, dtype=dtype, device=device)
     if len(generator) != shape[0]:
         raise ValueError(f"{len(generator)} generators for a batch of {shape[0]} samples")
-    return torch.stack(
-        [torch.randn(shape[1:], generator=g, dtype=dtype, device=device) for g in generator]
-    )
+    return torch.stack([draw(shape[1:], generator=g, dtype=dtype, device=device) for g in generator])
 
 
 def karras_sigmas(
@@ -94,15 +102,6 @@ class EDMPrecond(nn.Module):
         net_dtype = next(self.net.parameters(), x).dtype
         F_x = self.net((append_dims(c_in, x.ndim) * x).to(net_dtype), c_noise.to(net_dtype), cond)
         return append_dims(c_skip, x.ndim) * x + append_dims(c_out, x.ndim) * F_x.to(x.dtype)
-
-
-def rand_per_sample(shape, generator: Generators = None, *, dtype=torch.float64, device=None):
-    """U[0, 1) numbers of `shape`; with a list of generators, sample b is drawn from generator[b] alone."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.rand(shape, generator=generator, dtype=dtype, device=device)
-    if len(generator) != shape[0]:
-        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]} samples")
-    return torch.stack([torch.rand(shape[1:], generator=g, dtype=dtype, device=device) for g in generator])
 
 
 def sample_training_sigma(

@@ -49,7 +49,7 @@ def training_stages(old: dict | None, train_config: dict, steps: int, command: s
     if old is None:
         stages = []
     else:
-        stages = old.get("stages") or [{"until_step": old["steps"], "train_config": old["train_config"],
+        stages = list(old.get("stages") or []) or [{"until_step": old["steps"], "train_config": old["train_config"],
                                         "command": old["command"]}]
         stages[-1] = stages[-1] | ({"held_out_scores": old["held_out_scores"]} if old.get("held_out_scores") else {})
     current = {"until_step": steps, "train_config": train_config, "command": command}
