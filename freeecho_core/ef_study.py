@@ -24,7 +24,7 @@ from freeecho_core.anatomy import camus_from_five, ef_area_proxy
 from freeecho_core.checkpoint import code_version, load_checkpoint
 from freeecho_core.data.clips import PREPARATION_VERSION, UNLABELLED, unit_from_grey
 from freeecho_core.data.dataset import EchoClips
-from freeecho_core.evaluate import load_judge
+from freeecho_core.evaluate import file_digest, load_judge
 from freeecho_core.files import write_text_atomically
 from freeecho_core.generate import GenerateConfig, steps_after
 from freeecho_core.metrics import dice
@@ -109,8 +109,10 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
     sampler = sampler or SamplerConfig(GenerateConfig.solver, False, steps=GenerateConfig.sampler_steps)
     es_frame = es_frame_of_clips(train.clip(i) for i in range(len(train)))
     clips = [test.clip(i) for i in range(min(len(test), config.max_maps))]
+    # The weights' digest, not only the path: a checkpoint trained further in place makes the study again.
     settings = json.loads(json.dumps({"config": asdict(config), "sampler": asdict(sampler),
-                                      "checkpoint": str(checkpoint), "data": str(data_root), "es_frame": es_frame,
+                                      "checkpoint": str(checkpoint), "checkpoint_sha256": file_digest(checkpoint),
+                                      "data": str(data_root), "es_frame": es_frame,
                                       "clip_preparation": PREPARATION_VERSION}))
     stored = json.loads(out_json.read_text()) if out_json.is_file() else {}
     jobs = [(t_i, index, ef) for t_i in config.start_steps for index in range(len(clips))

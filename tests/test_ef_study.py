@@ -1,8 +1,10 @@
 """The EF study (issue 18): targets in, EF proxies read back by the segmenter, the still baseline and the floor."""
 import json
+import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from freeecho_core.cli import main
 from freeecho_core.ef_study import EFStudyConfig, agreement, run_ef_study
@@ -18,7 +20,9 @@ def test_agreement_is_correlation_mae_and_bias():
 
 
 def test_a_study_reads_every_target_back_and_resumes(trained, tmp_path, monkeypatch):
-    data, unconditional, _ = trained
+    data, stored, _ = trained
+    unconditional = tmp_path / "ema.pt"  # a copy: its weights change at the end
+    shutil.copy(stored, unconditional)
     segmenter = train_segmenter(SegConfig(frames=4, size=16, steps=2, batch_size=8), data, tmp_path / "seg.pt",
                                 progress=False)
     config = EFStudyConfig(efs=(0.3, 0.6), start_steps=(55,), samples=2, max_maps=2)
@@ -48,6 +52,13 @@ def test_a_study_reads_every_target_back_and_resumes(trained, tmp_path, monkeypa
     wider = EFStudyConfig(efs=(0.3, 0.6, 0.45), start_steps=(55,), samples=2, max_maps=2)
     run_ef_study(data, unconditional, segmenter, tmp_path / "ef.json", wider, progress=False)
     assert calls == [0.45] * len(maps)
+    # Other weights at the same path (a model trained further in place): every row is made again.
+    state = torch.load(unconditional, weights_only=False)
+    state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, unconditional)
+    calls.clear()
+    run_ef_study(data, unconditional, segmenter, tmp_path / "ef.json", wider, progress=False)
+    assert len(calls) == len(maps) * 4
 
 
 def test_the_command_refuses_targets_out_of_range_in_one_line(trained, tmp_path, capsys):
