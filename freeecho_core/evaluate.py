@@ -24,11 +24,13 @@ import torch.distributed as dist
 
 from freeecho_core.anatomy import ANATOMY_COLUMNS, feature_distances, finite_mean, map_scores
 from freeecho_core.checkpoint import code_version
+from freeecho_core.data.case import FIVE_LABELS
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips, dataset_fingerprint
+from freeecho_core.data.make_dataset import rescan_clip
 from freeecho_core.files import check_output_folder, save_array_atomically, write_text_atomically
-from freeecho_core.metrics import (FEATURE_NETWORKS, MetricUnavailable, frechet_metric, load_feature_network,
-                                   ssim_psnr, to_unit)
+from freeecho_core.metrics import (FEATURE_NETWORKS, SSIM_TERMS, MetricUnavailable, frechet_metric,
+                                   load_feature_network, ssim_psnr, ssim_terms, to_unit)
 from freeecho_core.progress import progress_bar
 from freeecho_core.segmenter import SegUNet, load_segmenter
 from freeecho_core.synthesis import METHOD_KINDS, Method, SamplerConfig, generate, load_denoiser
@@ -182,6 +184,40 @@ def feature_networks(feature_weights: dict, device) -> tuple[dict, dict]:
     return networks, unavailable
 
 
+def ssim_breakdown(generated: list[torch.Tensor], real: torch.Tensor, clips: list) -> dict:
+    """Where a method's SSIM comes from, averaged over maps: its three factors (`metrics.ssim_terms`) and its
+    mean over each region of the ED map (inside the scan sector, and each of the five labels)."""
+    per_map = []
+    for g, r, c in zip(generated, real, clips):
+        labels = torch.from_numpy(c.ed_map)
+        regions = {"in sector": labels != 0} | {name: labels == k for k, name in FIVE_LABELS.items()}
+        whole = ssim_terms(g, r)
+        per_map.append({name: whole[name] for name in SSIM_TERMS}
+                       | {f"SSIM {region}": ssim_terms(g, r, mask)["SSIM"] for region, mask in regions.items()
+                          if mask.any()})
+    names = dict.fromkeys(name for entry in per_map for name in entry)
+    return {name: finite_mean([entry.get(name, float("nan")) for entry in per_map]) for name in names}
+
+
+def method_row(generated: list[torch.Tensor], clips: list, real: torch.Tensor, networks: dict,
+               judge: SegUNet | None, judge_info: dict) -> dict:
+    """The scores of one method's videos (`generated`: (n, K, S, S) in [0, 1] per clip): SSIM/PSNR per map
+    (mean over frames and samples) and their spread over maps, SSIM's breakdown, FID/FVD for the loaded
+    `networks`, and the anatomy metrics when a segmenter (`judge`) is given."""
+    per_map = [ssim_psnr(g, r) for g, r in zip(generated, real)]
+    ssim, psnr = np.array(per_map).T
+    row = {"SSIM": float(ssim.mean()), "SSIM_std": float(ssim.std()), "PSNR": float(psnr.mean()),
+           "PSNR_std": float(psnr.std()), "maps": len(clips), "samples_per_map": int(generated[0].shape[0]),
+           "per_map": {f"{c.case_id}_{c.view}": {"SSIM": float(s), "PSNR": float(p)}
+                       for c, s, p in zip(clips, ssim, psnr)},
+           "SSIM_breakdown": ssim_breakdown(generated, real, clips)}
+    for name, net in networks.items():
+        row[FEATURE_NETWORKS[name]] = frechet_metric(net, torch.cat(generated), real)
+    if judge is not None:
+        row |= anatomy_row(judge, list(judge_info["val_dice"]), clips, generated, real)
+    return row
+
+
 def score(data: EchoClips, out: Path, methods: list[Method], feature_weights: dict, max_maps: int | None = None,
           device="cpu", segmenter: str | os.PathLike | None = None, networks: tuple[dict, dict] | None = None) -> dict:
     """SSIM/PSNR per map (mean over frames and samples) and FID/FVD per method, or why they are unavailable;
@@ -195,20 +231,23 @@ def score(data: EchoClips, out: Path, methods: list[Method], feature_weights: di
     results = {}
     for method in methods:
         generated = [load_videos(video_path(out, method, c.case_id, c.view)) for c in clips]
-        per_map = [ssim_psnr(g, r) for g, r in zip(generated, real)]
-        ssim, psnr = np.array(per_map).T
-        row = {"SSIM": float(ssim.mean()), "SSIM_std": float(ssim.std()), "PSNR": float(psnr.mean()),
-               "PSNR_std": float(psnr.std()), "maps": len(clips), "samples_per_map": int(generated[0].shape[0]),
-               "per_map": {f"{c.case_id}_{c.view}": {"SSIM": float(s), "PSNR": float(p)}
-                           for c, s, p in zip(clips, ssim, psnr)}}
-        for name, net in networks.items():
-            row[FEATURE_NETWORKS[name]] = frechet_metric(net, torch.cat(generated), real)
-        if judge is not None:
-            row |= anatomy_row(judge, list(judge_info["val_dice"]), clips, generated, real)
-        results[method.name] = row
+        results[method.name] = method_row(generated, clips, real, networks, judge, judge_info)
     if judge is None:
         unavailable["anatomy"] = "anatomy metrics: no segmenter checkpoint given"
     return {"methods": results, "unavailable": unavailable, "segmenter": judge_info}
+
+
+def second_scan_row(data: EchoClips, max_maps: int | None = None, device="cpu",
+                    segmenter: str | os.PathLike | None = None) -> dict:
+    """The scores of a perfect generator but for the speckle: each test clip of a CAMUS-format phantom scanned
+    a second time (`make_dataset.rescan_clip`: the same heart, beat and labels, new scatterers), scored like a
+    method with one sample per map (no FID/FVD). The ceiling of SSIM and PSNR against one real clip."""
+    clips = [data.clip(i) for i in range(len(data))][:max_maps]
+    judge, judge_info = load_judge(segmenter, data.config, device)
+    real = torch.stack([to_unit(torch.from_numpy(c.video)) for c in clips])
+    rescans = [rescan_clip(data.root, c.case_id, c.view, data.config) for c in clips]
+    generated = [to_unit(torch.from_numpy(r.video))[None] for r in rescans]
+    return method_row(generated, clips, real, {}, judge, judge_info)
 
 
 def load_models(unconditional: str | os.PathLike, clsfree: str | os.PathLike | None, device,

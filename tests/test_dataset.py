@@ -9,7 +9,7 @@ from freeecho_core.data.clips import (UNLABELLED, ClipConfig, crop_to_aspect, my
                                       prepare_clip, resize_frames, resize_labels_nearest, sector_from_frames,
                                       take_frames)
 from freeecho_core.data.dataset import CACHE_DIR, EchoClips, camus_splits, detect_format, ejection_fractions
-from freeecho_core.data.make_dataset import echonet_splits, make_phantom_dataset, profile_phantom
+from freeecho_core.data.make_dataset import echonet_splits, make_phantom_dataset, profile_phantom, rescan_clip
 from freeecho_core.data.phantom import PhantomConfig, make_case
 from freeecho_core.data.histogram import intensity_histogram
 
@@ -56,6 +56,24 @@ def test_camus_clip_round_trip_equals_the_rendered_case(camus_root):
     assert (clip.ed_map[-3:] == 0).all()  # the rows below the fan are padding
     assert set(np.unique(clip.ed_map)) == {0, 1, 2, 3, 4}
     assert (clip.frame_labels != UNLABELLED).all()  # CAMUS labels every frame of the half sequence
+
+
+def test_a_second_scan_shows_the_same_heart_with_new_speckle(camus_root, echonet_root):
+    ds = EchoClips(camus_root, "TRAIN", CLIP, seed=0)
+    clip = ds.clip(0)
+    again = rescan_clip(camus_root, clip.case_id, clip.view, CLIP, scan=0)  # scan 0: the recording itself
+    assert np.array_equal(again.video, clip.video) and np.array_equal(again.ed_map, clip.ed_map)
+    second = rescan_clip(camus_root, clip.case_id, clip.view, CLIP)
+    assert np.array_equal(second.frame_labels, clip.frame_labels)  # same heart and beat
+    assert (second.ed_map == 2).sum() == (clip.ed_map == 2).sum()
+    assert np.abs(second.video - clip.video).mean() > 0.05  # new speckle
+    assert np.array_equal(rescan_clip(camus_root, clip.case_id, clip.view, CLIP).video, second.video)
+    with pytest.raises(ValueError, match="not a patient of"):
+        rescan_clip(camus_root, "patient0099", "2CH", CLIP)
+    with pytest.raises(ValueError, match="CAMUS formats only"):
+        rescan_clip(echonet_root, "patient0001", "4CH", CLIP)
+    with pytest.raises(ValueError, match="no phantom.json"):
+        rescan_clip(camus_root.parent, "patient0001", "2CH", CLIP)
 
 
 @pytest.mark.parametrize("shape", [(30, 50), (50, 30), (40, 40), (61, 100), (121, 100)])

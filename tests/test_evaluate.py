@@ -1,11 +1,16 @@
 """The study end to end at toy scale: every method generates, the run resumes, the report is complete."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 import freeecho_core.evaluate as evaluation
+from freeecho_core.data.clips import ClipConfig
+from freeecho_core.data.dataset import EchoClips
 from freeecho_core.evaluate import EvalConfig, evaluate, method_specs, sample_seeds
+from freeecho_core.metrics import ssim_psnr
 from freeecho_core.segmenter import SegConfig, train_segmenter
 
 CONFIG = EvalConfig(samples=2, batch=2, solver="euler", start_steps=(15, 55))
@@ -25,6 +30,25 @@ def test_every_method_is_generated_scored_and_reported(trained, tmp_path):
     assert videos.dtype == np.uint8 and videos.shape == (2, 4, 16, 16)
     # Late start keeps the pseudo video: closer to it than an early start.
     assert report["methods"]["free-echo@55"]["per_map"] != report["methods"]["free-echo@15"]["per_map"]
+
+
+def test_the_ssim_breakdown_splits_the_frame_into_the_regions_of_the_map():
+    g = torch.Generator().manual_seed(0)
+    generated, real = torch.rand(2, 3, 16, 16, generator=g), torch.rand(3, 16, 16, generator=g)
+    ed_map = np.zeros((16, 16), dtype=np.int64)
+    ed_map[3:13, 2:14], ed_map[6:10, 6:10] = 1, 2
+    parts = evaluation.ssim_breakdown([generated], real[None], [SimpleNamespace(ed_map=ed_map)])
+    inside = (ed_map != 0).mean()  # SSIM is the mean of a per-pixel map: the regions' means weighted by area
+    whole = inside * parts["SSIM in sector"] + (1 - inside) * parts["SSIM outside sector"]
+    assert whole == pytest.approx(ssim_psnr(generated, real)[0])
+    assert "SSIM myocardium" not in parts and set(parts) >= {"luminance", "contrast", "structure", "SSIM LV cavity"}
+
+
+def test_a_second_scan_of_the_test_hearts_is_scored_like_a_method(trained):
+    data = EchoClips(trained[0], "TEST", ClipConfig(frames=4, size=16))
+    row = evaluation.second_scan_row(data, max_maps=1)
+    assert row["maps"] == 1 and row["samples_per_map"] == 1 and 0 < row["SSIM"] < 1
+    assert row["SSIM_breakdown"]["SSIM outside sector"] > row["SSIM_breakdown"]["SSIM in sector"]  # black is easy
 
 
 def test_evaluation_resumes_without_regenerating(trained, tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ import scipy.linalg
 import torch
 
 from freeecho_core.metrics import (MetricUnavailable, frechet_distance, frechet_metric, gaussian_statistics,
-                                   load_feature_network, ssim_psnr)
+                                   load_feature_network, ssim_psnr, ssim_terms)
 
 
 def test_identical_clips_score_the_maxima_and_scores_are_symmetric():
@@ -18,6 +18,33 @@ def test_identical_clips_score_the_maxima_and_scores_are_symmetric():
     assert s < 0.99 and 15 < p < 25  # noise of std 0.1: PSNR near 20 dB
     with pytest.raises(ValueError, match="must match reference"):
         ssim_psnr(a, a)
+
+
+def test_ssim_terms_multiply_to_torchmetrics_ssim_and_each_reacts_to_its_own_change():
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(8, 1, 40, 40, generator=g), 5, 1, 2)[:, 0]
+    reference = (0.3 + smooth).clamp(0, 1)  # (8, 40, 40): a textured clip
+    noisy = (reference + 0.05 * torch.randn((3, *reference.shape), generator=g)).clamp(0, 1)
+    terms = ssim_terms(noisy, reference)
+    assert terms["SSIM"] == pytest.approx(ssim_psnr(noisy, reference)[0], abs=1e-9)  # the same SSIM
+    same = ssim_terms(reference[None], reference)
+    assert [same[name] for name in ("luminance", "contrast", "structure", "SSIM")] == [pytest.approx(1.0)] * 4
+    darker = ssim_terms((reference - 0.2)[None].clamp(0, 1), reference)  # a grey-level shift: luminance only
+    assert darker["luminance"] < 0.97 and darker["structure"] > 0.99
+    flat = ssim_terms(torch.full((1, *reference.shape), 0.6), reference)  # no texture: contrast, not structure
+    assert flat["contrast"] < 0.4 and flat["structure"] == pytest.approx(1.0) and flat["spread"] == 0
+    independent = ssim_terms(noisy[:, torch.randperm(8, generator=g)], reference)  # texture of other frames
+    assert independent["structure"] < 0.5 < independent["contrast"]
+    left = torch.zeros(40, 40, dtype=torch.bool)
+    left[:, :20] = True
+    half_noisy = torch.where(left, reference, noisy)  # exact on the left, noisy on the right
+    halves = [ssim_terms(half_noisy, reference, mask)["SSIM"] for mask in (left, ~left)]
+    assert halves[0] > 0.9 > 0.8 > halves[1]
+    assert sum(halves) / 2 == pytest.approx(ssim_terms(half_noisy, reference)["SSIM"])
+    with pytest.raises(ValueError, match="must match reference"):
+        ssim_terms(reference, reference)
+    with pytest.raises(ValueError, match="non-empty"):
+        ssim_terms(noisy, reference, torch.zeros(40, 40, dtype=torch.bool))
 
 
 def test_frechet_distance_matches_the_closed_form():

@@ -76,6 +76,14 @@ def cache_folder(root: Path, cache_dir: str | Path | None) -> tuple[Path, bool]:
     return (Path(chosen), True) if chosen is not None else (root / CACHE_DIR, False)
 
 
+def load_camus_clip(patient_dir: str | Path, view: str, config: ClipConfig) -> Clip:
+    """The clip of one CAMUS patient folder's view: its half sequence from ED, prepared by `prepare_clip`."""
+    record = read_camus_sequence(patient_dir, view)
+    frames, labels, ed = ed_first(record)
+    return prepare_clip(record.patient, view, frames, labels, ed, config, record.info.get("FrameRate"),
+                        where=f"{patient_dir} ({view})")
+
+
 class EchoClips(Dataset):
     """Clips of one split; item i is a dict with
     video (1, K, S, S) float32 in [-1, 1], ed_map (S, S) int64 (5 labels), frame_labels (K, S, S) int64
@@ -220,10 +228,7 @@ class EchoClips(Dataset):
         return centres, counts / counts.sum()
 
     def _load_camus(self, patient_dir: Path, view: str) -> Clip:
-        record = read_camus_sequence(patient_dir, view)
-        frames, labels, ed = ed_first(record)
-        return prepare_clip(record.patient, view, frames, labels, ed, self.config, record.info.get("FrameRate"),
-                            where=f"{patient_dir} ({view})")
+        return load_camus_clip(patient_dir, view, self.config)
 
     def _load_echonet(self, name: str) -> Clip:
         record = read_echonet_video(self.root, name, self._filelist, self._tracings)

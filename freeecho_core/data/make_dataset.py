@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -18,6 +19,8 @@ import numpy as np
 
 from freeecho_core.checkpoint import code_version
 from freeecho_core.data.camus import write_camus_case
+from freeecho_core.data.clips import Clip, ClipConfig
+from freeecho_core.data.dataset import load_camus_clip
 from freeecho_core.data.echonet import write_echonet_dataset
 from freeecho_core.data.phantom import PhantomConfig, case_rng, make_case
 from freeecho_core.files import staged_folder
@@ -116,3 +119,26 @@ def profile_phantom(root: str | os.PathLike, fmt: str, profile: str, progress: b
                              PhantomConfig(height=int(data["phantom_height"]), frames=int(data["phantom_frames"])),
                              progress=progress)
     return root
+
+
+def rescan_clip(root: str | os.PathLike, case_id: str, view: str, clip: ClipConfig, scan: int = 1) -> Clip:
+    """A second scan of one recording of a CAMUS-format phantom dataset, prepared like the dataset's clips:
+    the same heart, beat and labels recorded with new scatterers, tissue texture and noise (`make_case`'s
+    `scan`). What a generator that got everything right but the speckle would produce: the ceiling of a
+    pixel-wise comparison (SSIM, PSNR) with the recording."""
+    manifest_path = Path(root) / "phantom.json"
+    if not manifest_path.is_file():
+        raise ValueError(f"{root}: no phantom.json; a second scan exists only for phantom datasets")
+    manifest = json.loads(manifest_path.read_text())
+    if not manifest["format"].startswith("camus"):
+        raise ValueError(f"{manifest_path}: a {manifest['format']} phantom; second scans are made for the CAMUS "
+                         f"formats only")
+    number = case_id.removeprefix("patient")
+    index = int(number) - 1 if case_id.startswith("patient") and number.isdigit() else -1
+    if not 0 <= index < manifest["count"]:
+        raise ValueError(f"{case_id!r} is not a patient of {manifest_path} (patient0001 .. "
+                         f"{camus_patient_id(manifest['count'] - 1)})")
+    case = make_case(manifest["seed"], index, view, PhantomConfig(**manifest["config"]), case_id, scan)
+    with tempfile.TemporaryDirectory() as staging:
+        release = "mhd" if manifest["format"] == "camus-2019" else "nifti"
+        return load_camus_clip(write_camus_case(staging, case, release), view, clip)

@@ -559,11 +559,13 @@ def draw_patient(seed: int, index: int, view: str, look: ScannerLook = LOOKS["ca
 
 
 def make_case(seed: int, index: int, view: str, config: PhantomConfig = PhantomConfig(),
-              case_id: str | None = None) -> EchoCase:
+              case_id: str | None = None, scan: int = 0) -> EchoCase:
     """One phantom recording; the same (seed, index, view, config) always gives the same case, and the
-    2CH and 4CH cases of one index show the same heart."""
+    2CH and 4CH cases of one index show the same heart. scan: 0 is the dataset's recording; k > 0 records the
+    same heart and beat (same labels) again with new scatterers, tissue texture and noise: a second scan."""
     heart = draw_patient(seed, index, view, LOOKS[config.look])
-    case = render_case(heart, config, case_rng(seed, index, VIEW_CODE[view], 1), case_id or f"phantom{index:04d}")
+    stream = (VIEW_CODE[view], 1) if scan == 0 else (VIEW_CODE[view], 1, scan)
+    case = render_case(heart, config, case_rng(seed, index, *stream), case_id or f"phantom{index:04d}")
     rng = case_rng(seed, index, 0)
     return replace(case, sex=str(rng.choice(["F", "M"])), age=int(rng.integers(25, 90)),
                    image_quality=str(rng.choice(["Good", "Medium", "Poor"], p=[0.5, 0.35, 0.15])))
