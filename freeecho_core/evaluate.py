@@ -30,7 +30,7 @@ from freeecho_core.data.dataset import EchoClips, dataset_fingerprint
 from freeecho_core.data.make_dataset import rescan_clip
 from freeecho_core.files import check_output_folder, save_array_atomically, write_text_atomically
 from freeecho_core.metrics import (FEATURE_NETWORKS, SSIM_TERMS, MetricUnavailable, frechet_metric,
-                                   load_feature_network, ssim_psnr, ssim_terms, to_unit)
+                                   load_feature_network, region_means, ssim_maps, ssim_psnr, to_unit)
 from freeecho_core.progress import progress_bar
 from freeecho_core.segmenter import SegUNet, load_segmenter
 from freeecho_core.synthesis import METHOD_KINDS, Method, SamplerConfig, generate, load_denoiser
@@ -191,9 +191,10 @@ def ssim_breakdown(generated: list[torch.Tensor], real: torch.Tensor, clips: lis
     for g, r, c in zip(generated, real, clips):
         labels = torch.from_numpy(c.ed_map)
         regions = {"in sector": labels != 0} | {name: labels == k for k, name in FIVE_LABELS.items()}
-        whole = ssim_terms(g, r)
+        maps = ssim_maps(g, r)  # the windows once; then a mean per region
+        whole = region_means(maps)
         per_map.append({name: whole[name] for name in SSIM_TERMS}
-                       | {f"SSIM {region}": ssim_terms(g, r, mask)["SSIM"] for region, mask in regions.items()
+                       | {f"SSIM {region}": region_means(maps, mask)["SSIM"] for region, mask in regions.items()
                           if mask.any()})
     names = dict.fromkeys(name for entry in per_map for name in entry)
     return {name: finite_mean([entry.get(name, float("nan")) for entry in per_map]) for name in names}

@@ -49,24 +49,19 @@ def ssim_psnr(generated: torch.Tensor, reference: torch.Tensor) -> tuple[float, 
 SSIM_TERMS = ("luminance", "contrast", "structure")
 
 
-def ssim_terms(generated: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
-    """SSIM split into its three factors (Wang et al. 2004, eq. 6 with C3 = C2 / 2), each averaged like
-    `ssim_psnr` (over pixels, frames and samples), with the same 11 x 11 Gaussian window (sigma 1.5), reflect
-    padding and constants (C1 = 0.01^2, C2 = 0.03^2, data_range 1) as torchmetrics:
+def ssim_maps(generated: torch.Tensor, reference: torch.Tensor) -> dict:
+    """SSIM's three factors per pixel (Wang et al. 2004, eq. 6 with C3 = C2 / 2), with the same 11 x 11 Gaussian
+    window (sigma 1.5), reflect padding and constants (C1 = 0.01^2, C2 = 0.03^2, data_range 1) as torchmetrics:
 
         luminance l = (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1)   local mean grey levels agree
         contrast  c = (2 s_x s_y + C2) / (s_x^2 + s_y^2 + C2)        local spreads (texture energy) agree
         structure s = (s_xy + C2/2) / (s_x s_y + C2/2)               local patterns correlate
 
-    SSIM is the mean of the per-pixel product l c s, so the mean factors show which one a method loses on.
-    Also returns "SSIM" (the mean product: `ssim_psnr`'s SSIM over the whole frame) and "spread" (the mean
-    local s_x of the generated frames). mask: an (H, W) bool region (say, the scan sector) to average over
-    instead of the whole frame; the windows still see the pixels around it. Shapes as `ssim_psnr`."""
+    and "SSIM" (the product l c s, whose mean is `ssim_psnr`'s SSIM) and "spread" (the local s_x of the generated
+    frames). Shapes as `ssim_psnr`; each map is (n K, H, W), float64."""
     if generated.ndim != 4 or generated.shape[1:] != reference.shape:
         raise ValueError(f"generated (n, K, H, W) {tuple(generated.shape)} must match reference {tuple(reference.shape)}")
     n, K, H, W = generated.shape
-    if mask is not None and (mask.shape != (H, W) or mask.dtype != torch.bool or not mask.any()):
-        raise ValueError(f"mask must be a non-empty ({H}, {W}) bool region, got {mask.dtype} {tuple(mask.shape)}")
     x = generated.reshape(n * K, 1, H, W).double()
     y = reference.expand(n, K, H, W).reshape(n * K, 1, H, W).double()
     taps = torch.arange(11, dtype=torch.float64) - 5
@@ -75,7 +70,7 @@ def ssim_terms(generated: torch.Tensor, reference: torch.Tensor, mask: torch.Ten
     window = (g[:, None] * g[None, :])[None, None]
 
     def local(image):  # the Gaussian-weighted local mean
-        return F.conv2d(F.pad(image, (5, 5, 5, 5), mode="reflect"), window)
+        return F.conv2d(F.pad(image, (5, 5, 5, 5), mode="reflect"), window)[:, 0]
 
     mu_x, mu_y = local(x), local(y)
     var_x = (local(x * x) - mu_x ** 2).clamp(min=0)
@@ -86,10 +81,27 @@ def ssim_terms(generated: torch.Tensor, reference: torch.Tensor, mask: torch.Ten
     luminance = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1)
     contrast = (2 * s_x * s_y + c2) / (var_x + var_y + c2)
     structure = (cov + c2 / 2) / (s_x * s_y + c2 / 2)
-    terms = {"luminance": luminance, "contrast": contrast, "structure": structure,
-             "SSIM": luminance * contrast * structure, "spread": s_x}
+    return {"luminance": luminance, "contrast": contrast, "structure": structure,
+            "SSIM": luminance * contrast * structure, "spread": s_x}
+
+
+def region_means(maps: dict, mask: torch.Tensor | None = None) -> dict:
+    """The means of `ssim_maps` over the pixels of an (H, W) bool region (None: the whole frame), over all
+    frames and samples; the windows still see the pixels around the region."""
+    H, W = next(iter(maps.values())).shape[1:]
+    if mask is not None and (mask.shape != (H, W) or mask.dtype != torch.bool or not mask.any()):
+        raise ValueError(f"mask must be a non-empty ({H}, {W}) bool region, got {mask.dtype} {tuple(mask.shape)}")
     region = torch.ones(H, W, dtype=torch.bool) if mask is None else mask
-    return {name: float(value[:, 0, region].mean()) for name, value in terms.items()}
+    return {name: float(value[:, region].mean()) for name, value in maps.items()}
+
+
+def ssim_terms(generated: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+    """SSIM split into its three factors (`ssim_maps`), each averaged like `ssim_psnr` (over pixels, frames and
+    samples): SSIM is the mean of the per-pixel product l c s, so the mean factors show which one a method loses
+    on. Also returns "SSIM" (the whole frame's: `ssim_psnr`'s SSIM) and "spread" (the mean local s_x of the
+    generated frames). mask: an (H, W) bool region (say, the scan sector) to average over instead of the whole
+    frame (`region_means`). Shapes as `ssim_psnr`."""
+    return region_means(ssim_maps(generated, reference), mask)
 
 
 def dice(pred: np.ndarray, target: np.ndarray, label: int) -> float:
