@@ -14,6 +14,12 @@ the videos through the project's own segmenter (`freeecho_core.segmenter`, its h
 - Frechet distances in the segmenter's bottleneck features: `FD-seg` per frame, `FVD-seg` per clip (the mean
   and standard deviation over time of the frame features, so that motion counts). They are named for what
   they are, never FID/FVD: the feature network is trained here, on the same data.
+- Map specificity (`map_specificity`): does a video follow *its* map, or would a video of another heart score as
+  well? Dice LV of each video's ED frame against its own map and, as the wrong-map floor, its mean against the
+  other test maps; their difference is the `map margin` (about 0 for a method that ignores its map). And the
+  pixel correlation inside the sector between videos of different maps made with the same seed, beside that
+  between videos of one map made with different seeds: when the first is the larger, the seed, not the map,
+  decides the video.
 """
 from __future__ import annotations
 
@@ -27,7 +33,10 @@ from freeecho_core.segmenter import SegUNet, segment
 
 LV = 1  # CAMUS label of the LV cavity
 SHORT_NAMES = {"LV cavity": "LV", "myocardium": "myo", "left atrium": "LA"}
-ANATOMY_COLUMNS = ("Dice LV", "Dice myo", "Dice LA", "EF proxy error", "LV area roughness", "FD-seg", "FVD-seg")
+ANATOMY_COLUMNS = ("Dice LV", "Dice myo", "Dice LA", "map margin", "EF proxy error", "LV area roughness",
+                   "FD-seg", "FVD-seg")
+SPECIFICITY_COLUMNS = ("Dice LV own map", "Dice LV other maps", "map margin", "map margin s.e.",
+                       "corr across maps, same seed", "corr across seeds, same map")
 
 
 def camus_from_five(ed_map: np.ndarray) -> np.ndarray:
@@ -123,3 +132,52 @@ def feature_distances(net: SegUNet, generated: list[torch.Tensor], real: torch.T
     return {"FD-seg": frechet_distance(*gaussian_statistics(gen.reshape(-1, d)), *gaussian_statistics(ref.reshape(-1, d))),
             "FVD-seg": frechet_distance(*gaussian_statistics(clip_features(gen)),
                                         *gaussian_statistics(clip_features(ref)))}
+
+
+def video_correlation(a: torch.Tensor, b: torch.Tensor, region: np.ndarray) -> float:
+    """Pearson correlation of two (K, S, S) videos over the pixels of `region` (S, S) in every frame."""
+    x, y = (v[:, torch.from_numpy(region)].double().ravel() for v in (a, b))
+    x, y = x - x.mean(), y - y.mean()
+    return float((x @ y) / torch.sqrt((x @ x) * (y @ y)).clamp_min(1e-12))
+
+
+def seed_correlations(generated: list[torch.Tensor], ed_maps: list[np.ndarray]) -> dict[str, float]:
+    """Mean pixel correlation inside the sector between sample s of map i and sample s of map j != i (same seed,
+    other map; the sectors' overlap), and between samples s != s' of one map (same map, other seed). generated:
+    per map (n, K, S, S), sample s of every map drawn with the same seed."""
+    n = min(len(g) for g in generated)
+    sectors = [np.asarray(m) != 0 for m in ed_maps]
+    across_maps = [video_correlation(generated[i][s], generated[j][s], sectors[i] & sectors[j])
+                   for i in range(len(generated)) for j in range(i + 1, len(generated)) for s in range(n)]
+    across_seeds = [video_correlation(g[s], g[t], sector) for g, sector in zip(generated, sectors)
+                    for s in range(n) for t in range(s + 1, n)]
+    return {"corr across maps, same seed": finite_mean(across_maps),
+            "corr across seeds, same map": finite_mean(across_seeds)}
+
+
+def specificity_from_labels(first_frames: list[np.ndarray], ed_maps: list[np.ndarray]) -> dict:
+    """Dice LV of segmented ED frames against their own map and the other maps. first_frames: per map (n, S, S)
+    CAMUS labels of its n videos' frame 0; ed_maps: the 5-label maps, two or more. A method whose videos are
+    the same whatever the map scores a margin of exactly 0."""
+    if len(first_frames) < 2:
+        raise ValueError("map specificity needs two or more maps")
+    targets = [camus_from_five(m) for m in ed_maps]
+    own, other = [], []
+    for i, frames in enumerate(first_frames):
+        own.append(np.mean([dice(f, targets[i], LV) for f in frames]))
+        other.append(np.mean([dice(f, targets[j], LV) for f in frames for j in range(len(targets)) if j != i]))
+    margin = np.array(own) - np.array(other)
+    return {"Dice LV own map": float(np.mean(own)), "Dice LV other maps": float(np.mean(other)),
+            "map margin": float(margin.mean()), "map margin s.e.": float(margin.std(ddof=1) / np.sqrt(len(margin))),
+            "specificity_per_map": [{"own": float(o), "other": float(t)} for o, t in zip(own, other)]}
+
+
+def map_specificity(net: SegUNet, generated: list[torch.Tensor], ed_maps: list[np.ndarray]) -> dict:
+    """Whether videos follow their own map (module docstring). generated: per map (n, K, S, S) in [0, 1], sample
+    s of every map made with the same seed; ed_maps: the 5-label ED maps. `specificity_from_labels` on the
+    segmenter's reading of frame 0, and the seed correlations (`seed_correlations`) with two or more samples."""
+    first = [segment(net, 2 * g[:, 0].numpy() - 1) for g in generated]
+    out = specificity_from_labels(first, ed_maps)
+    if min(len(g) for g in generated) > 1:
+        out |= seed_correlations(generated, ed_maps)
+    return out

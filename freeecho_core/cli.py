@@ -18,7 +18,10 @@ from freeecho_core.anatomy import ANATOMY_COLUMNS
 from freeecho_core.bench import SUITES, bench_forward, cpu_sampling_suite, cpu_training_suite, run_suite
 from freeecho_core.bench_data import data_suite
 from freeecho_core.checkpoint import load_checkpoint
-from freeecho_core.data.dataset import CACHE_DIR_VARIABLE, SPLITS, EchoClips
+from freeecho_core.data.anatomy_stats import SIZE as ANATOMY_SIZE
+from freeecho_core.data.anatomy_stats import anatomy_lines, anatomy_statistics, ed_lv_records
+from freeecho_core.data.clips import ClipConfig
+from freeecho_core.data.dataset import CACHE_DIR_VARIABLE, SPLITS, EchoClips, detect_format
 from freeecho_core.data.make_dataset import FORMATS, make_phantom_dataset
 from freeecho_core.data.maps import CONVENTIONS
 from freeecho_core.data.phantom import PhantomConfig
@@ -33,7 +36,7 @@ from freeecho_core.motion import EF_RANGE, es_frame_of_clips
 from freeecho_core.nfe_study import REFERENCE, STUDY_NFE, STUDY_SOLVERS, StudyConfig, run_study, steps_for_nfe
 from freeecho_core.profiles import load_profile, profile_file, profile_section
 from freeecho_core.sampler import SOLVERS
-from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter
+from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter, transfer_report
 from freeecho_core.synthesis import DEFAULT_CHECKPOINT, EXAMPLE_MAP, METHOD_KINDS, SAMPLERS, load_denoiser, sampler_name
 from freeecho_core.train import MODEL_KINDS, clip_config, config_from_profile, train
 from freeecho_core.unet3d import PRESETS, UNet3D, count_parameters
@@ -166,6 +169,8 @@ def cmd_phantom(args: argparse.Namespace) -> None:
         print(f"{'statistic':>12}  {'median':>8}  range over {rows[0]['recordings']} recordings ({args.stats})")
         for r in rows:
             print(f"{r['statistic']:>12}  {r['median']:8.3f}  [{r['min']:.3f}, {r['max']:.3f}]")
+        print(f"anatomy of the end-diastolic LV, masks squared to {ANATOMY_SIZE} px ({args.stats}):")
+        print("\n".join(anatomy_lines(anatomy_statistics(ed_lv_records(args.stats, args.limit)))))
         return
     if args.format is None or args.out is None:
         raise ValueError("give --format and --out to render a dataset, or --stats DIR to measure one")
@@ -215,12 +220,24 @@ def cmd_segmenter(args: argparse.Namespace) -> None:
     if out.is_dir():
         raise ValueError(f"--out {out}: is a folder; expected the segmenter file to write (e.g. segmenter.pt)")
     check_output_folder(out.parent, "--out")
+    if args.test_on:
+        try:
+            detect_format(args.test_on)
+        except FileNotFoundError as error:
+            raise ValueError(f"--test-on {error}") from None
     device = resolve_device(args.device)
     train_segmenter(config, args.data, out, device=device)
     card = write_segmenter_card(out, f"freeecho segmenter --profile {args.profile} --data {args.data} --out {out}")
-    _, payload = load_segmenter(out)
+    net, payload = load_segmenter(out)
     dice = ", ".join(f"{name} {value:.3f}" for name, value in payload["val_dice"].items())
     print(f"wrote {out} and {card}; held-out (VAL) Dice: {dice or 'no VAL clips'}")
+    if args.test_on:
+        report = transfer_report(net, args.test_on, ClipConfig(frames=config.frames, size=config.size))
+        report_path = out.with_suffix(".transfer.json")
+        report_path.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"--test-on {args.test_on}: Dice LV median {report['dice_lv_median']:.3f} "
+              f"[{report['dice_lv_min']:.3f}-{report['dice_lv_max']:.3f}], mean {report['dice_lv_mean']:.3f} over "
+              f"{report['frames']} labelled frames of {report['recordings']} recordings (wrote {report_path})")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -390,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--out", type=Path, help="new (or empty) folder to write")
     phantom.add_argument("--stats", type=Path, metavar="DIR",
                          help="instead of rendering, print the grey-level statistics of a CAMUS or EchoNet folder "
-                              "(real or phantom) inside the scan fan")
+                              "(real or phantom) inside the scan fan, and how much its hearts differ (ED LV area, "
+                              "pairwise Dice, long-axis angle, EF)")
     phantom.add_argument("--limit", type=at_least(1), default=None, help="with --stats: the first N recordings only")
     phantom.add_argument("--count", type=at_least(1), default=8, help="patients (CAMUS: 2CH and 4CH each) or videos")
     phantom.add_argument("--seed", type=at_least(0), default=0)
@@ -515,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--profile", default="smoke", help="its `segment` section, at the `train` clip size")
     seg.add_argument("--data", required=True, type=Path, help="a CAMUS or EchoNet-Dynamic folder (real or phantom)")
     seg.add_argument("--out", type=Path, help="checkpoint to write (default runs/<profile>/segmenter.pt)")
+    seg.add_argument("--test-on", type=Path, metavar="DIR",
+                     help="then score Dice LV on every labelled frame of another CAMUS or EchoNet-Dynamic folder "
+                          "(e.g. real echo after training on the phantom); written beside --out as .transfer.json")
     seg.add_argument("--device", default="auto")
     seg.set_defaults(func=cmd_segmenter)
     return parser

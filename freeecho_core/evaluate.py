@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from freeecho_core.anatomy import ANATOMY_COLUMNS, feature_distances, finite_mean, map_scores
+from freeecho_core.anatomy import ANATOMY_COLUMNS, feature_distances, finite_mean, map_scores, map_specificity
 from freeecho_core.checkpoint import code_version
 from freeecho_core.data.case import FIVE_LABELS
 from freeecho_core.data.clips import ClipConfig
@@ -69,10 +69,15 @@ def method_specs(config: EvalConfig, clsfree: bool = True) -> list[Method]:
     return [m for m in methods if m.kind in config.methods and (clsfree or m.kind != "clsfree")]
 
 
-def sample_seeds(seed: int, map_index: int, method: str, n: int) -> list[int]:
-    """One seed per generated video, fixed by (seed, map, method, sample)."""
+SEEDING = "per (seed, method, sample), the same for every map"  # recorded in each video key
+
+
+def sample_seeds(seed: int, method: str, n: int) -> list[int]:
+    """One seed per generated video, fixed by (seed, method, sample) and shared by every map: sample s of two
+    maps starts from the same noise, so that the study can tell whether the map or the seed decides a video
+    (`anatomy.seed_correlations`)."""
     tag = zlib.crc32(method.encode())
-    return [int(np.random.SeedSequence([seed, map_index, tag, s]).generate_state(1)[0]) for s in range(n)]
+    return [int(np.random.SeedSequence([seed, tag, s]).generate_state(1)[0]) for s in range(n)]
 
 
 def video_path(out: Path, method: Method, case_id: str, view: str) -> Path:
@@ -100,7 +105,7 @@ def video_key(method: Method, config: EvalConfig, digests: dict, data: dict) -> 
     """Everything that made the stored videos of one method: the weights (`digests`: sha256 by model role), the
     seed, the method and sampler settings, and the data (`data_key`)."""
     role = "clsfree" if method.kind == "clsfree" else "unconditional"
-    return {"method": asdict(method), "checkpoint_sha256": digests[role], "seed": config.seed,
+    return {"method": asdict(method), "checkpoint_sha256": digests[role], "seed": config.seed, "seeding": SEEDING,
             "samples": config.samples, "sampler": asdict(config.sampler()), "bins": config.bins, "data": data}
 
 
@@ -140,7 +145,7 @@ def generate_all(data: EchoClips, models: dict, out: Path, config: EvalConfig, d
         path = video_path(out, method, clip.case_id, clip.view)
         if path.is_file() and np.load(path, mmap_mode="r").shape[0] == config.samples:
             continue
-        seeds = sample_seeds(config.seed, i, method.name, config.samples)
+        seeds = sample_seeds(config.seed, method.name, config.samples)
         videos = torch.cat([generate(method, clip.ed_map, seeds[b : b + config.batch], models, target,
                                      data.config.frames, config.sampler(), device)
                             for b in range(0, len(seeds), config.batch)])
@@ -162,13 +167,16 @@ def load_judge(segmenter: str | os.PathLike | None, clip: ClipConfig, device) ->
 
 def anatomy_row(judge: SegUNet, structures: list[str], clips: list, generated: list[torch.Tensor],
                 real: torch.Tensor) -> dict:
-    """The anatomy columns of one method: per-map scores averaged over maps, and the pooled FD-seg / FVD-seg."""
+    """The anatomy columns of one method: per-map scores averaged over maps, the pooled FD-seg / FVD-seg, and
+    the map specificity (two or more maps)."""
     per_map = [map_scores(judge, g, r, c.ed_map, structures) for g, r, c in zip(generated, real, clips)]
     row = {name: finite_mean([m[name] for m in per_map]) for name in per_map[0]}
     try:
         row |= feature_distances(judge, generated, real)
     except ValueError as why:  # fewer than 2 real clips: no covariance
         row["feature_distances_unavailable"] = str(why)
+    if len(clips) > 1:
+        row |= map_specificity(judge, generated, [c.ed_map for c in clips])
     return row | {"anatomy_per_map": {f"{c.case_id}_{c.view}": m for c, m in zip(clips, per_map)}}
 
 
@@ -233,9 +241,12 @@ def score(data: EchoClips, out: Path, methods: list[Method], feature_weights: di
     for method in methods:
         generated = [load_videos(video_path(out, method, c.case_id, c.view)) for c in clips]
         results[method.name] = method_row(generated, clips, real, networks, judge, judge_info)
+    report = {"methods": results, "unavailable": unavailable, "segmenter": judge_info}
     if judge is None:
         unavailable["anatomy"] = "anatomy metrics: no segmenter checkpoint given"
-    return {"methods": results, "unavailable": unavailable, "segmenter": judge_info}
+    elif len(clips) > 1:  # the ceiling: the judge reading the real clips of the maps
+        report["real_specificity"] = map_specificity(judge, [r[None] for r in real], [c.ed_map for c in clips])
+    return report
 
 
 def second_scan_row(data: EchoClips, max_maps: int | None = None, device="cpu",

@@ -21,7 +21,7 @@ from torch import nn
 from freeecho_core.checkpoint import code_version, load_checkpoint, save_checkpoint
 from freeecho_core.data.case import CAMUS_LABELS
 from freeecho_core.data.clips import UNLABELLED, ClipConfig
-from freeecho_core.data.dataset import EchoClips
+from freeecho_core.data.dataset import SPLITS, EchoClips
 from freeecho_core.metrics import dice
 from freeecho_core.progress import progress_bar
 from freeecho_core.validate import first_reason
@@ -112,6 +112,28 @@ def dice_report(net: SegUNet, data: EchoClips) -> dict[str, float]:
     pred = segment(net, frames)
     present = [k for k in range(1, CLASSES) if (labels == k).any()]
     return {CAMUS_LABELS[k]: float(np.mean([dice(p, t, k) for p, t in zip(pred, labels)])) for k in present}
+
+
+def transfer_report(net: SegUNet, root: str | os.PathLike, clip: ClipConfig) -> dict:
+    """How a segmenter trained on one dataset (the phantom) reads another (real echo): Dice LV on every labelled
+    frame of every split of `root` (EchoNet-Dynamic: the two traced frames of each video), as median, range and
+    mean over the frames, and per recording."""
+    per_recording = {}
+    for split in SPLITS:
+        data = EchoClips(root, split, clip)
+        for i in range(len(data)):
+            c = data.clip(i)
+            keep = (c.frame_labels >= 0).all(axis=(1, 2))
+            if keep.any():
+                pred = segment(net, c.video[keep])
+                per_recording[c.case_id] = [dice(p, t, 1) for p, t in zip(pred, c.frame_labels[keep])]
+    scores = np.array([d for values in per_recording.values() for d in values])
+    if not len(scores):
+        raise ValueError(f"{root}: no labelled frames to test the segmenter on")
+    return {"root": str(root), "frames": int(len(scores)), "recordings": len(per_recording),
+            "dice_lv_median": float(np.median(scores)), "dice_lv_min": float(scores.min()),
+            "dice_lv_max": float(scores.max()), "dice_lv_mean": float(scores.mean()),
+            "per_recording": {k: float(np.mean(v)) for k, v in per_recording.items()}}
 
 
 def train_segmenter(config: SegConfig, data_root: str | os.PathLike, out: str | os.PathLike, *,

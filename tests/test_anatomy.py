@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from freeecho_core.anatomy import (camus_from_five, clip_features, ef_area_proxy, feature_distances, frame_features,
-                                   lv_area_curve, map_scores, roughness)
+                                   lv_area_curve, map_scores, map_specificity, roughness, seed_correlations,
+                                   specificity_from_labels)
+from freeecho_core.data.clips import ClipConfig
+from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.make_dataset import make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig, make_case
 from freeecho_core.metrics import dice
@@ -23,6 +26,42 @@ def phantom(tmp_path_factory):
 @pytest.fixture(scope="module")
 def segmenter(phantom, tmp_path_factory):
     return train_segmenter(SEG, phantom, tmp_path_factory.mktemp("seg") / "segmenter.pt", progress=False)
+
+
+def five_label_maps(count: int, size: int = 48) -> list[np.ndarray]:
+    """ED maps of `count` different phantom hearts (5 labels) at size x size."""
+    from freeecho_core.data.clips import ed_map_from_labels
+
+    cases = [make_case(7, i, "2CH", PhantomConfig(height=size, frames=2)) for i in range(count)]
+    return [ed_map_from_labels(c.labels[0], c.sector, size) for c in cases]
+
+
+def test_a_video_of_its_own_map_has_a_margin_and_one_that_ignores_the_map_has_none():
+    maps = five_label_maps(5)
+    truth = [np.repeat(camus_from_five(m)[None], 3, axis=0) for m in maps]  # 3 samples that read as their map
+    follows = specificity_from_labels(truth, maps)
+    assert follows["Dice LV own map"] == 1.0
+    assert follows["Dice LV other maps"] < 0.95 and follows["map margin"] == pytest.approx(
+        1 - follows["Dice LV other maps"])
+    same = [np.repeat(camus_from_five(maps[0])[None], 3, axis=0)] * len(maps)  # every map gets map 0's heart
+    ignores = specificity_from_labels(same, maps)
+    assert ignores["map margin"] == pytest.approx(0.0, abs=1e-12)
+    assert ignores["Dice LV own map"] == pytest.approx(ignores["Dice LV other maps"])
+    with pytest.raises(ValueError, match="two or more maps"):
+        specificity_from_labels(truth[:1], maps[:1])
+
+
+def test_seed_correlations_tell_whether_the_seed_or_the_map_decides_the_video():
+    maps = five_label_maps(4, 32)
+    g = torch.Generator().manual_seed(0)
+    noise = [torch.rand(6, 32, 32, generator=g) for _ in range(3)]  # one start noise per seed
+    hearts = [torch.from_numpy(camus_from_five(m) == 1).float()[None].expand(6, 32, 32) for m in maps]
+    by_seed = [torch.stack([n + 0.05 * h for n in noise]) for h in hearts]  # the seed decides
+    by_map = [torch.stack([h + 0.05 * torch.rand(6, 32, 32, generator=g) for _ in noise]) for h in hearts]
+    seed = seed_correlations(by_seed, maps)
+    heart = seed_correlations(by_map, maps)
+    assert seed["corr across maps, same seed"] > 0.9 > 0.1 > seed["corr across seeds, same map"]
+    assert heart["corr across seeds, same map"] > 0.9 and heart["corr across maps, same seed"] < 0.8
 
 
 def test_dice_of_a_map_with_itself_is_one_and_falls_as_it_shifts():
@@ -104,3 +143,14 @@ def test_a_diffusion_checkpoint_is_not_taken_for_a_segmenter(tmp_path):
     path = save_checkpoint(tmp_path / "ema.pt", unet_payload(UNet3D(unet3d_config("tiny"))))
     with pytest.raises(ValueError, match="not a segmenter checkpoint"):
         load_segmenter(path)
+
+
+def test_map_specificity_reads_videos_through_the_segmenter(phantom, segmenter):
+    net, _ = load_segmenter(segmenter)
+    data = EchoClips(phantom, "TRAIN", ClipConfig(frames=SEG.frames, size=SEG.size))
+    clips = [data.clip(i) for i in range(3)]
+    real = [torch.from_numpy((c.video + 1) / 2)[None].expand(2, -1, -1, -1) for c in clips]
+    report = map_specificity(net, real, [c.ed_map for c in clips])
+    assert report["Dice LV own map"] > report["Dice LV other maps"] and report["map margin"] > 0
+    assert report["corr across seeds, same map"] == pytest.approx(1.0)  # two identical samples
+    assert len(report["specificity_per_map"]) == 3

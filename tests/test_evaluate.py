@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import freeecho_core.evaluate as evaluation
+from freeecho_core.anatomy import ANATOMY_COLUMNS, SPECIFICITY_COLUMNS
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.evaluate import EvalConfig, evaluate, method_specs, sample_seeds
@@ -65,10 +66,11 @@ def test_evaluation_resumes_without_regenerating(trained, tmp_path, monkeypatch)
     assert again["generated_now"] == 0 and again["methods"] == first["methods"]
 
 
-def test_samples_are_seeded_per_map_method_and_sample(trained):
-    assert sample_seeds(0, 1, "clsfree", 3) == sample_seeds(0, 1, "clsfree", 3)
-    assert len(set(sample_seeds(0, 1, "clsfree", 3) + sample_seeds(0, 2, "clsfree", 3))) == 6
-    assert sample_seeds(0, 1, "clsfree", 2) == sample_seeds(0, 1, "clsfree", 3)[:2]
+def test_samples_are_seeded_per_method_and_sample_and_shared_by_every_map(trained):
+    assert sample_seeds(0, "clsfree", 3) == sample_seeds(0, "clsfree", 3)
+    others = sample_seeds(1, "clsfree", 3) + sample_seeds(0, "sdedit@15", 3)
+    assert len(set(sample_seeds(0, "clsfree", 3) + others)) == 9
+    assert sample_seeds(0, "clsfree", 2) == sample_seeds(0, "clsfree", 3)[:2]
     with pytest.raises(ValueError, match="solver must be one of"):
         EvalConfig(solver="rk45")
 
@@ -105,12 +107,16 @@ def test_anatomy_columns_join_the_report_and_the_table(trained, tmp_path):
     config = EvalConfig(samples=2, batch=2, solver="euler", start_steps=(55,), methods=("free-echo",))
     report = evaluate(data, unconditional, None, tmp_path / "eval", config, segmenter=segmenter, progress=False)
     row = report["methods"]["free-echo@55"]
-    assert {"Dice LV", "Dice myo", "Dice LA", "EF proxy error", "LV area roughness", "FD-seg", "FVD-seg"} <= set(row)
+    assert set(ANATOMY_COLUMNS) | set(SPECIFICITY_COLUMNS) <= set(row)
     assert 0 <= row["Dice LV"] <= 1 and row["FD-seg"] >= 0 and "anatomy" not in report["unavailable"]
+    assert row["map margin"] == pytest.approx(row["Dice LV own map"] - row["Dice LV other maps"])
+    assert len(row["specificity_per_map"]) == row["maps"] >= 2
+    assert set(SPECIFICITY_COLUMNS) - {"corr across maps, same seed", "corr across seeds, same map"} <= set(
+        report["real_specificity"])  # the real clips: one per map, no seeds to compare
     assert set(report["segmenter"]["val_dice"]) == {"LV cavity", "myocardium", "left atrium"}
     table = evaluation.markdown_table({"phantom CAMUS": report}, paper={"phantom CAMUS": "CAMUS"})
-    assert "| Dice LV | Dice myo | Dice LA | EF proxy error | LV area roughness | FD-seg | FVD-seg |" in table
-    assert "| *150.80* | - | - | - | - | - | - | - |" in table  # the paper measured none of them
+    assert "| Dice LV | Dice myo | Dice LA | map margin | EF proxy error | LV area roughness | FD-seg | FVD-seg |" in table
+    assert "| *150.80* | - | - | - | - | - | - | - | - |" in table  # the paper measured none of them
     wrong = train_segmenter(SegConfig(frames=4, size=32, steps=1), data, tmp_path / "seg32.pt", progress=False)
     with pytest.raises(ValueError, match="trained on clips of 4 x 32"):
         evaluate(data, unconditional, None, tmp_path / "eval", config, segmenter=wrong, progress=False)

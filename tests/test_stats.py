@@ -10,11 +10,12 @@ from freeecho_core.data.clips import sector_from_frames
 from freeecho_core.data.echonet import VIDEO_SIZE, read_video
 from freeecho_core.data.make_dataset import make_phantom_dataset
 from freeecho_core.data.phantom import LOOKS, PhantomConfig, draw_patient, make_case, pixel_grid
-from freeecho_core.data.stats import fan_edges, folder_statistics, summary_rows
+from freeecho_core.data.stats import fan_edges, folder_statistics, lateral_speckle_width, summary_rows
 
 # The real figures the looks were tuned to (EchoNet-Dynamic: ranges over 11 A4C videos).
 ECHONET_RANGES = {"mean": (39, 71), "median": (10, 58), "near_black": (0.18, 0.54), "p95_p50": (2.6, 8.8),
-                  "opening_deg": (58, 89.5), "apex_x": (0.33, 0.58), "speckle_corr": (0.56, 0.87)}
+                  "opening_deg": (58, 89.5), "apex_x": (0.33, 0.58), "speckle_corr": (0.56, 0.87),
+                  "speckle_width_px": (1.0, 3.0)}
 
 
 @pytest.fixture(scope="module")
@@ -80,5 +81,22 @@ def test_the_stats_command_prints_the_table(echonet_phantom, capsys):
     assert main(["phantom", "--stats", str(echonet_phantom), "--limit", "2"]) == 0
     out = capsys.readouterr().out
     assert "range over 2 recordings" in out and "near_black" in out and "speckle_corr" in out
+    assert "4CH: 2 recordings" in out and "pairwise_dice" in out and "lv_area_cv" in out
     assert main(["phantom", "--count", "2"]) == 2
     assert "give --format and --out" in capsys.readouterr().err
+
+
+def test_lateral_speckle_width_is_the_half_maximum_width_of_a_known_blur():
+    """White noise blurred along the rows by a Gaussian of sigma s has an autocorrelation of sigma s sqrt(2):
+    its full width at half maximum is 2 sqrt(2 ln 2) sqrt(2) s = 3.33 s."""
+    from scipy.ndimage import gaussian_filter1d
+
+    noise = gaussian_filter1d(np.random.default_rng(0).normal(size=(4, 64, 256)), 1.2, axis=2)
+    inner = np.ones((64, 256), bool)
+    assert lateral_speckle_width(noise, inner) == pytest.approx(3.33 * 1.2, rel=0.05)
+
+
+def test_echonet_videos_are_rendered_at_their_own_size_so_the_speckle_keeps_its_width(tmp_path):
+    small = make_phantom_dataset(tmp_path / "e", "echonet", 1, 0, PhantomConfig(height=48, frames=4), workers=1,
+                                 progress=False)
+    assert json.loads((small / "phantom.json").read_text())["config"]["height"] == VIDEO_SIZE

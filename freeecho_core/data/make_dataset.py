@@ -21,7 +21,7 @@ from freeecho_core.checkpoint import code_version
 from freeecho_core.data.camus import write_camus_case
 from freeecho_core.data.clips import Clip, ClipConfig
 from freeecho_core.data.dataset import load_camus_clip
-from freeecho_core.data.echonet import write_echonet_dataset
+from freeecho_core.data.echonet import VIDEO_SIZE, write_echonet_dataset
 from freeecho_core.data.phantom import PhantomConfig, case_rng, make_case
 from freeecho_core.files import staged_folder
 from freeecho_core.profiles import profile_section
@@ -80,12 +80,16 @@ def make_phantom_dataset(out: str | os.PathLike, fmt: str, count: int, seed: int
                          config: PhantomConfig = PhantomConfig(), workers: int | None = None,
                          progress: bool = True) -> Path:
     """Render `count` phantom patients (CAMUS, either release: 2CH and 4CH each; EchoNet: one 4CH video each)
-    into `out`, with the scanner look of that format (`phantom.LOOKS`: gain, grey curve, fan and framing)."""
+    into `out`, with the scanner look of that format (`phantom.LOOKS`: gain, grey curve, fan and framing).
+    EchoNet videos are rendered at least as tall as the format's 112 x 112 frames: rendered smaller and enlarged
+    by the writer, their speckle would grow as wide as the enlargement (5 px instead of real EchoNet's 2-3)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     out, config = Path(out), replace(config, look="echonet" if fmt == "echonet" else "camus")
+    if fmt == "echonet":
+        config = replace(config, height=max(config.height, VIDEO_SIZE))
     with staged_folder(out, "phantom datasets") as staging:
         summaries = _render_into(staging, fmt, count, seed, config, workers or os.cpu_count(), progress)
         manifest = {"format": fmt, "count": count, "seed": seed, "config": asdict(config),

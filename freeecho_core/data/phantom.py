@@ -33,7 +33,7 @@ from freeecho_core.validate import as_choice, as_float, as_int
 
 # Echogenicity (relative scattering amplitude) per tissue class: dark blood, dim myocardium, a bright
 # pericardium, valves and fibrous annulus; the surrounding tissue is dimmer than the myocardium.
-AMPLITUDE = {"blood": 0.004, "tissue": 0.16, "myocardium": 0.55, "pericardium": 1.9, "thin_wall": 0.6,
+AMPLITUDE = {"blood": 0.012, "tissue": 0.16, "myocardium": 0.55, "pericardium": 1.9, "thin_wall": 0.6,
              "valve": 1.2, "annulus": 1.6, "trabeculae": 0.18}
 BODY = {name: i for i, name in enumerate(["tissue", "lv", "myo", "la", "rv", "ra", "valve"])}
 SPECULAR = 0.7  # share of a wall's echo that is specular (fades as the wall turns parallel to the beam)
@@ -96,7 +96,7 @@ class Heart:
     half_angle: float  # half the sector opening
     apex_depth: float  # endocardial apex below the probe
     tilt: float  # long axis from vertical (positive: base to the image right)
-    lv_length: float  # apex to mitral plane at ED
+    lv_length: float  # apex to mitral plane at ED, as imaged (foreshortening applied)
     lv_width: float  # ED cavity width at its widest
     wall: float  # ED lateral/septal wall thickness
     apex_wall: float  # ED apical wall thickness
@@ -113,23 +113,62 @@ class Heart:
     dropout: float = 0.5  # depth of the lateral-wall dropout (0 none .. 1 the wall vanishes there)
     dropout_at: float = 0.5  # where along the lateral wall it is deepest (fraction of the LV length from the apex)
     gain_offset: float = 0.0  # dB added to the look's gain (the sonographer's setting)
+    bend: float = 0.0  # mid-ventricular bow of the long axis (cm, image right positive): a curved septum
+    foreshortening: float = 0.0  # share of the true LV length the imaging plane misses at the apex
+    rv_length: float = 7.0  # RV cavity length (4CH)
+    rv_width: float = 3.3  # RV cavity width at ED (4CH)
+    ra_length: float = 4.6  # RA length (4CH)
+    ra_width: float = 3.6  # RA width (4CH)
 
 
+def lognormal(rng: np.random.Generator, median: float, spread: float, low: float, high: float) -> float:
+    """median * exp(spread * N(0, 1)), clipped to [low, high]: a size with a relative spread of about `spread`."""
+    return float(np.clip(median * np.exp(spread * rng.normal()), low, high))
+
+
+# Adult apical views, the sources the distributions below follow (book: Data, "How much hearts differ"):
+# LV end-diastolic diameter 3.8-5.8 cm and wall thickness 0.6-1.0 cm (normal ranges, ASE/EACVI chamber
+# quantification, Lang et al. 2015), wider and thicker in cardiomyopathy and hypertrophy; RV basal diameter
+# 2.5-4.1 cm and length 5.9-8.3 cm, RA 4.0-5.3 x 2.9-4.5 cm (same source); EF 55.7 +- 12.5 % over EchoNet-Dynamic
+# (Ouyang et al. 2020), whose reduced-EF hearts are dilated and rounder.
 def draw_heart(rng: np.random.Generator, view: str, look: ScannerLook = LOOKS["camus"]) -> Heart:
-    """Draw one case's geometry and motion: an adult apical view (depth 14-16 cm, LV 7.5-9.5 cm long and
-    4.3-5.3 cm wide at ED, wall 0.8-1.2 cm, EF 35-70 %, end systole at 34-42 % of the cycle)."""
+    """Draw one case's geometry and motion: an adult apical view. A body-size factor scales every chamber;
+    the LV's sphericity, wall, atria and right heart vary on their own; a low EF comes with a dilated, rounder LV;
+    the acquisition varies depth (12.5-20 cm), tilt (-7 to +17 deg), apex depth, lateral place and foreshortening
+    (the imaging plane misses up to 25 % of the LV length at the apex, which makes it shorter and blunter)."""
     if view not in ("2CH", "4CH"):
         raise ValueError(f"view must be '2CH' or '4CH', got {view!r}")
     u = rng.uniform
-    return Heart(
-        view=view, depth=u(14.0, 16.0), half_angle=np.deg2rad(u(*look.opening_deg) / 2), apex_depth=u(2.5, 3.5),
-        tilt=np.deg2rad(u(-4.0, 10.0)), lv_length=u(7.5, 9.5), lv_width=u(4.3, 5.3), wall=u(0.8, 1.2),
-        apex_wall=u(0.6, 0.9), shape_power=u(1.9, 2.4), base_shortening=u(0.10, 0.19),
-        la_length=u(4.0, 5.0), la_width=u(3.4, 4.4), ef=u(0.35, 0.70), es_phase=u(0.34, 0.42),
-        heart_rate=u(55.0, 85.0), dynamic_range=u(*look.dynamic_range_db),
-        lateral_offset=u(0.6, 1.4) if view == "4CH" else u(-0.3, 0.3), probe_x=u(*look.apex_x),
+    ef = float(np.clip(rng.normal(0.56, 0.12), 0.22, 0.78))
+    dilation = max(0.0, 0.50 - ef)  # reduced EF: a larger, more spherical ventricle
+    size = float(np.exp(0.10 * rng.normal()))
+    length = lognormal(rng, 8.6 * size * (1 + 0.5 * dilation), 0.07, 6.0, 11.5)
+    width = lognormal(rng, 4.8 * size * (1 + 1.2 * dilation), 0.11, 3.2, 7.0)
+    wall = lognormal(rng, 0.95, 0.15, 0.65, 1.5)
+    heart = Heart(
+        view=view, depth=lognormal(rng, 15.0, 0.09, 12.5, 20.0), half_angle=np.deg2rad(u(*look.opening_deg) / 2),
+        apex_depth=u(2.0, 4.0), tilt=np.deg2rad(u(-7.0, 17.0)),
+        lv_length=length, lv_width=width, wall=wall, apex_wall=wall * u(0.6, 0.85), shape_power=u(1.9, 2.4),
+        base_shortening=u(0.10, 0.19),
+        la_length=lognormal(rng, 4.7 * size * (1 + 0.6 * dilation), 0.10, 3.5, 7.0),
+        la_width=lognormal(rng, 3.8 * size * (1 + 0.6 * dilation), 0.10, 2.8, 5.5),
+        ef=ef, es_phase=u(0.34, 0.42), heart_rate=u(55.0, 95.0), dynamic_range=u(*look.dynamic_range_db),
+        lateral_offset=u(0.4, 1.4) if view == "4CH" else u(-0.6, 0.6), probe_x=u(*look.apex_x),
         dropout=u(0.3, 0.9), dropout_at=u(0.35, 0.8), gain_offset=u(-3.0, 3.0),
+        bend=float(np.clip(rng.normal(0.0, 0.25), -0.6, 0.6)),
+        rv_length=lognormal(rng, 7.0 * size, 0.08, 5.5, 9.0), rv_width=lognormal(rng, 3.3 * size, 0.13, 2.3, 4.8),
+        ra_length=lognormal(rng, 4.6 * size, 0.10, 3.5, 6.0), ra_width=lognormal(rng, 3.6 * size, 0.10, 2.7, 4.8),
     )
+    return foreshortened(heart, 0.25 * float(rng.beta(1.2, 3.0)))
+
+
+def foreshortened(heart: Heart, share: float) -> Heart:
+    """`heart` imaged with the apex `share` of the true LV length out of plane (replacing its own
+    foreshortening): the imaged LV is shorter by that share and its apex blunter."""
+    true_length = heart.lv_length / (1 - heart.foreshortening)
+    power = heart.shape_power - 2.0 * heart.foreshortening
+    return replace(heart, lv_length=true_length * (1 - share), shape_power=power + 2.0 * share,
+                   foreshortening=share)
 
 
 def volume_curve(phase: np.ndarray, ef: float, es_phase: float) -> np.ndarray:
@@ -171,6 +210,7 @@ class FrameGeometry:
     apex_wall: float
     la_scale: float
     mitral_open: float  # 0 closed (systole) .. 1 open (filling)
+    bend: float = 0.0  # lateral bow of the long axis at mid-ventricle (cm)
 
 
 def frame_geometry(heart: Heart, phase: float) -> FrameGeometry:
@@ -187,15 +227,28 @@ def frame_geometry(heart: Heart, phase: float) -> FrameGeometry:
     return FrameGeometry(apex=apex, axis=axis, length=heart.lv_length * length_ratio,
                          half_width=heart.lv_width / 2 * width_ratio, wall=heart.wall * thickening,
                          apex_wall=heart.apex_wall * thickening, la_scale=1 + 0.25 * contraction,
-                         mitral_open=filling)
+                         mitral_open=filling, bend=heart.bend)
 
 
 def local_coordinates(points: np.ndarray, g: FrameGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """(u, v): distance along the long axis from the apex, and signed lateral distance (image right +)."""
+    """(u, v): distance along the long axis from the apex, and signed lateral distance (image right +) from
+    the axis, which bows sideways by `g.bend` at mid-ventricle (a curved septum) and is straight at both ends."""
     d = points - g.apex
     u = d @ g.axis
     v = d @ np.array([g.axis[1], -g.axis[0]])
-    return u, v
+    return u, v - axis_bow(u, g)
+
+
+def axis_bow(u: np.ndarray, g: FrameGeometry) -> np.ndarray:
+    """Lateral offset of the bowed long axis at distance u from the apex: bend * 4 s (1 - s), s = u / L in [0, 1]."""
+    s = np.clip(u / g.length, 0.0, 1.0)
+    return g.bend * 4 * s * (1 - s)
+
+
+def from_local(u: np.ndarray, v: np.ndarray, g: FrameGeometry) -> np.ndarray:
+    """The inverse of `local_coordinates`: (N, 2) image points (cm) at (u, v)."""
+    normal = np.array([g.axis[1], -g.axis[0]])
+    return g.apex + u[:, None] * g.axis + (v + axis_bow(u, g))[:, None] * normal
 
 
 def endocardium(u: np.ndarray, g: FrameGeometry, power: float) -> np.ndarray:
@@ -238,11 +291,11 @@ def right_heart_regions(points: np.ndarray, g: FrameGeometry, heart: Heart):
     normalised elliptical radius of each (< 1 inside its ellipse)."""
     u, v = local_coordinates(points, g)
     septum = -(g.half_width + g.wall)
-    rv_len, rv_w = 0.78 * heart.lv_length, 0.85 * heart.lv_width * (g.half_width / (heart.lv_width / 2)) ** 0.5
-    rv_centre_u = heart.lv_length - rv_len / 2 + 0.2
+    rv_len, rv_w = heart.rv_length, heart.rv_width * (g.half_width / (heart.lv_width / 2)) ** 0.5
+    rv_centre_u = g.length - rv_len / 2 + 0.2
     rv_q = np.sqrt(((u - rv_centre_u) / (rv_len / 2)) ** 2 + ((v - septum + rv_w / 2) / (rv_w / 2)) ** 2)
     rv = (rv_q < 1) & (v < septum - 0.05) & (u <= g.length)
-    ra_a, ra_b = heart.la_length / 2 * 0.95, heart.la_width / 2
+    ra_a, ra_b = heart.ra_length / 2, heart.ra_width / 2
     ra_q = np.sqrt(((u - g.length - ra_a) / ra_a) ** 2 + ((v - septum + ra_b - 0.2) / ra_b) ** 2)
     ra = (u > g.length + 0.1) & (ra_q < 1) & (v < -0.35)
     return rv, ra, rv_q, ra_q
@@ -369,13 +422,11 @@ def classify_scatterers(points: np.ndarray, heart: Heart, rng: np.random.Generat
 
 
 def _inflated(g: FrameGeometry, margin: float) -> FrameGeometry:
-    return FrameGeometry(g.apex, g.axis, g.length, g.half_width, g.wall + margin, g.apex_wall + margin,
-                         g.la_scale, g.mitral_open)
+    return replace(g, wall=g.wall + margin, apex_wall=g.apex_wall + margin)
 
 
 def _inflated_la(g: FrameGeometry) -> FrameGeometry:
-    return FrameGeometry(g.apex, g.axis, g.length, g.half_width, g.wall, g.apex_wall, g.la_scale * 1.18,
-                         g.mitral_open)
+    return replace(g, la_scale=g.la_scale * 1.18)
 
 
 def move_scatterers(points: np.ndarray, body: np.ndarray, wall_depth: np.ndarray, heart: Heart,
@@ -408,8 +459,7 @@ def move_scatterers(points: np.ndarray, body: np.ndarray, wall_depth: np.ndarray
     v[rest] = v0[rest] + np.sign(v0[rest]) * (epi_t - epi0) * fade
     along = np.clip(u0[rest] / g0.length, 0, 1)
     u[rest] = u0[rest] + (g.length - g0.length) * along * np.clip(1 - np.abs(v0[rest]) / 8.0, 0, 1)
-    normal = np.array([g.axis[1], -g.axis[0]])
-    return g.apex + u[:, None] * g.axis + v[:, None] * normal
+    return from_local(u, v, g)
 
 
 def mitral_leaflets(g: FrameGeometry, rng: np.random.Generator, count: int = 400):
@@ -422,8 +472,7 @@ def mitral_leaflets(g: FrameGeometry, rng: np.random.Generator, count: int = 400
     hinge_v = side * annulus_half
     v = hinge_v - side * t * leaflet * np.cos(angle)
     u = g.length - t * leaflet * np.sin(angle) + rng.normal(0, 0.04, count)
-    normal = np.array([g.axis[1], -g.axis[0]])
-    return g.apex + u[:, None] * g.axis + v[:, None] * normal
+    return from_local(u, v, g)
 
 
 @dataclass(frozen=True)
@@ -539,6 +588,10 @@ def log_compress(envelope: np.ndarray, sector: np.ndarray, dynamic_range: float,
 
 
 VIEW_CODE = {"2CH": 2, "4CH": 4}
+# What belongs to the patient (shared by the 2CH and 4CH recordings of one heart); the rest is the acquisition's.
+PATIENT_FIELDS = ("lv_length", "lv_width", "wall", "apex_wall", "shape_power", "base_shortening", "la_length",
+                  "la_width", "ef", "es_phase", "heart_rate", "bend", "rv_length", "rv_width", "ra_length",
+                  "ra_width")
 
 
 def case_rng(seed: int, index: int, *stream: int) -> np.random.Generator:
@@ -548,14 +601,11 @@ def case_rng(seed: int, index: int, *stream: int) -> np.random.Generator:
 
 def draw_patient(seed: int, index: int, view: str, look: ScannerLook = LOOKS["camus"]) -> Heart:
     """A patient's heart seen in `view`: size, shape, EF and rhythm are the patient's (shared by both views);
-    sector, tilt and lateral position are the acquisition's (drawn per view)."""
-    patient = draw_heart(case_rng(seed, index), "2CH")
+    depth, sector, tilt, place in the fan and foreshortening are the acquisition's (drawn per view)."""
+    patient = foreshortened(draw_heart(case_rng(seed, index), "2CH"), 0.0)
     acquisition = draw_heart(case_rng(seed, index, VIEW_CODE[view]), view, look)
-    return replace(acquisition, lv_length=patient.lv_length, lv_width=patient.lv_width, wall=patient.wall,
-                   apex_wall=patient.apex_wall, shape_power=patient.shape_power,
-                   base_shortening=patient.base_shortening, la_length=patient.la_length,
-                   la_width=patient.la_width, ef=patient.ef, es_phase=patient.es_phase,
-                   heart_rate=patient.heart_rate)
+    anatomy = {name: getattr(patient, name) for name in PATIENT_FIELDS}
+    return foreshortened(replace(acquisition, foreshortening=0.0, **anatomy), acquisition.foreshortening)
 
 
 def make_case(seed: int, index: int, view: str, config: PhantomConfig = PhantomConfig(),
