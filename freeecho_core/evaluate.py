@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from freeecho_core.anatomy import ANATOMY_COLUMNS, feature_distances, finite_mean, map_scores, map_specificity
+from freeecho_core.anatomy import (ANATOMY_COLUMNS, SPECIFICITY_COLUMNS, feature_distances, finite_mean, map_scores,
+                                   map_specificity)
 from freeecho_core.checkpoint import code_version
 from freeecho_core.data.case import FIVE_LABELS
 from freeecho_core.data.clips import ClipConfig
@@ -362,6 +363,33 @@ def markdown_table(reports: dict[str, dict], paper: dict[str, str] | None = None
             cells = [f"paper, real {real}", method, step or "-", "?×10", *(f"{v:.2f}" for v in values)]
             lines.append("| " + " | ".join(f"*{c}*" for c in cells) + " |" + " - |" * len(anatomy))
     return "\n".join(lines)
+
+
+def specificity_rows(report: dict) -> list[dict]:
+    """Map specificity per method of a report (`anatomy.map_specificity`), then the real clips read by the same
+    segmenter (the ceiling), as table rows; methods scored on fewer than two maps have none."""
+    rows = [{"method": name} | {c: row[c] for c in SPECIFICITY_COLUMNS if c in row}
+            for name, row in report["methods"].items() if "map margin" in row]
+    if "real_specificity" in report:
+        rows.append({"method": "real clips (ceiling)"} | {c: report["real_specificity"][c]
+                                                          for c in SPECIFICITY_COLUMNS if c in report["real_specificity"]})
+    return rows
+
+
+def specificity_verdict(name: str, row: dict) -> str:
+    """One sentence on whether a method's videos follow their own map: its margin against twice its standard
+    error, and which of the map or the seed its videos' pixels follow more closely."""
+    margin, se = row["map margin"], row["map margin s.e."]
+    follows = margin > 2 * se and margin > 0.02
+    sentence = (f"{name}: Dice LV {row['Dice LV own map']:.3f} against its own map and {row['Dice LV other maps']:.3f} "
+                f"against the other maps, a margin of {margin:+.3f} ± {se:.3f} (s.e. over maps): "
+                + ("it follows its map" if follows else "no better than a video of another heart; it ignores its map"))
+    if "corr across maps, same seed" in row:
+        maps, seeds = row["corr across maps, same seed"], row["corr across seeds, same map"]
+        decides = "the seed, not the map, decides the video" if maps > seeds else "the map decides more than the seed"
+        sentence += (f"; videos of different maps from the same seed correlate {maps:.2f} pixel by pixel, videos of "
+                     f"one map from different seeds {seeds:.2f}: {decides}")
+    return sentence + "."
 
 
 def paper_ordering(report: dict, metric: str = "SSIM") -> dict[str, bool]:

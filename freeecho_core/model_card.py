@@ -83,7 +83,8 @@ def write_model_card(run_dir: str | os.PathLike, data_root: str | os.PathLike, c
     return path
 
 
-HELD_OUT_COLUMNS = ("SSIM", "PSNR", "Dice LV", "Dice myo", "Dice LA", "EF proxy error", "FD-seg", "FVD-seg")
+HELD_OUT_COLUMNS = ("SSIM", "PSNR", "Dice LV", "Dice myo", "Dice LA", "map margin", "map margin s.e.",
+                    "EF proxy error", "FD-seg", "FVD-seg")
 
 
 def held_out_scores(report: dict, command: str) -> dict:

@@ -39,6 +39,7 @@ class SegConfig:
     batch_size: int = 16  # frames per step
     lr: float = 1e-3  # Adam learning rate
     seed: int = 0  # data order and initial weights
+    augment: bool = False  # random pose and grey-level changes of every training frame (`augment_batch`)
 
     def __post_init__(self):
         if self.size % 2 ** (self.levels - 1):
@@ -136,6 +137,34 @@ def transfer_report(net: SegUNet, root: str | os.PathLike, clip: ClipConfig) -> 
             "per_recording": {k: float(np.mean(v)) for k, v in per_recording.items()}}
 
 
+def augment_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random changes that a segmenter trained on the phantom must not depend on, to read real echo and generated
+    videos (domain randomisation): per frame, a pose change (scale 0.8-1.25, rotation +-15 deg, shift +-10 % of
+    the frame; labels by nearest neighbour), a grey curve (gamma 0.5-2 on [0, 1]), a gain and contrast change,
+    a blur of up to 1 px and noise. x: (N, 1, S, S) grey in [-1, 1]; y: (N, S, S) labels. No mirror: the LV keeps
+    its side of the image, as in every apical view of CAMUS and EchoNet-Dynamic."""
+    n = len(x)
+
+    def uniform(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(n, *shape, generator=generator)
+
+    angle, scale = torch.deg2rad(uniform(-15, 15)), torch.exp(uniform(np.log(0.8), np.log(1.25)))
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, uniform(-0.2, 0.2)], 1), torch.stack([sin, cos, uniform(-0.2, 0.2)], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    y = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0].long()
+    grey = ((x + 1) / 2).clamp(0, 1) ** torch.exp(uniform(np.log(0.5), np.log(2.0), 1, 1, 1))
+    grey = grey * uniform(0.7, 1.3, 1, 1, 1) + uniform(-0.1, 0.1, 1, 1, 1)
+    sigma = uniform(0.0, 1.0)
+    kernel = torch.exp(-(torch.arange(-2, 3)[None] ** 2) / (2 * sigma[:, None].clamp_min(1e-3) ** 2))
+    kernel = kernel / kernel.sum(1, keepdim=True)  # (N, 5) per-frame Gaussian, separable
+    grey = F.conv2d(grey.transpose(0, 1), kernel[:, None, None, :], padding=(0, 2), groups=n)
+    grey = F.conv2d(grey, kernel[:, None, :, None], padding=(2, 0), groups=n).transpose(0, 1)
+    grey = grey + uniform(0, 0.05, 1, 1, 1) * torch.randn(grey.shape, generator=generator)
+    return (2 * grey.clamp(0, 1) - 1), y
+
+
 def train_segmenter(config: SegConfig, data_root: str | os.PathLike, out: str | os.PathLike, *,
                     device="cpu", progress: bool = True) -> Path:
     """Train on the TRAIN split's labelled frames (cross-entropy, Adam, seeded order), score Dice on VAL and
@@ -146,11 +175,13 @@ def train_segmenter(config: SegConfig, data_root: str | os.PathLike, out: str | 
     net = SegUNet(config).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
     x_all, y_all = torch.from_numpy(frames)[:, None], torch.from_numpy(labels)
     started = time.perf_counter()
     for _ in progress_bar(range(config.steps), disable=not progress, desc="train segmenter", unit="step"):
         idx = torch.from_numpy(rng.integers(0, len(frames), config.batch_size))
-        loss = F.cross_entropy(net(x_all[idx].to(device)), y_all[idx].to(device), ignore_index=UNLABELLED)
+        x, y = augment_batch(x_all[idx], y_all[idx], generator) if config.augment else (x_all[idx], y_all[idx])
+        loss = F.cross_entropy(net(x.to(device)), y.to(device), ignore_index=UNLABELLED)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

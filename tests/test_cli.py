@@ -91,3 +91,23 @@ def test_segmenter_trains_at_the_profile_clip_size_and_reports_held_out_dice(tmp
     assert card["data"]["phantom"]["count"] == 3 and "--profile smoke" in card["command"]
     assert main(["segmenter", "--data", str(tmp_path / "nothing")]) == 2
     assert "neither a CAMUS folder" in capsys.readouterr().err
+
+
+def test_segmenter_tested_on_another_folder_reports_its_dice_there(tmp_path, capsys):
+    """Trained on the CAMUS look, read on EchoNet-format videos of other hearts: the sim-to-real command."""
+    camus, echonet = tmp_path / "camus", tmp_path / "echonet"
+    assert main(["phantom", "--format", "camus", "--out", str(camus), "--count", "3", "--height", "32",
+                 "--frames", "6", "--workers", "1"]) == 0
+    assert main(["phantom", "--format", "echonet", "--out", str(echonet), "--count", "2", "--frames", "6",
+                 "--workers", "1", "--seed", "5"]) == 0
+    out = tmp_path / "seg.pt"
+    assert main(["segmenter", "--profile", "smoke", "--data", str(camus), "--out", str(out), "--device", "cpu",
+                 "--test-on", str(echonet)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "seg.transfer.json").read_text())
+    assert report["recordings"] == 2 and report["frames"] >= 2 and 0 <= report["dice_lv_median"] <= 1
+    assert f"--test-on {echonet}: Dice LV median {report['dice_lv_median']:.3f}" in printed
+    assert set(report["per_recording"]) == {e.stem for e in (echonet / "Videos").glob("*.avi")}
+    assert main(["segmenter", "--profile", "smoke", "--data", str(camus), "--out", str(tmp_path / "s2.pt"),
+                 "--test-on", str(tmp_path / "nothing")]) == 2
+    assert "--test-on" in capsys.readouterr().err and not (tmp_path / "s2.pt").exists()

@@ -25,10 +25,10 @@ SIZE = 64  # px: the square frame the masks are compared on (the cpu clips' size
 # EchoNet-Dynamic videos (EchoNet-Dynamic's own LV segmentation) and 6 real CAMUS label maps (the Free-Echo
 # authors' repository, samples/ and visualize/).
 REAL_ANATOMY = {
-    "EchoNet-Dynamic (9 videos)": {"lv_area_share": "0.146 [0.069-0.192]", "lv_area_cv": "0.31",
-                                   "pairwise_dice": "0.68 [0.44-0.90]"},
-    "CAMUS (6 label maps)": {"lv_area_share": "0.112 [0.061-0.164]", "lv_area_cv": "0.30",
-                             "pairwise_dice": "0.70 [0.49-0.88]"},
+    "real EchoNet-Dynamic": {"recordings": "9 videos", "lv_area_share": "0.146 [0.069 to 0.192]",
+                             "lv_area_cv": "0.31", "pairwise_dice": "0.68 [0.44 to 0.90]"},
+    "real CAMUS": {"recordings": "6 label maps", "lv_area_share": "0.112 [0.061 to 0.164]", "lv_area_cv": "0.30",
+                   "pairwise_dice": "0.70 [0.49 to 0.88]"},
 }
 
 
@@ -132,3 +132,27 @@ def anatomy_lines(stats: dict[str, dict]) -> list[str]:
         if s["lv_area_cv"] is not None:
             lines.append(f"  {'lv_area_cv':>15}  {s['lv_area_cv']:8.3f}")
     return lines
+
+
+def _cell(spread: dict | None, digits: int) -> str:
+    """median [min to max] with `digits` decimals ("-" for None)."""
+    if spread is None:
+        return "-"
+    return f"{spread['median']:.{digits}f} [{spread['min']:.{digits}f} to {spread['max']:.{digits}f}]"
+
+
+def comparison_rows(measured: dict[str, dict[str, dict]]) -> list[dict]:
+    """Rows for a table: the real figures (`REAL_ANATOMY`) first, then each measured folder's views.
+    measured: {source label: `anatomy_statistics` result}."""
+    rows = [{"source": source, "view": "4CH, 2CH" if "CAMUS" in source else "4CH", "recordings": real["recordings"],
+             "LV area share": real["lv_area_share"], "CV of LV area": real["lv_area_cv"],
+             "pairwise LV Dice": real["pairwise_dice"], "long-axis angle (deg)": "-", "EF": "-"}
+            for source, real in REAL_ANATOMY.items()]
+    for source, by_view in measured.items():
+        for view, s in by_view.items():
+            rows.append({"source": source, "view": view, "recordings": str(s["recordings"]),
+                         "LV area share": _cell(s["lv_area_share"], 3),
+                         "CV of LV area": "-" if s["lv_area_cv"] is None else f"{s['lv_area_cv']:.2f}",
+                         "pairwise LV Dice": _cell(s.get("pairwise_dice"), 2),
+                         "long-axis angle (deg)": _cell(s["axis_angle_deg"], 0), "EF": _cell(s.get("ef"), 2)})
+    return rows
