@@ -709,7 +709,9 @@ def run_suite(name: str, *, device: str = "cpu", compile: bool = False, out=None
     suite_variants(run, device, compile)
     suite_training(run, device)
     for bins in sizes.ot_bins:
-        problem = ot_problem(bins, *((2, 16) if name == "smoke" else (16, 64)))
+        # Smoke: a 32-row phantom; at 16 rows a target histogram of a few hundred pixels has isolated grey levels
+        # on which Sinkhorn at reg 1e-3 stalls (a marginal error of 1e-7 after 100,000 iterations).
+        problem = ot_problem(bins, *((2, 32) if name == "smoke" else (16, 64)))
         for method, repeats in (("sinkhorn", 3), ("exact", 20)):
             run.add(bench_ot(bins, method, repeats=repeats, problem=problem))
     for frames, height in sizes.phantom_sizes:

@@ -166,9 +166,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_phantom(args: argparse.Namespace) -> None:
     if args.stats:
         rows = summary_rows(folder_statistics(args.stats, args.limit))
-        print(f"{'statistic':>12}  {'median':>8}  range over {rows[0]['recordings']} recordings ({args.stats})")
+        print(f"{'statistic':>16}  {'median':>8}  range over {rows[0]['recordings']} recordings ({args.stats})")
         for r in rows:
-            print(f"{r['statistic']:>12}  {r['median']:8.3f}  [{r['min']:.3f}, {r['max']:.3f}]")
+            print(f"{r['statistic']:>16}  {r['median']:8.3f}  [{r['min']:.3f}, {r['max']:.3f}]")
         print(f"anatomy of the end-diastolic LV, masks squared to {ANATOMY_SIZE} px ({args.stats}):")
         print("\n".join(anatomy_lines(anatomy_statistics(ed_lv_records(args.stats, args.limit)))))
         return
@@ -215,7 +215,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_segmenter(args: argparse.Namespace) -> None:
     profile_section(args.profile, "train")
-    config = seg_config_from_profile(load_profile(args.profile))
+    config = seg_config_from_profile(load_profile(args.profile), args.section)
     out = args.out or Path("runs") / Path(args.profile).stem / "segmenter.pt"
     if out.is_dir():
         raise ValueError(f"--out {out}: is a folder; expected the segmenter file to write (e.g. segmenter.pt)")
@@ -227,7 +227,10 @@ def cmd_segmenter(args: argparse.Namespace) -> None:
             raise ValueError(f"--test-on {error}") from None
     device = resolve_device(args.device)
     train_segmenter(config, args.data, out, device=device)
-    card = write_segmenter_card(out, f"freeecho segmenter --profile {args.profile} --data {args.data} --out {out}")
+    command = f"freeecho segmenter --profile {args.profile} --data {args.data} --out {out}"
+    command += (f" --section {args.section}" if args.section != "segment" else "") + \
+        (f" --test-on {args.test_on}" if args.test_on else "")
+    card = write_segmenter_card(out, command)
     net, payload = load_segmenter(out)
     dice = ", ".join(f"{name} {value:.3f}" for name, value in payload["val_dice"].items())
     print(f"wrote {out} and {card}; held-out (VAL) Dice: {dice or 'no VAL clips'}")
@@ -531,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
     seg = sub.add_parser("segmenter", help="train the 2-D segmenter that the anatomy metrics read videos with")
     seg.add_argument("--profile", default="smoke", help="its `segment` section, at the `train` clip size")
+    seg.add_argument("--section", default="segment",
+                     help="the profile's segmenter section: segment (the judge of the anatomy metrics) or another, "
+                          "such as segment_transfer (params/cpu.yaml: the settings that read real echo best)")
     seg.add_argument("--data", required=True, type=Path, help="a CAMUS or EchoNet-Dynamic folder (real or phantom)")
     seg.add_argument("--out", type=Path, help="checkpoint to write (default runs/<profile>/segmenter.pt)")
     seg.add_argument("--test-on", type=Path, metavar="DIR",

@@ -370,9 +370,9 @@ def specificity_rows(report: dict) -> list[dict]:
     segmenter (the ceiling), as table rows; methods scored on fewer than two maps have none."""
     rows = [{"method": name} | {c: row[c] for c in SPECIFICITY_COLUMNS if c in row}
             for name, row in report["methods"].items() if "map margin" in row]
-    if "real_specificity" in report:
-        rows.append({"method": "real clips (ceiling)"} | {c: report["real_specificity"][c]
-                                                          for c in SPECIFICITY_COLUMNS if c in report["real_specificity"]})
+    real = report.get("real_specificity")
+    if real:
+        rows.append({"method": "real clips (ceiling)"} | {c: real[c] for c in SPECIFICITY_COLUMNS if c in real})
     return rows
 
 

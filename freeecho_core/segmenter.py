@@ -150,7 +150,8 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) 
 
     angle, scale = torch.deg2rad(uniform(-15, 15)), torch.exp(uniform(np.log(0.8), np.log(1.25)))
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, uniform(-0.2, 0.2)], 1), torch.stack([sin, cos, uniform(-0.2, 0.2)], 1)], 1)
+    rows = (torch.stack([cos, -sin, uniform(-0.2, 0.2)], 1), torch.stack([sin, cos, uniform(-0.2, 0.2)], 1))
+    theta = torch.stack(rows, 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     y = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0].long()
@@ -208,10 +209,13 @@ def load_segmenter(path: str | os.PathLike, device="cpu") -> tuple[SegUNet, dict
     return net.to(device).eval(), payload
 
 
-def seg_config_from_profile(profile: dict) -> SegConfig:
-    """The segmenter of a profile (params/<profile>.yaml): its `segment` section, at the clip frames and size of
-    its `train` section (the segmenter judges the videos of the models trained there)."""
-    section = profile.get("segment", {})
+def seg_config_from_profile(profile: dict, section_name: str = "segment") -> SegConfig:
+    """The segmenter of a profile (params/<profile>.yaml): its `segment` section (or another segmenter section,
+    such as `segment_transfer`), at the clip frames and size of its `train` section (the segmenter judges the
+    videos of the models trained there)."""
+    if section_name not in profile and section_name != "segment":
+        raise ValueError(f"the profile has no section {section_name!r}")
+    section = profile.get(section_name, {})
     not_allowed = (set(section) - set(SegConfig.__dataclass_fields__)) | ({"frames", "size"} & set(section))
     if not_allowed:
         raise ValueError(f"unknown or fixed segmenter settings {sorted(not_allowed)} (frames and size come from "

@@ -14,8 +14,9 @@ from freeecho_core.data.phantom import PhantomConfig, make_case
 
 @pytest.fixture(scope="module")
 def camus_map():
-    """A phantom's ED labels in the CAMUS convention (0-3), 64 x 78."""
-    return make_case(0, 0, "4CH", PhantomConfig(height=64, frames=4)).labels[0].astype(np.uint8)
+    """A phantom's ED labels in the CAMUS convention (0-3), 64 x 77: a heart whose grown myocardium ring stays
+    inside the fan (hearts framed close to the fan's edge have their ring cut there)."""
+    return make_case(0, 5, "4CH", PhantomConfig(height=64, frames=4)).labels[0].astype(np.uint8)
 
 
 def five_label_map(labels, convention="auto", where="the map"):

@@ -5,9 +5,9 @@ import pytest
 
 from freeecho_core.data.anatomy_stats import anatomy_statistics
 from freeecho_core.data.echonet import lv_tracings, method_of_disks_volume
-from freeecho_core.data.phantom import (LOOKS, PATIENT_FIELDS, PhantomConfig, axis_bow, draw_heart, draw_patient,
-                                        foreshortened, frame_geometry, from_local, local_coordinates, make_case,
-                                        volume_curve)
+from freeecho_core.data.phantom import (BASE_MARGIN, EDGE_MARGIN, LOOKS, PATIENT_FIELDS, PhantomConfig, axis_bow,
+                                        draw_heart, draw_patient, edge_overflow, foreshortened, frame_geometry, framed, from_local,
+                                        local_coordinates, make_case, volume_curve)
 
 SMALL = PhantomConfig(height=48, frames=12)
 
@@ -49,12 +49,16 @@ def test_labels_and_image_live_in_the_sector(case_2ch):
 @pytest.mark.parametrize("look", sorted(LOOKS))
 def test_labels_are_aligned_with_the_image(look):
     """Blood is darker than the myocardium exactly where the labels say so, in both scanner looks; EchoNet's
-    blood is near-black (CAMUS's higher gain lifts it into grey)."""
-    c = make_case(7, 3, "2CH", replace(SMALL, look=look))
-    lv, myo = c.labels == 1, c.labels == 2
-    assert np.mean(c.frames[myo]) > np.mean(c.frames[lv]) + 30
+    blood is near-black in most recordings (CAMUS's higher gain lifts it into grey), grey in a few (weak blood
+    speckle, clutter in the apex: each recording draws its own)."""
+    blood = []
+    for index in range(5):
+        c = make_case(7, index, "2CH", replace(SMALL, look=look))
+        lv, myo = c.labels == 1, c.labels == 2
+        assert np.mean(c.frames[myo]) > np.mean(c.frames[lv]) + 30
+        blood.append(np.median(c.frames[lv]))
     if look == "echonet":
-        assert np.median(c.frames[lv]) < 40
+        assert np.median(blood) < 30 and max(blood) > min(blood) + 5
 
 
 def test_cavity_shrinks_to_end_systole_and_refills(case_2ch):
@@ -150,3 +154,15 @@ def test_ejection_fraction_measured_from_the_labels_matches_the_drawn_one(index,
     edv, esv = (method_of_disks_volume(lv_tracings(c.labels[k] == 1), c.pixel_spacing_mm / 10) for k in (0, c.es_index))
     assert 1 - esv / edv == pytest.approx(c.ef, abs=0.015)  # pixelisation at 128 rows: ~0.01
     assert 0.35 <= c.ef <= 0.70
+
+
+def test_hearts_are_framed_as_a_sonographer_frames_them():
+    """The depth holds the whole LV and BASE_MARGIN below its mitral plane; the LV's widest part keeps clear of
+    both fan edges; a heart that already fits is left as drawn."""
+    for index in range(60):
+        h = draw_patient(0, index, "4CH" if index % 2 else "2CH")
+        assert h.depth >= h.apex_depth + h.lv_length * np.cos(h.tilt) + BASE_MARGIN - 1e-9
+        right, left = edge_overflow(h)
+        assert max(right, left) <= 1e-9 or right == pytest.approx(left)  # inside, or too wide and centred
+    roomy = replace(draw_heart(np.random.default_rng(1), "2CH"), depth=19.5, lateral_offset=0.0, tilt=0.0)
+    assert framed(roomy) == roomy

@@ -119,6 +119,11 @@ class Heart:
     rv_width: float = 3.3  # RV cavity width at ED (4CH)
     ra_length: float = 4.6  # RA length (4CH)
     ra_width: float = 3.6  # RA width (4CH)
+    blood: float = 0.012  # echogenicity of blood (weak speckle; brighter with slow flow or "smoke")
+    clutter: float = 0.9  # strength of the stationary near-field clutter (reverberation), relative
+    clutter_depth: float = 1.6  # cm over which that clutter fades (deep haze fills the apex of poor windows)
+    myocardium_gain: float = 1.0  # the myocardium's echogenicity relative to AMPLITUDE (acoustic window)
+    tissue_gain: float = 1.0  # the surrounding tissue's, likewise
 
 
 def lognormal(rng: np.random.Generator, median: float, spread: float, low: float, high: float) -> float:
@@ -158,8 +163,41 @@ def draw_heart(rng: np.random.Generator, view: str, look: ScannerLook = LOOKS["c
         bend=float(np.clip(rng.normal(0.0, 0.25), -0.6, 0.6)),
         rv_length=lognormal(rng, 7.0 * size, 0.08, 5.5, 9.0), rv_width=lognormal(rng, 3.3 * size, 0.13, 2.3, 4.8),
         ra_length=lognormal(rng, 4.6 * size, 0.10, 3.5, 6.0), ra_width=lognormal(rng, 3.6 * size, 0.10, 2.7, 4.8),
+        blood=lognormal(rng, AMPLITUDE["blood"], 0.5, 0.005, 0.035), clutter=lognormal(rng, 0.9, 0.4, 0.4, 1.8),
+        clutter_depth=u(1.2, 2.8), myocardium_gain=lognormal(rng, 0.9, 0.2, 0.55, 1.4),
+        tissue_gain=lognormal(rng, 1.0, 0.2, 0.6, 1.5),
     )
-    return foreshortened(heart, 0.25 * float(rng.beta(1.2, 3.0)))
+    return framed(foreshortened(heart, 0.25 * float(rng.beta(1.2, 3.0))))
+
+
+EDGE_MARGIN = np.deg2rad(4.0)  # angle the LV's widest part keeps from either edge of the fan at least
+
+
+def edge_overflow(heart: Heart) -> tuple[float, float]:
+    """How far (cm, across the image) the epicardium at the LV's widest part (80 % of the way from the apex to
+    the base) lies beyond the right and the left edge of the fan less EDGE_MARGIN; negative: the room left."""
+    axis = np.array([np.sin(heart.tilt), np.cos(heart.tilt)])
+    widest = np.array([heart.lateral_offset, heart.apex_depth]) + 0.8 * heart.lv_length * axis
+    reach = (heart.lv_width / 2 + heart.wall) * np.array([axis[1], -axis[0]])
+    (x_r, z_r), (x_l, z_l) = widest + reach, widest - reach
+    slope = np.tan(heart.half_angle - EDGE_MARGIN)
+    return float(x_r - z_r * slope), float(-x_l - z_l * slope)
+
+
+BASE_MARGIN = 2.0  # cm of the left atrium that the imaging depth keeps below the mitral plane at least
+
+
+def framed(heart: Heart) -> Heart:
+    """`heart` as a sonographer frames it: the imaging depth raised, where needed, to hold the whole LV and
+    BASE_MARGIN cm below its mitral plane, and the LV moved sideways, where needed, so that its widest part
+    (80 % of the way to the base) keeps EDGE_MARGIN from both edges of the fan (or, too wide for that, lies midway
+    between them). What already fits stands."""
+    axis = np.array([np.sin(heart.tilt), np.cos(heart.tilt)])
+    base = heart.apex_depth + heart.lv_length * axis[1] + BASE_MARGIN
+    right, left = edge_overflow(heart)
+    fits = right + left <= 0  # the room left on both sides together
+    shift = max(left, 0.0) - max(right, 0.0) if fits else (left - right) / 2  # too wide: centred between the edges
+    return replace(heart, depth=float(max(heart.depth, base)), lateral_offset=float(heart.lateral_offset + shift))
 
 
 def foreshortened(heart: Heart, share: float) -> Heart:
@@ -362,11 +400,11 @@ def beam_incidence(points: np.ndarray, g: FrameGeometry, power: float, h: float 
     return np.abs((normal * beam).sum(axis=1))
 
 
-def chamber_echo(q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def chamber_echo(q: np.ndarray, rng: np.random.Generator, blood: float = AMPLITUDE["blood"]) -> np.ndarray:
     """Echogenicity inside a chamber of normalised radius q (< 1): blood, rising towards the wall through
     trabeculations, so that chambers have soft, irregular borders instead of sharp black ellipses."""
     border = np.exp(-np.clip(1 - q, 0, None) / 0.07) * rng.uniform(0.3, 1.0, len(q))
-    return AMPLITUDE["blood"] + AMPLITUDE["trabeculae"] * border
+    return blood + AMPLITUDE["trabeculae"] * border
 
 
 def classify_scatterers(points: np.ndarray, heart: Heart, rng: np.random.Generator):
@@ -377,7 +415,7 @@ def classify_scatterers(points: np.ndarray, heart: Heart, rng: np.random.Generat
     la = la_region(points, g0, heart)
     body = np.full(len(points), BODY["tissue"])
     # Surrounding tissue: dim, with slowly varying echogenicity (fibrous bands, lung shadowing at the edges).
-    amp = AMPLITUDE["tissue"] * np.exp(0.8 * smooth_field(rng, points, heart.depth, 24, 3.0))
+    amp = AMPLITUDE["tissue"] * heart.tissue_gain * np.exp(0.8 * smooth_field(rng, points, heart.depth, 24, 3.0))
     u0, v0 = local_coordinates(points, g0)
     r_epi = epicardium(u0, g0, p)
     pericardium = ~wall & ~cavity & (np.abs(v0) >= r_epi) & (np.abs(v0) < epicardium(u0, _inflated(g0, 0.3), p))
@@ -387,16 +425,17 @@ def classify_scatterers(points: np.ndarray, heart: Heart, rng: np.random.Generat
     if heart.view == "4CH":
         rv, ra, rv_q, ra_q = right_heart_regions(points, g0, heart)
         rv_cavity = rv & ~wall
-        body[rv_cavity], amp[rv_cavity] = BODY["rv"], chamber_echo(rv_q, rng)[rv_cavity]
+        body[rv_cavity], amp[rv_cavity] = BODY["rv"], chamber_echo(rv_q, rng, heart.blood)[rv_cavity]
         ra_cavity = ra & ~rv & ~wall
-        body[ra_cavity], amp[ra_cavity] = BODY["ra"], chamber_echo(ra_q, rng)[ra_cavity]
+        body[ra_cavity], amp[ra_cavity] = BODY["ra"], chamber_echo(ra_q, rng, heart.blood)[ra_cavity]
         # The RV free wall and the RA wall: thin bright shells around the chambers (the tricuspid annulus and
         # the atrial septum where the shells meet the LV and LA).
         shells = ((rv_q >= 1) & (rv_q < 1.12)) | ((ra_q >= 1) & (ra_q < 1.15))
         right_walls = shells & ~rv & ~ra & ~wall & ~cavity & ~la & (v0 < 0)
         amp[right_walls] = AMPLITUDE["thin_wall"] * (0.5 + 0.5 * facing[right_walls])
     la_cavity = la & ~wall
-    body[la_cavity], amp[la_cavity] = BODY["la"], chamber_echo(la_radius(points, g0, heart), rng)[la_cavity]
+    la_echo = chamber_echo(la_radius(points, g0, heart), rng, heart.blood)
+    body[la_cavity], amp[la_cavity] = BODY["la"], la_echo[la_cavity]
     la_wall = la_region(points, _inflated_la(g0), heart) & ~la & ~wall & ~cavity
     amp[la_wall] = AMPLITUDE["thin_wall"] * facing[la_wall]
     body[la_wall] = BODY["la"]
@@ -404,7 +443,7 @@ def classify_scatterers(points: np.ndarray, heart: Heart, rng: np.random.Generat
     patchy = np.exp(0.55 * smooth_field(rng, points, heart.depth, 48, 2.0))
     s = u0 / g0.length
     dropout = 1 - heart.dropout * np.exp(-(((s - heart.dropout_at) / 0.15) ** 2)) * (v0 > 0)
-    amp_wall = AMPLITUDE["myocardium"] * patchy * facing * dropout
+    amp_wall = AMPLITUDE["myocardium"] * heart.myocardium_gain * patchy * facing * dropout
     annulus = wall & (s > 0.93)
     amp_wall = np.where(annulus, AMPLITUDE["annulus"], amp_wall)
     body[wall], amp[wall] = BODY["myo"], amp_wall[wall]
@@ -415,7 +454,7 @@ def classify_scatterers(points: np.ndarray, heart: Heart, rng: np.random.Generat
     for side in (-1.0, 1.0):
         at = (u0 - 0.62 * g0.length) ** 2 / 1.1 ** 2 + (v0 - side * 0.8 * r_endo) ** 2 / 0.3 ** 2 < 1  # on the wall
         papillary |= at
-    amp_cavity = AMPLITUDE["blood"] + AMPLITUDE["trabeculae"] * near_wall * patchy
+    amp_cavity = heart.blood + AMPLITUDE["trabeculae"] * near_wall * patchy
     amp_cavity = np.where(papillary, 0.4 * AMPLITUDE["myocardium"] * patchy, amp_cavity)
     body[cavity], amp[cavity] = BODY["lv"], amp_cavity[cavity]
     return body, amp, wall_depth
@@ -536,7 +575,7 @@ def render_case(heart: Heart, config: PhantomConfig, rng: np.random.Generator, c
     body, echogenicity, wall_depth = classify_scatterers(points0, heart, rng)
     # Stationary near-field clutter (reverberation between the probe and the chest wall).
     clutter_pts, clutter_amp = place_scatterers(heart, rng, count // 4)
-    clutter = splat(grid, clutter_pts, clutter_amp * 0.9 * np.exp(-clutter_pts[:, 1] / 1.6))
+    clutter = splat(grid, clutter_pts, clutter_amp * heart.clutter * np.exp(-clutter_pts[:, 1] / heart.clutter_depth))
     wavelength = heart.depth / grid.n_r * 3.0  # three depth samples per carrier period
     r_axis = np.linspace(0, heart.depth, grid.n_r)
     focus = heart.depth * 0.45
@@ -605,7 +644,7 @@ def draw_patient(seed: int, index: int, view: str, look: ScannerLook = LOOKS["ca
     patient = foreshortened(draw_heart(case_rng(seed, index), "2CH"), 0.0)
     acquisition = draw_heart(case_rng(seed, index, VIEW_CODE[view]), view, look)
     anatomy = {name: getattr(patient, name) for name in PATIENT_FIELDS}
-    return foreshortened(replace(acquisition, foreshortening=0.0, **anatomy), acquisition.foreshortening)
+    return framed(foreshortened(replace(acquisition, foreshortening=0.0, **anatomy), acquisition.foreshortening))
 
 
 def make_case(seed: int, index: int, view: str, config: PhantomConfig = PhantomConfig(),
