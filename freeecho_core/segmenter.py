@@ -224,8 +224,9 @@ def seg_config_from_profile(profile: dict, section_name: str = "segment") -> Seg
 
 
 def trained_segmenter(config: SegConfig, data_root, path, **kwargs) -> tuple[Path, str]:
-    """`path` when a segmenter with this config is already there, else train it. Returns (path, source)."""
+    """`path` when a segmenter with this config is already there (settings added since it was stored count at
+    their defaults), else train it. Returns (path, source)."""
     path = Path(path)
-    if path.is_file() and load_checkpoint(path)["config"] == asdict(config):
+    if path.is_file() and asdict(SegConfig(**load_checkpoint(path)["config"])) == asdict(config):
         return path, "stored"
     return train_segmenter(config, data_root, path, **kwargs), "trained here"

@@ -154,3 +154,14 @@ def test_map_specificity_reads_videos_through_the_segmenter(phantom, segmenter):
     assert report["Dice LV own map"] > report["Dice LV other maps"] and report["map margin"] > 0
     assert report["corr across seeds, same map"] == pytest.approx(1.0)  # two identical samples
     assert len(report["specificity_per_map"]) == 3
+
+
+def test_a_segmenter_stored_before_a_setting_existed_is_used_with_that_setting_at_its_default(phantom, segmenter,
+                                                                                              tmp_path):
+    from freeecho_core.checkpoint import load_checkpoint, save_checkpoint
+    from freeecho_core.segmenter import trained_segmenter
+
+    payload = load_checkpoint(segmenter)
+    payload["config"].pop("augment")  # as checkpoints written before the option was added
+    older = save_checkpoint(tmp_path / "older.pt", payload)
+    assert trained_segmenter(SEG, phantom, older) == (older, "stored")

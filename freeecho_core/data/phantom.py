@@ -2,10 +2,15 @@
 
 Geometry: a bullet-shaped left ventricle (a half superellipse about the mitral-plane midpoint, apex up
 towards the probe), a myocardial wall that thickens in systole, a left atrium below the mitral plane, and
-in the 4-chamber view a right ventricle and right atrium on the image's left. Motion: a volume curve with
-contraction to end systole, rapid filling, diastasis and the atrial kick; the apex stays fixed, the base
-moves towards it, and the width follows so that every frame's LV volume (by revolution about the long axis,
-the method of disks) is exactly the drawn curve: the ejection fraction is honoured by construction.
+in the 4-chamber view a right ventricle and right atrium on the image's left. Every heart is drawn from adult
+reference figures (`draw_heart`: size, sphericity, wall, atria, right heart, EF; a curved septum) and every
+recording from its own acquisition (depth, tilt, place in the fan, foreshortening, acoustic window), framed as a
+sonographer frames it (`framed`), so that two phantom hearts differ as much as two patients' do.
+
+Motion: a volume curve with contraction to end systole, rapid filling, diastasis and the atrial kick; the apex
+stays fixed, the base moves towards it, and the width follows so that every frame's LV volume (by revolution
+about the long axis, the method of disks) is exactly the drawn curve: the ejection fraction is honoured by
+construction.
 
 Rendering: a convolution speckle model. Scatterers are attached to tissue in the end-diastolic configuration
 and carried by the same motion as the labels; their complex amplitudes renew with a time constant
