@@ -19,6 +19,7 @@ import numpy as np
 
 from freeecho_core.data.clips import pad_to_square, resize_labels_nearest
 from freeecho_core.data.echonet import principal_axis
+from freeecho_core.data.stats import folder_recordings
 
 SIZE = 64  # px: the square frame the masks are compared on (the cpu clips' size)
 # Measured on real data with this module's definitions (book: Data, "How much hearts differ"): 9 real
@@ -55,45 +56,10 @@ def long_axis_angle(mask: np.ndarray) -> float:
 
 
 def ed_lv_records(root: str | Path, limit: int | None = None) -> list[dict]:
-    """One row per recording of a CAMUS or EchoNet folder: recording, view, the ED LV mask (H, W) bool and the
-    recorded EF as a fraction (the first `limit` patients or videos when given)."""
-    root = Path(root)
-    if (root / "FileList.csv").is_file():
-        return _echonet_records(root, limit)
-    return _camus_records(root, limit)
-
-
-def _as_fraction(ef: float) -> float:
-    return ef / 100 if ef > 1.5 else ef  # EchoNet and CAMUS store percent
-
-
-def _echonet_records(root: Path, limit: int | None) -> list[dict]:
-    from freeecho_core.data.echonet import read_echonet_video, read_filelist, read_tracings, traced_videos
-
-    filelist, tracings = read_filelist(root), read_tracings(root)
-    usable, _ = traced_videos(filelist, tracings)
-    rows = []
-    for entry in usable[:limit]:
-        record = read_echonet_video(root, entry["FileName"], filelist, tracings)
-        rows.append({"recording": record.filename, "view": "4CH", "mask": record.ed_mask,
-                     "ef": _as_fraction(float(record.ef))})
-    return rows
-
-
-def _camus_records(root: Path, limit: int | None) -> list[dict]:
-    from freeecho_core.data.camus import ed_first, list_camus_patients, read_camus_sequence
-
-    rows = []
-    for patient in list_camus_patients(root)[:limit]:
-        for view in ("2CH", "4CH"):
-            if not (patient / f"Info_{view}.cfg").is_file():
-                continue
-            record = read_camus_sequence(patient, view)
-            _, labels, ed = ed_first(record)
-            ef = record.info.get("EF")
-            rows.append({"recording": f"{record.patient} {view}", "view": view, "mask": labels[ed] == 1,
-                         "ef": None if ef is None else _as_fraction(float(ef))})
-    return rows
+    """One row per recording of a CAMUS or EchoNet folder (`stats.folder_recordings`): recording, view, the ED LV
+    mask (H, W) bool and the recorded EF as a fraction (the first `limit` patients or videos when given)."""
+    return [{"recording": r["recording"], "view": r["view"], "mask": r["lv"], "ef": r["ef"]}
+            for r in folder_recordings(root, limit)]
 
 
 def _spread(values) -> dict:

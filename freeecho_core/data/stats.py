@@ -102,44 +102,56 @@ def recording_statistics(frames: np.ndarray, sector: np.ndarray | None = None, l
     return {k: float(v) for k, v in stats.items()}
 
 
-def folder_statistics(root: str | Path, limit: int | None = None) -> list[dict]:
-    """`recording_statistics` of every recording in a CAMUS (either release) or EchoNet-Dynamic folder, read with the
-    project's readers (the first `limit` recordings when given). Each row also names its recording."""
+def folder_recordings(root: str | Path, limit: int | None = None):
+    """Every recording of a CAMUS (either release) or EchoNet-Dynamic folder, read with the project's readers (the
+    first `limit` patients or videos when given), as dicts: recording (its name), view, frames ((T, H, W) uint8
+    from ED on), sector ((H, W) bool, found from the frames), lv and myo ((H, W) bool ED masks; myo None where only
+    the LV is traced), fps (None when unknown) and ef (as a fraction, None when not recorded)."""
     root = Path(root)
     if (root / "FileList.csv").is_file():
-        return _echonet_statistics(root, limit)
-    return _camus_statistics(root, limit)
+        yield from _echonet_recordings(root, limit)
+    else:
+        yield from _camus_recordings(root, limit)
 
 
-def _echonet_statistics(root: Path, limit: int | None) -> list[dict]:
+def _as_fraction(ef) -> float | None:
+    return None if ef is None else float(ef) / 100  # EchoNet's FileList and CAMUS's Info files store percent
+
+
+def _echonet_recordings(root: Path, limit: int | None):
     from freeecho_core.data.echonet import read_echonet_video, read_filelist, read_tracings, traced_videos
 
     filelist, tracings = read_filelist(root), read_tracings(root)
     usable, _ = traced_videos(filelist, tracings)
-    rows = []
     for entry in usable[:limit]:
         record = read_echonet_video(root, entry["FileName"], filelist, tracings)
-        sector = sector_from_frames(record.frames)
-        ring = myocardium_ring(record.ed_mask, sector) == 2
-        frames = record.frames[record.ed_index:]
-        rows.append({"recording": record.filename}
-                    | recording_statistics(frames, sector, record.ed_mask, ring, record.fps))
-    return rows
+        yield {"recording": record.filename, "view": "4CH", "frames": record.frames[record.ed_index:],
+               "sector": sector_from_frames(record.frames), "lv": record.ed_mask, "myo": None, "fps": record.fps,
+               "ef": _as_fraction(record.ef)}
 
 
-def _camus_statistics(root: Path, limit: int | None) -> list[dict]:
+def _camus_recordings(root: Path, limit: int | None):
     from freeecho_core.data.camus import ed_first, list_camus_patients, read_camus_sequence
 
-    rows = []
     for patient in list_camus_patients(root)[:limit]:
         for view in ("2CH", "4CH"):
             if not (patient / f"Info_{view}.cfg").is_file():
                 continue
             record = read_camus_sequence(patient, view)
             frames, labels, ed = ed_first(record)
-            rows.append({"recording": f"{record.patient} {view}"}
-                        | recording_statistics(frames[ed:], None, labels[ed] == 1, labels[ed] == 2,
-                                               record.info.get("FrameRate")))
+            yield {"recording": f"{record.patient} {view}", "view": view, "frames": frames[ed:],
+                   "sector": sector_from_frames(frames[ed:]), "lv": labels[ed] == 1, "myo": labels[ed] == 2,
+                   "fps": record.info.get("FrameRate"), "ef": _as_fraction(record.info.get("EF"))}
+
+
+def folder_statistics(root: str | Path, limit: int | None = None) -> list[dict]:
+    """`recording_statistics` of every recording of a CAMUS or EchoNet-Dynamic folder (`folder_recordings`). Each
+    row also names its recording. EchoNet traces only the LV: its myocardium is the ring grown around it."""
+    rows = []
+    for r in folder_recordings(root, limit):
+        myo = r["myo"] if r["myo"] is not None else myocardium_ring(r["lv"], r["sector"]) == 2
+        rows.append({"recording": r["recording"]}
+                    | recording_statistics(r["frames"], r["sector"], r["lv"], myo, r["fps"]))
     return rows
 
 
