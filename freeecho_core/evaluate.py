@@ -376,14 +376,20 @@ def specificity_rows(report: dict) -> list[dict]:
     return rows
 
 
+MIN_VERDICT_MAPS = 4  # fewer maps give a standard error of the margin too rough to judge by
+
+
 def specificity_verdict(name: str, row: dict) -> str:
     """One sentence on whether a method's videos follow their own map: its margin against twice its standard
-    error, and which of the map or the seed its videos' pixels follow more closely."""
-    margin, se = row["map margin"], row["map margin s.e."]
+    error (no verdict on fewer than MIN_VERDICT_MAPS maps), and which of the map or the seed its videos' pixels
+    follow more closely."""
+    margin, se, maps = row["map margin"], row["map margin s.e."], row.get("maps", 0)
     follows = margin > 2 * se and margin > 0.02
+    verdict = ("it follows its map" if follows else "no better than a video of another heart; it ignores its map")
+    if maps < MIN_VERDICT_MAPS:
+        verdict = f"{maps} maps are too few to judge"
     sentence = (f"{name}: Dice LV {row['Dice LV own map']:.3f} against its own map and {row['Dice LV other maps']:.3f} "
-                f"against the other maps, a margin of {margin:+.3f} ± {se:.3f} (s.e. over maps): "
-                + ("it follows its map" if follows else "no better than a video of another heart; it ignores its map"))
+                f"against the other maps, a margin of {margin:+.3f} ± {se:.3f} (s.e. over maps): {verdict}")
     if "corr across maps, same seed" in row:
         maps, seeds = row["corr across maps, same seed"], row["corr across seeds, same map"]
         decides = "the seed, not the map, decides the video" if maps > seeds else "the map decides more than the seed"

@@ -187,9 +187,9 @@ def test_the_command_adds_its_scores_to_the_model_cards(trained, tmp_path):
 
 
 def test_the_specificity_table_and_verdict_say_when_a_method_ignores_its_map():
-    ignores = {"Dice LV own map": 0.80, "Dice LV other maps": 0.79, "map margin": 0.01, "map margin s.e.": 0.01,
+    ignores = {"maps": 8, "Dice LV own map": 0.80, "Dice LV other maps": 0.79, "map margin": 0.01, "map margin s.e.": 0.01,
                "corr across maps, same seed": 0.94, "corr across seeds, same map": 0.45}
-    follows = {"Dice LV own map": 0.90, "Dice LV other maps": 0.65, "map margin": 0.25, "map margin s.e.": 0.03,
+    follows = {"maps": 8, "Dice LV own map": 0.90, "Dice LV other maps": 0.65, "map margin": 0.25, "map margin s.e.": 0.03,
                "corr across maps, same seed": 0.40, "corr across seeds, same map": 0.80}
     report = {"methods": {"free-echo@15": ignores, "clsfree": follows, "one map": {"Dice LV": 0.7}},
               "real_specificity": {k: v for k, v in follows.items() if "corr" not in k}}
@@ -199,3 +199,4 @@ def test_the_specificity_table_and_verdict_say_when_a_method_ignores_its_map():
     assert "the seed, not the map, decides" in evaluation.specificity_verdict("free-echo@15", ignores)
     assert "it follows its map" in evaluation.specificity_verdict("clsfree", follows)
     assert "the map decides more" in evaluation.specificity_verdict("clsfree", follows)
+    assert "2 maps are too few to judge" in evaluation.specificity_verdict("clsfree", follows | {"maps": 2})
