@@ -20,6 +20,7 @@ import numpy as np
 from freeecho_core.data.clips import pad_to_square, resize_labels_nearest
 from freeecho_core.data.echonet import principal_axis
 from freeecho_core.data.stats import folder_recordings
+from freeecho_core.metrics import dice
 
 SIZE = 64  # px: the square frame the masks are compared on (the cpu clips' size)
 # Measured on real data with this module's definitions (book: Data, "How much hearts differ"): 9 real
@@ -38,15 +39,9 @@ def square_mask(mask: np.ndarray, size: int = SIZE) -> np.ndarray:
     return resize_labels_nearest(pad_to_square(np.asarray(mask, np.uint8)), size).astype(bool)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """2 |a & b| / (|a| + |b|) of two bool masks (1 for two empty masks)."""
-    total = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / total) if total else 1.0
-
-
 def pairwise_dice(masks: list[np.ndarray]) -> np.ndarray:
     """Dice of every pair of different masks (n (n - 1) / 2 values)."""
-    return np.array([dice(a, b) for a, b in combinations(masks, 2)])
+    return np.array([dice(a, b, True) for a, b in combinations(masks, 2)])
 
 
 def long_axis_angle(mask: np.ndarray) -> float:
