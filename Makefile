@@ -36,7 +36,7 @@ help:
 $(INSTALLED): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
-	$(BIN)/python -m pip install --quiet -e '.[mhd]' 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet -e '.[book,test,mhd]' 2>&1 | $(QUIET_PIP)
 	@touch $@
 
 env: $(INSTALLED)

@@ -1,18 +1,21 @@
 """Checkpoints that load with `torch.load(weights_only=True)`: tensors, numbers, strings, lists, dicts.
 
 No pickled code: a model is stored as its config (a plain dict) and its state dict, and rebuilt from
-them. Every checkpoint records the code version that wrote it.
+them. Every checkpoint records the code version that wrote it. `load_model` is the one loader of a trained
+denoiser: it returns the network with what sampling and scoring read from its checkpoint (`LoadedModel`).
 """
 from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from freeecho_core import __version__
+from freeecho_core.data.clips import ClipConfig
+from freeecho_core.edm import EDMPrecond
 from freeecho_core.files import atomic_write
 from freeecho_core.unet3d import UNet3D, UNet3DConfig
 from freeecho_core.validate import first_reason
@@ -102,3 +105,49 @@ def unet_from_payload(payload: dict, weights: str = "model", source: str = "chec
         raise ValueError(f"{source}: its weights do not fit its UNet3D config ({first_reason(err)})") from None
     return model
 
+
+DEFAULT_FPS = 25.0  # the frame rate of models whose checkpoint records none
+ROLES = ("unconditional", "clsfree")  # Free-Echo and SDEdit sample the first, the Cls-Free baseline the second
+
+
+def clip_config(train_config: dict) -> ClipConfig:
+    """The clips a model was trained on, from its stored training config (older checkpoints: the paper's size)."""
+    return ClipConfig(frames=train_config.get("frames", 24), size=train_config.get("size", 128),
+                      fps=train_config.get("clip_fps"))
+
+
+@dataclass
+class LoadedModel:
+    """A trained denoiser (EMA weights, in eval mode) and what its checkpoint says about it.
+
+    clip: the clips it was trained on; seed: its training seed, which also fixed the TRAIN/VAL/TEST split of its
+    data; fps: the frame rate of that data; role: "unconditional" or "clsfree" (a conditional network)."""
+
+    denoiser: EDMPrecond
+    clip: ClipConfig
+    seed: int
+    fps: float
+    role: str
+    train_config: dict
+    path: Path
+
+
+def load_model(path: str | os.PathLike, device="cpu", role: str | None = None) -> LoadedModel:
+    """The model of a checkpoint file (ema.pt, or checkpoint.pt's 'ema' entry); `role` "unconditional" or
+    "clsfree" refuses a model of the other kind (a ValueError naming the file)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint there; train one (freeecho train --profile ...) and "
+                                f"pass its ema.pt")
+    payload = load_checkpoint(path)
+    weights = "ema" if "ema" in payload else "model"
+    denoiser = EDMPrecond(unet_from_payload(payload, weights, str(path))).to(device).eval()
+    found = ROLES[1] if denoiser.net.config.cond_channels else ROLES[0]
+    if role is not None and role != found:
+        kind = "a conditional (Cls-Free) model" if found == "clsfree" else "an unconditional model"
+        wanted = "the Cls-Free baseline's conditional model" if role == "clsfree" else "an unconditional model"
+        raise ValueError(f"{path} is {kind}; expected {wanted} here")
+    train_config = payload.get("train_config", {})
+    fps = (payload.get("data") or {}).get("fps") or DEFAULT_FPS
+    return LoadedModel(denoiser, clip_config(train_config), train_config.get("seed", 0), float(fps), found,
+                       train_config, path)

@@ -8,18 +8,19 @@ import shlex
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from freeecho_core.anatomy import ANATOMY_COLUMNS
-from freeecho_core.bench import SUITES, bench_forward, cpu_sampling_suite, cpu_training_suite, run_suite
-from freeecho_core.bench_data import data_suite
-from freeecho_core.checkpoint import load_checkpoint
-from freeecho_core.data.anatomy_stats import SIZE as ANATOMY_SIZE
-from freeecho_core.data.anatomy_stats import anatomy_lines, anatomy_statistics, ed_lv_records
+from freeecho_core.bench.data import data_suite
+from freeecho_core.bench.network import bench_forward
+from freeecho_core.bench.sampling import cpu_sampling_suite
+from freeecho_core.bench.suites import SUITES, run_suite
+from freeecho_core.bench.training import cpu_training_suite
+from freeecho_core.checkpoint import clip_config, load_checkpoint
+from freeecho_core.data.anatomy_stats import SIZE as ANATOMY_SIZE, anatomy_lines, anatomy_statistics, ed_lv_records
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import CACHE_DIR_VARIABLE, SPLITS, EchoClips, detect_format
 from freeecho_core.data.make_dataset import FORMATS, make_phantom_dataset
@@ -27,22 +28,24 @@ from freeecho_core.data.maps import CONVENTIONS
 from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.data.stats import folder_statistics, summary_rows
 from freeecho_core.edm import karras_sigmas
-from freeecho_core.ef_study import EFStudyConfig, run_ef_study
-from freeecho_core.evaluate import EvalConfig, evaluate
 from freeecho_core.files import check_output_folder
 from freeecho_core.generate import VIDEO_FORMATS, GenerateConfig, generate_from_map
-from freeecho_core.model_card import held_out_scores, record_held_out_scores, write_model_card, write_segmenter_card
-from freeecho_core.motion import EF_RANGE, es_frame_of_clips
-from freeecho_core.nfe_study import REFERENCE, STUDY_NFE, STUDY_SOLVERS, StudyConfig, run_study, steps_for_nfe
+from freeecho_core.motion import EF_RANGE
+from freeecho_core.options import add_options, at_least, config_values
 from freeecho_core.profiles import load_profile, profile_file, profile_section
-from freeecho_core.sampler import SOLVERS
-from freeecho_core.segmenter import load_segmenter, seg_config_from_profile, train_segmenter, transfer_report
-from freeecho_core.synthesis import DEFAULT_CHECKPOINT, EXAMPLE_MAP, METHOD_KINDS, SAMPLERS, load_denoiser, sampler_name
-from freeecho_core.train import MODEL_KINDS, clip_config, config_from_profile, train
+from freeecho_core.sampler import DEFAULT_SAMPLER, SOLVERS, SamplerConfig
+from freeecho_core.study.ef import EFStudyConfig, run_ef_study, summary_lines as ef_summary_lines
+from freeecho_core.study.model_card import (held_out_scores, record_held_out_scores, write_model_card,
+                                            write_segmenter_card)
+from freeecho_core.study.nfe import (REFERENCE, STUDY_NFE, STUDY_SOLVERS, StudyConfig, run_study, steps_for_nfe,
+                                     summary_lines as nfe_summary_lines)
+from freeecho_core.study.scoring import evaluate
+from freeecho_core.study.segmenter import load_segmenter, seg_config_from_profile, train_segmenter, transfer_report
+from freeecho_core.study.tables import evaluation_lines
+from freeecho_core.study.videos import EvalConfig
+from freeecho_core.synthesis import DEFAULT_CHECKPOINT, EXAMPLE_MAP
+from freeecho_core.train import MODEL_KINDS, config_from_profile, train
 from freeecho_core.unet3d import PRESETS, UNet3D, count_parameters
-from freeecho_core.validate import as_float, as_int
-
-SCHEDULE_STEPS = len(karras_sigmas()) - 1  # t_i indexes the 64 steps of the schedule
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -50,43 +53,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def at_least(minimum: int):
-    """An argparse type: an integer >= minimum."""
-    def parse(text: str) -> int:
-        return as_int("value", text, minimum)
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-def positive_number(text: str) -> float:
-    return as_float("value", text, above=0)
-
-
-positive_number.__name__ = "finite number > 0"
-
-
-def finite_number(text: str) -> float:
-    return as_float("value", text)
-
-
-finite_number.__name__ = "finite number"
-
-
-def start_step(text: str) -> int:
-    return as_int("value", text, 0, SCHEDULE_STEPS - 1)
-
-
-start_step.__name__ = f"start step in 0..{SCHEDULE_STEPS - 1}"
-
-
-def sampler_steps(text: str) -> int | None:
-    """An argparse type: "schedule" (None: the 64-step schedule's own steps after t_i) or an integer >= 2."""
-    return None if text == "schedule" else as_int("value", text, 2)
-
-
-sampler_steps.__name__ = "'schedule' or an integer >= 2"
 
 
 def resolve_device(option: str, local_rank: int = 0) -> str:
@@ -174,7 +140,7 @@ def cmd_phantom(args: argparse.Namespace) -> None:
         return
     if args.format is None or args.out is None:
         raise ValueError("give --format and --out to render a dataset, or --stats DIR to measure one")
-    config = PhantomConfig(height=args.height, frames=args.frames, cycles=args.cycles)
+    config = PhantomConfig(**config_values(args, PhantomConfig))
     out = make_phantom_dataset(args.out, args.format, args.count, args.seed, config, workers=args.workers)
     print(f"wrote {args.count} phantom {'patients' if args.format.startswith('camus') else 'videos'} to {out}")
 
@@ -185,20 +151,11 @@ def cmd_train(args: argparse.Namespace) -> None:
                                  source=str(profile_file(args.profile)), section=args.section, **overrides)
     run_dir = args.run_dir or Path("runs") / Path(args.profile).stem / config.kind
     check_output_folder(run_dir, "--run-dir")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(args.device, local_rank)
+    device = resolve_device(args.device, local_rank())
     before = load_checkpoint(run_dir / "checkpoint.pt")["step"] if args.resume else 0
-    if world_size > 1:
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)
-    try:
+    with distributed(device) as (rank, world_size):
         train(config, args.data, run_dir, resume=args.resume, device=device, rank=rank, world_size=world_size,
               other_data=args.other_data)
-    finally:
-        if world_size > 1:
-            dist.destroy_process_group()
     if rank:
         return
     if before == config.steps:
@@ -244,61 +201,61 @@ def cmd_segmenter(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    config = GenerateConfig(start_step=args.t_start, samples=args.samples, mapping=args.mapping, solver=args.solver,
-                            stochastic_sampler=args.sampler == "churn", sampler_steps=args.sampler_steps,
-                            seed=args.seed, fps=args.fps, ef=args.ef, es_frame=args.es_frame)
+    config = GenerateConfig(**config_values(args, GenerateConfig), sampler=sampler_from(args))
     device = resolve_device(args.device)
     check_output_folder(args.out, "--out")
-    target = None
-    if args.data:
-        _, train_config = load_denoiser(args.checkpoint, "cpu", "unconditional")
-        clip = clip_config(train_config)
-        train = EchoClips(args.data, "TRAIN", clip, seed=train_config.get("seed", 0))
-        target = train.intensity_histogram()
-        if (args.ef is not None or args.es_map) and args.es_frame is None:
-            config = replace(config, es_frame=es_frame_of_clips(train.clip(i) for i in range(len(train))))
-    result = generate_from_map(args.map, args.checkpoint, args.out, config, convention=args.labels, target=target,
+    result = generate_from_map(args.map, args.checkpoint, args.out, config, convention=args.labels, data=args.data,
                                video_format=args.format, device=device, progress=True, es_map_path=args.es_map)
     n, K, h, w = result["videos"].shape
     print(f"wrote {n} videos of {K} frames ({h} x {w} pixels, {result['fps']:.1f} fps; map read as "
           f"{result['convention']} labels) to {args.out}")
 
 
-SOLVER_HELP = ("heun: EDM's second-order steps (2N - 1 network evaluations for N steps); euler: one evaluation a "
-               "step; dpmpp2m: DPM-Solver++(2M), second order at one evaluation a step, with the ode sampler only")
-STEPS_HELP = ("steps from the start noise level sigma(t_i) to the end, re-spaced by the Karras rule (rho 7), or "
-              "'schedule': the 64-step schedule's own, 64 - t_i (Cls-Free: 64)")
-SAMPLER_HELP = ("churn: the authors' stochastic sampler (S_churn 80, noise added back at each step); "
-                "ode: the deterministic probability-flow ODE")
+def sampler_from(args: argparse.Namespace, cap_steps: bool = True) -> SamplerConfig:
+    """The SamplerConfig of `add_options(parser, SamplerConfig, ...)`'s options; an option a command does not
+    offer (--guidance on generate) keeps the default's value."""
+    values = config_values(args, SamplerConfig, [n for n in SAMPLER_OPTIONS if hasattr(args, n)])
+    return SamplerConfig(**({n: getattr(DEFAULT_SAMPLER, n) for n in SAMPLER_OPTIONS} | values), cap_steps=cap_steps)
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    config = EvalConfig(samples=args.samples, start_steps=tuple(args.start_steps), guidance=args.guidance,
-                        solver=args.solver, stochastic_sampler=args.sampler == "churn",
-                        sampler_steps=args.sampler_steps, batch=args.batch,
-                        seed=args.seed, methods=tuple(dict.fromkeys(args.methods)))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun: the maps are sharded
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(args.device, local_rank)
-    if args.segmenter is not None and not args.segmenter.is_file():
-        raise ValueError(f"--segmenter {args.segmenter}: no such file; expected a checkpoint of freeecho segmenter")
+SAMPLER_OPTIONS = ["solver", "churn", "steps", "guidance"]
+
+
+@contextmanager
+def distributed(device: str):
+    """The process group of a torchrun launch (WORLD_SIZE > 1: NCCL on GPUs, else Gloo) for the block, destroyed
+    after it; yields (rank, world_size). A plain launch is rank 0 of 1."""
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world_size > 1:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    weights = {"inception": args.inception_weights, "i3d": args.i3d_weights, "r2plus1d": args.r2plus1d_weights}
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
     try:
-        report = evaluate(args.data, args.unconditional, args.clsfree, args.out, config, split=args.split,
-                          feature_weights=weights, device=device, rank=rank, world_size=world_size,
-                          max_maps=args.max_maps, segmenter=args.segmenter, compile=args.compile)
+        yield rank, world_size
     finally:
         if world_size > 1:
             dist.destroy_process_group()
+
+
+def local_rank() -> int:
+    """The GPU index of this process under torchrun (0 otherwise)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    # Steps re-spaced at every t_i: the start is all that differs between the Free-Echo rows.
+    config = EvalConfig(**config_values(args, EvalConfig), sampler=sampler_from(args, cap_steps=False))
+    device = resolve_device(args.device, local_rank())  # under torchrun the maps are sharded
+    if args.segmenter is not None and not args.segmenter.is_file():
+        raise ValueError(f"--segmenter {args.segmenter}: no such file; expected a checkpoint of freeecho segmenter")
+    weights = {"inception": args.inception_weights, "i3d": args.i3d_weights, "r2plus1d": args.r2plus1d_weights}
+    with distributed(device) as (rank, world_size):
+        report = evaluate(args.data, args.unconditional, args.clsfree, args.out, config, split=args.split,
+                          feature_weights=weights, device=device, rank=rank, world_size=world_size,
+                          max_maps=args.max_maps, segmenter=args.segmenter, compile=args.compile)
     if report is None:
         return
-    for name, row in report["methods"].items():
-        anatomy = "".join(f"  {c} {row[c]:.3g}" for c in ANATOMY_COLUMNS if c in row)
-        print(f"{name:>24}: SSIM {row['SSIM']:.3f}  PSNR {row['PSNR']:.2f} dB{anatomy}  over {row['maps']} maps")
-    for why in report["unavailable"].values():
-        print(f"unavailable: {why}")
+    print("\n".join(evaluation_lines(report)))
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     if args.model_cards:
         scores = held_out_scores(report, args.command_line)
@@ -330,16 +287,10 @@ def cmd_nfe_study(args: argparse.Namespace) -> None:
     grid = tuple(s for entry in args.grid for s in entry) if args.grid else StudyConfig.grid
     if REFERENCE not in grid:
         raise ValueError(f"--grid must hold the study's reference setting, {REFERENCE[0]}:{REFERENCE[1]}")
-    config = StudyConfig(grid=grid, start_steps=tuple(args.start_steps), methods=tuple(dict.fromkeys(args.methods)),
-                         samples=args.samples, max_maps=args.max_maps, batch=args.batch, seed=args.seed)
+    config = StudyConfig(grid=grid, **config_values(args, StudyConfig))
     study = run_study(args.data, args.unconditional, args.clsfree, args.segmenter, args.out, config,
                       device=resolve_device(args.device), compile=args.compile, json_path=args.json)
-    default = study["default"]
-    if default and default["solver"]:
-        print(f"fewest evaluations within one standard error of {REFERENCE[0]} at {REFERENCE[1]} NFE: "
-              f"{default['solver']} at {default['nfe']} NFE ({default['steps']} steps)")
-    elif default:
-        print(f"no setting but the reference stays within one standard error of {REFERENCE[0]} at {REFERENCE[1]} NFE")
+    print("\n".join(nfe_summary_lines(study)))
     print(f"wrote {args.json or Path(args.out) / 'study.json'}")
 
 
@@ -348,21 +299,9 @@ def cmd_ef_study(args: argparse.Namespace) -> None:
         raise ValueError(f"--segmenter {args.segmenter}: no such file; the study reads the EF with the stored segmenter")
     if not EF_RANGE[0] <= min(args.efs) <= max(args.efs) <= EF_RANGE[1]:
         raise ValueError(f"--efs must lie in [{EF_RANGE[0]}, {EF_RANGE[1]}], got {args.efs}")
-    config = EFStudyConfig(efs=tuple(args.efs), start_steps=tuple(args.start_steps), samples=args.samples,
-                           max_maps=args.max_maps, seed=args.seed)
-    report = run_ef_study(args.data, args.checkpoint, args.segmenter, args.out, config,
-                          device=resolve_device(args.device))
-    for t_i, row in report["summary"].items():
-        b, kept = row["beating"], row["beating_vs_pseudo_video"]
-        print(f"t_i = {t_i}: beating EF proxy vs target: r {b['correlation']:.2f}, MAE {b['mae']:.3f}, bias "
-              f"{b['bias']:+.3f}; vs its pseudo video's: r {kept['correlation']:.2f}, MAE {kept['mae']:.3f}; "
-              f"still: MAE {row['still']['mae']:.3f} (its EF {row['still_ef_mean']:.2f}); "
-              f"Dice LV at ED {row['dice_lv_ed_beating']:.3f} (still {row['dice_lv_ed_still']:.3f})")
-    pseudo = report["pseudo_video"]
-    print(f"the beating pseudo video itself: r {pseudo['correlation']:.2f}, MAE {pseudo['mae']:.3f}, "
-          f"bias {pseudo['bias']:+.3f}")
-    floor = report["real_floor"]
-    print(f"real TEST clips, segmenter vs labels: MAE {floor['mae']:.3f}, bias {floor['bias']:+.3f} ({floor['n']} clips)")
+    report = run_ef_study(args.data, args.checkpoint, args.segmenter, args.out,
+                          EFStudyConfig(**config_values(args, EFStudyConfig)), device=resolve_device(args.device))
+    print("\n".join(ef_summary_lines(report)))
     print(f"wrote {args.out}")
 
 
@@ -415,10 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--limit", type=at_least(1), default=None, help="with --stats: the first N recordings only")
     phantom.add_argument("--count", type=at_least(1), default=8, help="patients (CAMUS: 2CH and 4CH each) or videos")
     phantom.add_argument("--seed", type=at_least(0), default=0)
-    phantom.add_argument("--height", type=at_least(16), default=PhantomConfig.height, help="image rows (pixels)")
-    phantom.add_argument("--frames", type=at_least(2), default=PhantomConfig.frames, help="frames from end diastole")
-    phantom.add_argument("--cycles", type=positive_number, default=PhantomConfig.cycles,
-                         help="heart beats the frames span")
+    add_options(phantom, PhantomConfig)
     phantom.add_argument("--workers", type=at_least(1), default=None, help="processes (default: all cores)")
     phantom.set_defaults(func=cmd_phantom)
     tr = sub.add_parser("train", help="train a model at a profile (resumable; several GPUs under torchrun)")
@@ -440,22 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--clsfree", type=Path, help="ema.pt of the Cls-Free model (omit to skip that baseline)")
     ev.add_argument("--out", required=True, type=Path, help="folder for the videos and metrics.json (resumable)")
     ev.add_argument("--split", default="TEST", choices=["TRAIN", "VAL", "TEST"])
-    ev.add_argument("--samples", type=at_least(1), default=EvalConfig.samples, help="videos per map (paper: 10)")
-    ev.add_argument("--start-steps", type=start_step, nargs="+", default=list(EvalConfig.start_steps))
-    ev.add_argument("--guidance", type=finite_number, default=EvalConfig.guidance)
-    ev.add_argument("--solver", default=EvalConfig.solver, choices=sorted(SOLVERS), help=SOLVER_HELP)
-    ev.add_argument("--sampler-steps", type=sampler_steps, default=EvalConfig.sampler_steps,
-                    help=STEPS_HELP + " (default: schedule, the paper's)")
-    ev.add_argument("--sampler", choices=SAMPLERS, default=sampler_name(EvalConfig.stochastic_sampler),
-                    help=SAMPLER_HELP)
-    ev.add_argument("--methods", nargs="+", choices=METHOD_KINDS, default=list(METHOD_KINDS),
-                    help="which kinds of method to run (default: all of Table 1)")
-    ev.add_argument("--batch", type=at_least(1), default=EvalConfig.batch)
+    add_options(ev, EvalConfig)
+    add_options(ev, SamplerConfig, SAMPLER_OPTIONS, defaults=EvalConfig.sampler)
     ev.add_argument("--model-cards", action="store_true",
                     help="add the scores to the model cards (model_card.json) beside the checkpoints")
     ev.add_argument("--compile", action="store_true",
                     help="torch.compile the networks: minutes of warm-up, then faster sampling (long runs)")
-    ev.add_argument("--seed", type=at_least(0), default=EvalConfig.seed)
     ev.add_argument("--max-maps", type=at_least(1), help="score only the first N test maps")
     ev.add_argument("--inception-weights", help="local InceptionV3 weights for FID (else FID is unavailable)")
     ev.add_argument("--i3d-weights", help="local StyleGAN-V i3d_torchscript.pt for FVD")
@@ -465,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=cmd_evaluate)
     nfe = sub.add_parser("nfe-study", help="quality against network evaluations per video: each solver at "
-                         "several NFE on the same TEST maps and seeds (resumable; issue 17)")
+                         "several NFE on the same TEST maps and seeds (resumable)")
     nfe.add_argument("--data", required=True, type=Path, help="a CAMUS or EchoNet-Dynamic folder")
     nfe.add_argument("--unconditional", required=True, type=Path, help="ema.pt of the unconditional model")
     nfe.add_argument("--clsfree", type=Path, help="ema.pt of the Cls-Free model (for --methods clsfree)")
@@ -475,13 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     nfe.add_argument("--grid", type=grid_entry, nargs="+", metavar="SOLVER:NFE,...",
                      help=f"the settings (default: each of {', '.join(STUDY_SOLVERS)} at "
                           f"{', '.join(map(str, STUDY_NFE))} NFE; must include {REFERENCE[0]}:{REFERENCE[1]})")
-    nfe.add_argument("--methods", nargs="+", choices=["free-echo", "clsfree"], default=list(StudyConfig.methods))
-    nfe.add_argument("--start-steps", type=start_step, nargs="+", default=list(StudyConfig.start_steps),
-                     help="Free-Echo's t_i")
-    nfe.add_argument("--samples", type=at_least(2), default=StudyConfig.samples, help="videos per map")
-    nfe.add_argument("--max-maps", type=at_least(1), default=StudyConfig.max_maps, help="the first N TEST maps")
-    nfe.add_argument("--batch", type=at_least(1), default=StudyConfig.batch)
-    nfe.add_argument("--seed", type=at_least(0), default=StudyConfig.seed)
+    add_options(nfe, StudyConfig)
     nfe.add_argument("--compile", action="store_true", help="torch.compile the networks (for long runs)")
     nfe.add_argument("--device", default="auto")
     nfe.set_defaults(func=cmd_nfe_study)
@@ -491,11 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     efs.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="the unconditional model")
     efs.add_argument("--segmenter", required=True, type=Path, help="the segmenter that reads the EF and Dice LV")
     efs.add_argument("--out", required=True, type=Path, help="the study's JSON (e.g. results/cpu/ef-study.json)")
-    efs.add_argument("--efs", type=finite_number, nargs="+", default=list(EFStudyConfig.efs))
-    efs.add_argument("--start-steps", type=start_step, nargs="+", default=list(EFStudyConfig.start_steps))
-    efs.add_argument("--samples", type=at_least(1), default=EFStudyConfig.samples)
-    efs.add_argument("--max-maps", type=at_least(1), default=EFStudyConfig.max_maps)
-    efs.add_argument("--seed", type=at_least(0), default=EFStudyConfig.seed)
+    add_options(efs, EFStudyConfig)
     efs.add_argument("--device", default="auto")
     efs.set_defaults(func=cmd_ef_study)
     gen = sub.add_parser("generate", help="videos from your own ED map (PNG or NIfTI; CAMUS, 5-label or LV-only)")
@@ -503,33 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                      help="ema.pt of an unconditional model (default: the stored CPU model, "
                           "checkpoints/cpu/phantom-camus/unconditional/ema.pt)")
-    gen.add_argument("--t-start", type=start_step, default=GenerateConfig.start_step,
-                     help="start step t_i of 64 (paper: 15)")
-    gen.add_argument("--samples", type=at_least(1), default=GenerateConfig.samples)
+    add_options(gen, GenerateConfig)
+    add_options(gen, SamplerConfig, ["solver", "churn", "steps"], defaults=GenerateConfig.sampler)
     gen.add_argument("--out", required=True, type=Path, help="folder for the videos, frames (.npy) and record (.json)")
     gen.add_argument("--labels", default="auto", choices=CONVENTIONS,
                      help="the map's label convention (auto: label 4 -> five, a binary mask -> lv, else camus)")
-    gen.add_argument("--mapping", default=GenerateConfig.mapping, choices=["barycentric", "stochastic"])
-    gen.add_argument("--solver", default=GenerateConfig.solver, choices=sorted(SOLVERS),
-                     help=SOLVER_HELP + f" (default: {GenerateConfig.solver})")
-    gen.add_argument("--sampler-steps", type=sampler_steps, default=GenerateConfig.sampler_steps,
-                     help=STEPS_HELP + f" (default: {GenerateConfig.sampler_steps or 'schedule'}, at most 64 - t_i; the "
-                          "benchmark page's quality study chose it; the paper: --solver heun --sampler churn "
-                          "--sampler-steps schedule)")
-    gen.add_argument("--sampler", choices=SAMPLERS, default=sampler_name(GenerateConfig.stochastic_sampler),
-                     help=SAMPLER_HELP)
     gen.add_argument("--format", default="avi", choices=sorted(VIDEO_FORMATS))
-    gen.add_argument("--fps", type=positive_number, default=GenerateConfig.fps,
-                     help="frame rate of the written videos (default: that of the model's training data)")
-    gen.add_argument("--seed", type=at_least(0), default=GenerateConfig.seed)
     gen.add_argument("--data", type=Path, help="the training dataset, whose grey levels are the OT target "
                      "(default: the echo phantom's)")
-    gen.add_argument("--ef", type=finite_number, help="a target ejection fraction (0.05-0.85): the pseudo video beats, "
-                     "its LV contracting to the ES volume this EF implies (default: a still pseudo video, the paper's)")
     gen.add_argument("--es-map", type=Path, help="the ES label map of the same recording: the pseudo video beats "
                      "from the ED map's shapes to its shapes (with its own EF; instead of --ef)")
-    gen.add_argument("--es-frame", type=positive_number, help="frame of end systole in a beating video (default: "
-                     "the median of --data's clips, else the last frame, as in CAMUS's ED-to-ES sequences)")
     gen.add_argument("--device", default="auto")
     gen.set_defaults(func=cmd_generate)
     seg = sub.add_parser("segmenter", help="train the 2-D segmenter that the anatomy metrics read videos with")

@@ -10,18 +10,20 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from freeecho_core.checkpoint import code_version
+from freeecho_core.checkpoint import code_version, load_model
+from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.maps import map_stem
-from freeecho_core.edm import karras_sigmas
 from freeecho_core.files import check_output_folder, save_array_atomically, shared_mode, write_text_atomically
-from freeecho_core.motion import EF_RANGE
-from freeecho_core.synthesis import AUTHORS_CHURN, DEFAULT_CHECKPOINT, FreeEcho, SamplerConfig
+from freeecho_core.motion import EF_RANGE, es_frame_of_clips
+from freeecho_core.options import at_least, finite_number, option, positive_number, start_step
+from freeecho_core.sampler import DEFAULT_SAMPLER, SamplerConfig
+from freeecho_core.synthesis import DEFAULT_CHECKPOINT, FreeEcho
 from freeecho_core.validate import as_float
 
 VIDEO_FORMATS = {"avi": "MJPG", "mp4": "mp4v"}  # container -> OpenCV fourcc
@@ -29,28 +31,22 @@ VIDEO_FORMATS = {"avi": "MJPG", "mp4": "mp4v"}  # container -> OpenCV fourcc
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    start_step: int = 15  # t_i of the 64-step schedule (paper: 15 is best)
-    samples: int = 4  # videos per map
-    mapping: str = "barycentric"  # OT map: "barycentric" (the paper's reading) or "stochastic" (ours)
-    # The deterministic ODE: the authors' churn (S_churn 80) washed the map out of the stored models' videos
-    # (notebook 05). DPM-Solver++(2M) in 13 steps: 13 network evaluations a video, the fewest at which the quality
-    # study (results/bench/nfe-quality.json, the benchmark page) kept Dice LV and SSIM within one standard error
-    # of the paper's Heun over the schedule's 49 steps (97 evaluations). The paper's sampler: solver "heun",
-    # stochastic_sampler True, sampler_steps None.
-    solver: str = "dpmpp2m"  # "dpmpp2m" (DPM-Solver++(2M), ODE only), "heun" (EDM Algorithm 2) or "euler"
-    stochastic_sampler: bool = False  # True: the authors' churn
-    sampler_steps: int | None = 13  # steps after t_i, at most the schedule's own 64 - t_i (`steps_after`); None: those
-    seed: int = 0  # sample k uses seed + k
-    fps: float | None = None  # frame rate of the video files; None: the training data's, from the checkpoint
-    ef: float | None = None  # a target EF: the pseudo video beats (motion.beating_maps); None: held still
-    es_frame: float | None = None  # frame of end systole in a beating video; None: the last (CAMUS half sequences)
-
-
-def steps_after(config: GenerateConfig) -> int | None:
-    """The sampler steps after t_i: `config.sampler_steps`, but never more than the schedule's own 64 - t_i (a
-    late start, t_i > 51 for the default 13, keeps the schedule's steps); None: the schedule's own."""
-    own = len(karras_sigmas()) - 1 - config.start_step
-    return None if config.sampler_steps is None or config.sampler_steps >= own else config.sampler_steps
+    start_step: int = field(default=15, metadata=option("start step t_i of 64 (paper: 15)", start_step,
+                                                        flag="--t-start"))
+    samples: int = field(default=4, metadata=option("videos per map; sample k uses seed + k", at_least(1)))
+    mapping: str = field(default="barycentric", metadata=option(
+        "the OT map of the pseudo image: barycentric (the paper's reading) or stochastic (ours)",
+        choices=["barycentric", "stochastic"]))
+    sampler: SamplerConfig = DEFAULT_SAMPLER  # the paper's: sampler.PAPER_SAMPLER
+    seed: int = field(default=0, metadata=option("seed of the first video", at_least(0)))
+    fps: float | None = field(default=None, metadata=option(
+        "frame rate of the written videos (default: that of the model's training data)", positive_number))
+    ef: float | None = field(default=None, metadata=option(
+        "a target ejection fraction (0.05-0.85): the pseudo video beats, its LV contracting to the ES volume this "
+        "EF implies (default: a still pseudo video, the paper's)", finite_number))
+    es_frame: float | None = field(default=None, metadata=option(
+        "frame of end systole in a beating video (default: the median of --data's clips, else the last frame, as in "
+        "CAMUS's ED-to-ES sequences)", positive_number))
 
 
 def write_video(path: Path, video: np.ndarray, fps: float) -> Path:
@@ -88,11 +84,12 @@ def video_bytes(video: np.ndarray, fps: float, container: str = "avi") -> bytes:
 
 
 def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config: GenerateConfig = GenerateConfig(),
-                      *, convention: str = "auto", target=None, video_format: str = "avi", device="cpu",
-                      progress: bool = False, es_map_path=None) -> dict:
+                      *, convention: str = "auto", data=None, target=None, video_format: str = "avi",
+                      device="cpu", progress: bool = False, es_map_path=None) -> dict:
     """Generate `config.samples` videos from the ED map at `map_path` with the unconditional model at
-    `checkpoint`. target: the OT target (centres, weights), e.g. `EchoClips(...).intensity_histogram()` of the
-    training data; default `synthesis.phantom_target`. progress: a bar over the sampling steps. With `out`,
+    `checkpoint`. The OT target (centres, weights): `target`, else that of `data`, the model's training dataset
+    (`synthesis.ot_target`; its clips also give a beating video's ES frame), else the phantom's
+    (`synthesis.phantom_target`). progress: a bar over the sampling steps. With `out`,
     writes <stem>_<k>.<video_format>, <stem>.npy (uint8 (n, K, h, w)) and <stem>.json; returns {"map": (S, S)
     5-label map, "videos": (n, K, h, w) uint8 cropped to the map's aspect, "convention", "fps", "files",
     "label_maps"}. `config.ef` or `es_map_path` (the ES map of the same recording) make the pseudo video beat."""
@@ -110,16 +107,19 @@ def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config:
         raise ValueError("give a target EF or an ES map (which sets the EF), one of the two")
     if out is not None:
         check_output_folder(out, "--out")
-    sampler = SamplerConfig(solver=config.solver, stochastic_sampler=config.stochastic_sampler,
-                            steps=steps_after(config))  # checked before the model and the OT target load
-    pipe = FreeEcho.from_checkpoint(checkpoint, target=target, device=device)
-    if pipe.conditional:
+    model = load_model(checkpoint, device)
+    if model.role == "clsfree":
         raise ValueError(f"{checkpoint} is a conditional (Cls-Free) model; Free-Echo samples the unconditional one")
+    pipe = FreeEcho.from_model(model, data=data, target=target)
+    beating = config.ef is not None or es_map_path is not None
+    if beating and config.es_frame is None and data is not None:
+        train = EchoClips(data, "TRAIN", model.clip, seed=model.seed)
+        config = replace(config, es_frame=es_frame_of_clips(train.clip(i) for i in range(len(train))))
     kind = "free-echo" if config.mapping == "barycentric" else "free-echo-stochastic"
-    if (config.ef is not None or es_map_path is not None) and kind != "free-echo":
+    if beating and kind != "free-echo":
         raise ValueError("a beating pseudo video (--ef, --es-map) takes the barycentric mapping")
     result = pipe(map_path, config.samples, config.start_step, config.seed, method=kind, convention=convention,
-                  sampler=sampler, progress=progress, ef=config.ef, es_map=es_map_path, es_frame=config.es_frame)
+                  sampler=config.sampler, progress=progress, ef=config.ef, es_map=es_map_path, es_frame=config.es_frame)
     if result.label_maps is not None:
         config = replace(config, es_frame=config.es_frame if config.es_frame is not None else pipe.frames - 1)
     config = replace(config, fps=config.fps or pipe.fps)
@@ -132,8 +132,7 @@ def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config:
         record = {"map": str(map_path), "es_map": None if es_map_path is None else str(es_map_path),
                   "map_shape": list(result.videos.shape[-2:]), "checkpoint": str(checkpoint),
                   "config": asdict(config), "seeds": result.seeds,
-                  "churn": AUTHORS_CHURN if config.stochastic_sampler else None, "frames": pipe.frames,
-                  "steps_after_t_i": sampler.steps or len(karras_sigmas()) - 1 - config.start_step,
+                  "frames": pipe.frames, "steps_after_t_i": len(config.sampler.schedule(config.start_step)) - 1,
                   "size": pipe.size, "convention": result.convention, "code_version": code_version()}
         write_text_atomically(out / f"{stem}.json", json.dumps(record, indent=1) + "\n")
     return {"map": result.ed_map, "videos": result.videos, "convention": result.convention, "fps": config.fps,

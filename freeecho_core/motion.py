@@ -1,4 +1,4 @@
-"""A beating pseudo video: label maps that follow a cardiac cycle with a chosen ejection fraction (issue 18).
+"""A beating pseudo video: label maps that follow a cardiac cycle with a chosen ejection fraction.
 
 The paper's pseudo video is one image repeated over K frames, so all motion is the model's invention. Here the
 label map itself moves, frame by frame, before the grey levels of eq. (3) are put on it:
@@ -10,7 +10,7 @@ label map itself moves, frame by frame, before the grey levels of eq. (3) are pu
   provides one), each structure moves between its ED and ES shapes by interpolating their signed distance
   functions.
 - How far a frame has contracted is set by the EF that the project's anatomy metrics measure: the
-  single-plane area-length volume V = 8 A^2 / (3 pi L) (`anatomy.lv_volume_curve`). Each frame's contraction is
+  single-plane area-length volume V = 8 A^2 / (3 pi L) (`data.lv.lv_volume_curve`). Each frame's contraction is
   solved for (bisection) so that V_k / V_ED follows the phantom's volume curve over a cycle
   (`data.phantom.volume_curve`: ejection to 1 - EF at ES, rapid filling, diastasis, atrial kick), so the EF
   proxy of the label sequence itself is the target, up to the pixel grid.
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt
 
-from freeecho_core.anatomy import camus_from_five, lv_volume_curve
 from freeecho_core.data.case import FIVE_LABELS
 from freeecho_core.data.clips import UNLABELLED
 from freeecho_core.data.echonet import principal_axis
+from freeecho_core.data.lv import camus_from_five, lv_volume_curve
 from freeecho_core.data.phantom import volume_curve
 from freeecho_core.pseudo import check_labels, match_intensities
 

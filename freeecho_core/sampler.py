@@ -11,11 +11,13 @@ that a sample does not change with the batch it is drawn in.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import torch
 
 from freeecho_core.edm import Generators, karras_sigmas, randn_per_sample
+from freeecho_core.options import finite_number, option, sampler_steps
 from freeecho_core.progress import progress_bar
 
 Denoiser = Callable[..., torch.Tensor]
@@ -143,6 +145,102 @@ def start_schedule(sigmas, start_step: int, steps: int | None = None) -> torch.T
         raise ValueError(f"sampler steps must be at least 2 and the start step below {last}, got {steps} steps "
                          f"from {start_step}")
     return karras_sigmas(steps, sigmas[last].item(), sigmas[start_step].item())
+
+
+@dataclass(frozen=True)
+class Churn:
+    """The stochasticity of EDM Algorithm 2 (lines 4-6): at noise levels in [S_tmin, S_tmax] each step first
+    raises sigma by gamma = min(S_churn / N, sqrt(2) - 1) and adds noise of std S_noise to match."""
+
+    S_churn: float = 80.0
+    S_tmin: float = 0.05
+    S_tmax: float = 50.0
+    S_noise: float = 1.003
+
+
+AUTHORS_CHURN = Churn()  # the authors' script: S_churn 80, S_tmin 0.05, S_tmax 50, S_noise 1.003
+SAMPLERS = ("churn", "ode")  # the names of `SamplerConfig.churn` in options and records: the churn, or none
+
+
+def churn_named(name: str) -> Churn | None:
+    """"churn" -> the authors' churn, "ode" -> None (the `--sampler` option)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"expected one of {SAMPLERS}, got {name!r}")
+    return AUTHORS_CHURN if name == "churn" else None
+
+
+churn_named.__name__ = "sampler (churn or ode)"
+
+
+def sampler_named(churn: Churn | None) -> str:
+    """The name of a churn setting in options and records: "churn" or "ode" (None)."""
+    return SAMPLERS[0] if churn is not None else SAMPLERS[1]
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How videos are sampled after the start step t_i: the solver, its churn (None: the deterministic ODE), the
+    steps, and the Cls-Free guidance weight. `PAPER_SAMPLER` is the authors' setting, `DEFAULT_SAMPLER` the one
+    `freeecho generate` and `FreeEcho` use (the benchmark page's quality study chose it)."""
+
+    solver: str = field(default="dpmpp2m", metadata=option(
+        "heun: EDM's second-order steps (2N - 1 network evaluations for N steps); euler: one evaluation a step; "
+        "dpmpp2m: DPM-Solver++(2M), second order at one evaluation a step, with the ode sampler only",
+        choices=sorted(SOLVERS)))
+    churn: Churn | None = field(default=None, metadata=option(
+        "churn: the authors' stochastic sampler (S_churn 80, noise added back at each step); ode: the "
+        "deterministic probability-flow ODE", churn_named, flag="--sampler", shown=sampler_named,
+        metavar="{churn,ode}"))
+    steps: int | None = field(default=13, metadata=option(
+        "steps from the start noise level sigma(t_i) to the end, re-spaced by the Karras rule (rho 7), or "
+        "'schedule': the 64-step schedule's own, 64 - t_i (Cls-Free: 64)", sampler_steps, flag="--sampler-steps",
+        shown=lambda steps: "schedule" if steps is None else str(steps), metavar="N|schedule"))
+    guidance: float = field(default=7.0, metadata=option("Cls-Free guidance weight w (paper: 7)", finite_number))
+    # True: `steps` never exceed the schedule's own 64 - t_i, so a late start (t_i > 51 for 13 steps) keeps the
+    # schedule's steps. False: `steps` re-space [sigma(t_i), sigma_min] at every t_i (the t_i and NFE studies,
+    # which compare starts and solvers at equal steps).
+    cap_steps: bool = True
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
+        if self.solver == "dpmpp2m" and self.churn is not None:
+            raise ValueError("the dpmpp2m solver integrates the deterministic ODE only; use it with the ode sampler")
+        if self.steps is not None and self.steps < 2:
+            raise ValueError(f"sampler steps must be at least 2, got {self.steps}")
+
+    @classmethod
+    def named(cls, solver: str, sampler: str, steps: int | None, guidance: float = 7.0, cap_steps: bool = True):
+        """A config from option values: `sampler` "churn" (the authors') or "ode"."""
+        return cls(solver, churn_named(sampler), steps, guidance, cap_steps)
+
+    @property
+    def sampler(self) -> str:
+        """"churn" or "ode", as options and records name it."""
+        return sampler_named(self.churn)
+
+    def respaced_steps(self, start_step: int) -> int | None:
+        """The steps after `start_step` when they re-space the range; None where the schedule's own steps,
+        sigmas[start_step:], are integrated (no `steps`, or `cap_steps` and steps >= 64 - t_i)."""
+        own = len(karras_sigmas()) - 1 - start_step
+        return None if self.steps is None or (self.cap_steps and self.steps >= own) else self.steps
+
+    def schedule(self, start_step: int) -> torch.Tensor:
+        """The noise levels integrated from t_i = `start_step` of the paper's 64-step schedule to 0."""
+        return start_schedule(karras_sigmas(), start_step, self.respaced_steps(start_step))
+
+    def solver_options(self) -> dict:
+        """The churn keywords of the solvers (none for the ODE)."""
+        return {} if self.churn is None else asdict(self.churn)
+
+
+PAPER_SAMPLER = SamplerConfig("heun", AUTHORS_CHURN, None)  # EDM Algorithm 2 with the authors' churn, 64 - t_i steps
+# DPM-Solver++(2M) in 13 steps, the deterministic ODE: 13 network evaluations a video, the fewest at which the quality
+# study (results/bench/nfe-quality.json, the benchmark page) kept Dice LV and SSIM within one standard error of the
+# paper's Heun over the schedule's 49 steps (97 evaluations); the churn washed the map out of the stored models'
+# videos (notebook 05).
+DEFAULT_SAMPLER = SamplerConfig()
+SAMPLER_PRESETS = {"paper": PAPER_SAMPLER, "default": DEFAULT_SAMPLER}
 
 
 def noise_to_step(init: torch.Tensor, sigmas, start_step: int, generator: Generators = None) -> torch.Tensor:

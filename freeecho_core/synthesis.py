@@ -23,20 +23,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from freeecho_core.checkpoint import load_checkpoint, unet_from_payload
-from freeecho_core.data.clips import crop_to_aspect, resize_frames, resize_labels_nearest
+from freeecho_core.checkpoint import DEFAULT_FPS, LoadedModel, load_model
+from freeecho_core.data.case import one_hot_maps
+from freeecho_core.data.clips import ClipConfig, crop_to_aspect, resize_frames, resize_labels_nearest
+from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.histogram import intensity_histogram
 from freeecho_core.data.maps import prepare_map
 from freeecho_core.data.phantom import PhantomConfig, make_case
 from freeecho_core.edm import EDMPrecond, karras_sigmas, randn_per_sample
 from freeecho_core.motion import beating_maps, beating_pseudo_video
 from freeecho_core.pseudo import match_intensities, pseudo_video, sdedit_colour_image
-from freeecho_core.sampler import SOLVERS, cfg_denoiser, sdedit_sample, start_schedule
-from freeecho_core.train import one_hot_maps
+from freeecho_core.sampler import DEFAULT_SAMPLER, SOLVERS, SamplerConfig, cfg_denoiser, sdedit_sample
 
 METHOD_KINDS = ("sdedit", "clsfree", "free-echo", "free-echo-stochastic")
-AUTHORS_CHURN = {"S_churn": 80.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}  # EDM Alg. 2, their script
-DEFAULT_FPS = 25.0  # written into videos of models whose checkpoint records no frame rate
 # The stored model trained on a 2-core CPU (the cpu profile: 16 frames x 64 x 64, phantom CAMUS data).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "cpu" / "phantom-camus" / \
     "unconditional" / "ema.pt"
@@ -58,53 +57,10 @@ class Method:
             raise ValueError(f"start step t_i must be in 0..{steps - 1}, got {self.start_step}")
 
 
-SAMPLERS = ("churn", "ode")  # the authors' stochastic sampler (S_churn 80), the deterministic ODE
-
-
-def sampler_name(stochastic: bool) -> str:
-    """The name of a sampler in options and records: "churn" (stochastic) or "ode"."""
-    return SAMPLERS[0] if stochastic else SAMPLERS[1]
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    solver: str = "heun"  # "heun" (EDM Algorithm 2), "euler" (half the evaluations), "dpmpp2m" (ODE only)
-    stochastic_sampler: bool = True  # the authors' churn (S_churn 80); False: the deterministic ODE
-    guidance: float = 7.0  # Cls-Free guidance weight w (paper: 7.0)
-    steps: int | None = None  # steps after t_i; None: the 64-step schedule's own (64 - t_i; Cls-Free: 64)
-
-    def __post_init__(self):
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
-        if self.solver == "dpmpp2m" and self.stochastic_sampler:
-            raise ValueError("the dpmpp2m solver integrates the deterministic ODE only; use it with the ode sampler")
-        if self.steps is not None and self.steps < 2:
-            raise ValueError(f"sampler steps must be at least 2, got {self.steps}")
-
-
-def denoiser_from_payload(payload: dict, device, source: str = "checkpoint") -> EDMPrecond:
-    """The EMA denoiser of a loaded checkpoint (ema.pt, or the 'ema' entry of checkpoint.pt)."""
-    weights = "ema" if "ema" in payload else "model"
-    return EDMPrecond(unet_from_payload(payload, weights, source)).to(device).eval()
-
-
-def load_denoiser(path: str | os.PathLike, device, role: str | None = None) -> tuple[EDMPrecond, dict]:
-    """The EMA denoiser of a checkpoint file and its training config. role: "unconditional" or "clsfree" to
-    refuse a model of the other kind (a ValueError naming the file)."""
-    payload = load_checkpoint(path)
-    denoiser = denoiser_from_payload(payload, device, str(path))
-    if role is not None:
-        check_role(denoiser, role, path)
-    return denoiser, payload.get("train_config", {})
-
-
-def check_role(denoiser: EDMPrecond, role: str, path) -> None:
-    """Refuse a conditional model where an unconditional one is expected, and the reverse."""
-    conditional = bool(denoiser.net.config.cond_channels)
-    if conditional != (role == "clsfree"):
-        found = "a conditional (Cls-Free) model" if conditional else "an unconditional model"
-        wanted = "the Cls-Free baseline's conditional model" if role == "clsfree" else "an unconditional model"
-        raise ValueError(f"{path} is {found}; expected {wanted} here")
+def ot_target(data_root: str | os.PathLike, clip: ClipConfig, seed: int = 0, bins: int = 256):
+    """The OT target of a model trained on `data_root`: the grey-level histogram (centres, weights) of that
+    dataset's TRAIN clips, the split its training `seed` drew (`LoadedModel.clip` and `.seed`)."""
+    return EchoClips(data_root, "TRAIN", clip, seed=seed).intensity_histogram(bins)
 
 
 def phantom_target(size: int, frames: int, cases: int = 4, bins: int = 256):
@@ -148,19 +104,19 @@ def generate(method: Method, ed_map: np.ndarray, seeds: list[int], models: dict,
     denoisers by role, "unconditional" and/or "clsfree". progress: a bar over the sampling steps. label_maps:
     the frames' label maps of a beating pseudo video (Free-Echo only; `initial_videos`)."""
     sigmas = karras_sigmas()
-    churn = AUTHORS_CHURN if sampler.stochastic_sampler else {}
+    churn = sampler.solver_options()
     gens = [torch.Generator(device).manual_seed(s) for s in seeds]
     size = ed_map.shape[-1]
     if method.kind == "clsfree":
         cond = one_hot_maps(torch.from_numpy(ed_map)[None].to(device)).expand(len(seeds), -1, -1, -1)
         x = sigmas[0] * randn_per_sample((len(seeds), 1, frames, size, size), gens, device=device)
         guided = cfg_denoiser(models["clsfree"], cond, sampler.guidance)
-        schedule = start_schedule(sigmas, 0, sampler.steps).to(device)
+        schedule = sampler.schedule(0).to(device)
         out = SOLVERS[sampler.solver](guided, x, schedule, generator=gens, progress=progress, **churn)
     else:
         init = initial_videos(method, ed_map, target, frames, seeds, label_maps).to(device)
         out = sdedit_sample(models["unconditional"], init, sigmas, method.start_step, generator=gens,
-                            solver=sampler.solver, steps=sampler.steps, progress=progress, **churn)
+                            solver=sampler.solver, steps=sampler.respaced_steps(method.start_step), progress=progress, **churn)
     return out[:, 0].float().clamp(-1, 1).cpu()
 
 
@@ -202,21 +158,23 @@ class FreeEcho:
         self.source = source
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike = DEFAULT_CHECKPOINT, *, target=None, device="cpu"):
-        """Load ema.pt (or checkpoint.pt); target: the OT target (centres, weights), e.g.
-        `EchoClips(root, "TRAIN", clip).intensity_histogram()`; default: the phantom's (`phantom_target`)."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no checkpoint there; train one (freeecho train --profile ...) and "
-                                    f"pass its ema.pt")
-        payload = load_checkpoint(path)
-        train_config = payload.get("train_config", {})
-        fps = (payload.get("data") or {}).get("fps") or DEFAULT_FPS
-        return cls(denoiser_from_payload(payload, device, str(path)), train_config.get("frames", 24),
-                   train_config.get("size", 128), target=target, fps=float(fps), device=device, source=str(path))
+    def from_checkpoint(cls, path: str | os.PathLike = DEFAULT_CHECKPOINT, *, data: str | os.PathLike | None = None,
+                        target=None, device="cpu"):
+        """Load ema.pt (or checkpoint.pt). The OT target (centres, weights): `target` if given, else the TRAIN
+        clips of `data`, the model's training dataset (`ot_target`), else the phantom's (`phantom_target`)."""
+        return cls.from_model(load_model(path, device), data=data, target=target)
+
+    @classmethod
+    def from_model(cls, model: LoadedModel, *, data: str | os.PathLike | None = None, target=None):
+        """The pipeline of a loaded model (`checkpoint.load_model`), its OT target as in `from_checkpoint`."""
+        if target is None and data is not None:
+            target = ot_target(data, model.clip, model.seed)
+        device = next(model.denoiser.parameters()).device
+        return cls(model.denoiser, model.clip.frames, model.clip.size, target=target, fps=model.fps, device=device,
+                   source=str(model.path))
 
     def __call__(self, labels, samples: int = 4, start_step: int = 15, seed: int = 0, *, method: str | None = None,
-                 convention: str = "auto", sampler: SamplerConfig = SamplerConfig(), progress: bool = False,
+                 convention: str = "auto", sampler: SamplerConfig = DEFAULT_SAMPLER, progress: bool = False,
                  ef: float | None = None, es_map=None, es_frame: float | None = None) -> Synthesis:
         """`samples` videos from one ED map (a file path or an (H, W) integer array, in any convention of
         `data.maps`); sample k uses seed + k; progress: a bar over the sampling steps. With a target `ef` or an

@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from freeecho_core.checkpoint import code_version, load_checkpoint, save_checkpoint, unet_payload
-from freeecho_core.data.clips import ClipConfig
+from freeecho_core.checkpoint import clip_config, code_version, load_checkpoint, save_checkpoint, unet_payload
+from freeecho_core.data.case import FIVE_LABELS, one_hot_maps
 from freeecho_core.data.dataset import EchoClips, dataset_fingerprint
 from freeecho_core.edm import EDMPrecond, edm_loss
 from freeecho_core.progress import progress_bar
@@ -35,7 +34,6 @@ from freeecho_core.unet3d import PRESETS, UNet3D, unet3d_config
 from freeecho_core.validate import as_bool, as_choice, as_float, as_int
 
 MODEL_KINDS = ("unconditional", "clsfree")
-N_LABELS = 5  # the 5-label convention of the ED map (one-hot condition of the Cls-Free baseline)
 
 
 @dataclass(frozen=True)
@@ -115,13 +113,8 @@ class StepBatches(torch.utils.data.Sampler):
 
 def build_model(config: TrainConfig) -> UNet3D:
     torch.manual_seed(config.seed)
-    cond_channels = N_LABELS if config.kind == "clsfree" else 0
+    cond_channels = len(FIVE_LABELS) if config.kind == "clsfree" else 0
     return UNet3D(unet3d_config(config.preset, cond_channels=cond_channels))
-
-
-def one_hot_maps(ed_map: torch.Tensor) -> torch.Tensor:
-    """(B, S, S) 5-label maps -> (B, 5, S, S) float one-hot condition."""
-    return F.one_hot(ed_map, N_LABELS).permute(0, 3, 1, 2).float()
 
 
 def sample_generators(seed: int, positions: list[int], device) -> list[torch.Generator]:
@@ -351,12 +344,6 @@ def read_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not rows:
         raise ValueError(f"{path}: no training steps logged")
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
-
-
-def clip_config(train_config: dict) -> ClipConfig:
-    """The clips a model was trained on, from its stored training config (older checkpoints: the paper's size)."""
-    return ClipConfig(frames=train_config.get("frames", 24), size=train_config.get("size", 128),
-                      fps=train_config.get("clip_fps"))
 
 
 def config_from_profile(profile: dict, *, source: str = "the profile", section: str = "train",

@@ -11,8 +11,8 @@ import torch
 from matplotlib import animation, colormaps
 from matplotlib.colors import ListedColormap, LogNorm
 
-from freeecho_core.edm import karras_sigmas, precond_coefficients
 from freeecho_core.data.histogram import intensity_histogram
+from freeecho_core.edm import karras_sigmas, precond_coefficients
 from freeecho_core.pseudo import barycentric_map
 from freeecho_core.sampler import noise_to_step, seeded_generators
 
@@ -175,7 +175,7 @@ SOLVER_COLOURS = {"heun": "#1976d2", "euler": "#e65100", "dpmpp2m": "#2e7d32"}
 def plot_quality_against_nfe(axes, study: dict, methods: list[str], metrics=("Dice LV", "SSIM", "FD-seg")):
     """One row of `axes` per method and one column per metric: the score against the network evaluations per
     video, one line per solver (error bars: one standard error), and the reference's mean ± one standard
-    error as a grey band (`nfe_study.REFERENCE`)."""
+    error as a grey band (`study.nfe.REFERENCE`)."""
     reference = tuple(study["reference"].values())
     for row_axes, method in zip(np.atleast_2d(axes), methods):
         rows = [r for r in study["rows"] if r["method"] == method]

@@ -4,15 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from freeecho_core.anatomy import (camus_from_five, clip_features, ef_area_proxy, feature_distances, frame_features,
-                                   lv_area_curve, map_scores, map_specificity, roughness, seed_correlations,
-                                   specificity_from_labels)
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips
+from freeecho_core.data.lv import camus_from_five, dice, ef_area_proxy, lv_area_curve
 from freeecho_core.data.make_dataset import make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig, make_case
-from freeecho_core.metrics import dice
-from freeecho_core.segmenter import SegConfig, SegUNet, load_segmenter, segment, train_segmenter
+from freeecho_core.study.anatomy import (clip_features, feature_distances, frame_features, map_scores, map_specificity,
+                                         roughness, seed_correlations, specificity_from_labels)
+from freeecho_core.study.segmenter import SegConfig, SegUNet, load_segmenter, segment, train_segmenter
 
 SEG = SegConfig(frames=4, size=32, steps=150, batch_size=16)
 
@@ -159,7 +158,7 @@ def test_map_specificity_reads_videos_through_the_segmenter(phantom, segmenter):
 def test_a_segmenter_stored_before_a_setting_existed_is_used_with_that_setting_at_its_default(phantom, segmenter,
                                                                                               tmp_path):
     from freeecho_core.checkpoint import load_checkpoint, save_checkpoint
-    from freeecho_core.segmenter import trained_segmenter
+    from freeecho_core.study.segmenter import trained_segmenter
 
     payload = load_checkpoint(segmenter)
     payload["config"].pop("augment")  # as checkpoints written before the option was added

@@ -6,23 +6,13 @@ import math
 import pytest
 import torch
 
-from freeecho_core.bench import (
-    activation_memory,
-    add_ratios,
-    extrapolate_sampling,
-    results_table,
-    run_suite,
-    target_rows,
-)
+from freeecho_core.bench.network import activation_memory
+from freeecho_core.bench.report import results_table, target_rows
+from freeecho_core.bench.sampling import add_ratios, extrapolate_sampling
+from freeecho_core.bench.suites import run_suite
 from freeecho_core.cli import main
+from freeecho_core.unet3d import SpatialLinearAttention, TemporalAttention, UNet3D, pointwise, unet3d_config
 from freeecho_core.viz import rows_table
-from freeecho_core.unet3d import (
-    SpatialLinearAttention,
-    TemporalAttention,
-    UNet3D,
-    pointwise,
-    unet3d_config,
-)
 
 TIMED_FIELDS = {"benchmark", "device", "dtype", "batch", "shape", "repeats", "seconds_median", "seconds_min",
                 "throughput", "throughput_unit", "extrapolated", "torch", "code_version"}
@@ -177,7 +167,7 @@ def test_activation_checkpointing_keeps_outputs_and_gradients():
 
 
 def test_bench_forward_still_accepts_the_plain_evaluation_options():
-    from freeecho_core.bench import bench_forward
+    from freeecho_core.bench.network import bench_forward
 
     r = bench_forward("tiny", frames=2, size=8, repeats=1, channels=3, dtype="bfloat16", channels_last=True)
     assert r["mode"] == "reference" and r["shape"] == [1, 3, 2, 8, 8] and r["channels_last"]
@@ -221,7 +211,7 @@ def test_cpu_training_suite_times_eager_compiled_threads_and_bf16(tmp_path):
     thread count, dtype and (compiled) first-step time, and the thread count is restored."""
     import torch
 
-    from freeecho_core.bench import cpu_training_suite
+    from freeecho_core.bench.training import cpu_training_suite
 
     threads = torch.get_num_threads()
     tiny = [(2, 8, 2, False, 1, "float32"), (2, 8, 2, False, 1, "bfloat16")]
@@ -235,7 +225,7 @@ def test_cpu_training_suite_times_eager_compiled_threads_and_bf16(tmp_path):
 def test_cpu_sampling_suite_times_a_stored_model_and_the_reference_mode(trained, tmp_path):
     """The cpu-sampling suite on a tiny trained model: each setting's measured evaluations, the variants'
     deviations from the eager float32 videos of the same seeds, and the ratio to the authors' cost profile."""
-    from freeecho_core.bench import cpu_sampling_suite
+    from freeecho_core.bench.sampling import cpu_sampling_suite
     from freeecho_core.synthesis import EXAMPLE_MAP
 
     _, unconditional, _ = trained
@@ -256,7 +246,7 @@ def test_cpu_sampling_suite_times_a_stored_model_and_the_reference_mode(trained,
 
 
 def test_stored_suites_are_the_json_lists_of_records_and_nothing_else(tmp_path):
-    from freeecho_core.bench import stored_suites
+    from freeecho_core.bench.report import stored_suites
 
     (tmp_path / "cpu.json").write_text(json.dumps([{"benchmark": "suite"}]))
     (tmp_path / "nfe-quality.json").write_text(json.dumps({"rows": []}))  # a study, not a timing run

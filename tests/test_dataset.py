@@ -9,9 +9,9 @@ from freeecho_core.data.clips import (UNLABELLED, ClipConfig, crop_to_aspect, my
                                       prepare_clip, resize_frames, resize_labels_nearest, sector_from_frames,
                                       take_frames)
 from freeecho_core.data.dataset import CACHE_DIR, EchoClips, camus_splits, detect_format, ejection_fractions
+from freeecho_core.data.histogram import intensity_histogram
 from freeecho_core.data.make_dataset import echonet_splits, make_phantom_dataset, profile_phantom, rescan_clip
 from freeecho_core.data.phantom import PhantomConfig, make_case
-from freeecho_core.data.histogram import intensity_histogram
 
 CONFIG = PhantomConfig(height=48, frames=10)
 CLIP = ClipConfig(frames=6, size=32)

@@ -2,14 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from freeecho_core.edm import (
-    EDMPrecond,
-    edm_loss,
-    karras_sigmas,
-    loss_weight,
-    precond_coefficients,
-    sample_training_sigma,
-)
+from freeecho_core.edm import (EDMPrecond, edm_loss, karras_sigmas, loss_weight, precond_coefficients,
+                               sample_training_sigma)
 
 
 class ZeroNet(nn.Module):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from freeecho_core.cli import main
-from freeecho_core.ef_study import EFStudyConfig, agreement, run_ef_study
-from freeecho_core.segmenter import SegConfig, train_segmenter
+from freeecho_core.study.ef import EFStudyConfig, agreement, run_ef_study
+from freeecho_core.study.segmenter import SegConfig, train_segmenter
 from freeecho_core.synthesis import FreeEcho
 
 

@@ -6,15 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-import freeecho_core.evaluate as evaluation
-from freeecho_core.anatomy import ANATOMY_COLUMNS, SPECIFICITY_COLUMNS
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips
-from freeecho_core.evaluate import EvalConfig, evaluate, method_specs, sample_seeds
-from freeecho_core.metrics import ssim_psnr
-from freeecho_core.segmenter import SegConfig, train_segmenter
+from freeecho_core.sampler import AUTHORS_CHURN, SamplerConfig
+from freeecho_core.study.anatomy import ANATOMY_COLUMNS, SPECIFICITY_COLUMNS
+from freeecho_core.study.metrics import ssim_psnr
+from freeecho_core.study.scoring import evaluate, second_scan_row, ssim_breakdown
+from freeecho_core.study.segmenter import SegConfig, train_segmenter
+from freeecho_core.study.tables import (claims_table, markdown_table, paper_ordering, specificity_rows,
+                                        specificity_verdict)
+from freeecho_core.study.videos import EvalConfig, method_specs, sample_seeds
 
-CONFIG = EvalConfig(samples=2, batch=2, solver="euler", start_steps=(15, 55))
+EULER_CHURN = SamplerConfig("euler", AUTHORS_CHURN, None)
+CONFIG = EvalConfig(samples=2, batch=2, sampler=EULER_CHURN, start_steps=(15, 55))
 
 
 def test_every_method_is_generated_scored_and_reported(trained, tmp_path):
@@ -38,7 +42,7 @@ def test_the_ssim_breakdown_splits_the_frame_into_the_regions_of_the_map():
     generated, real = torch.rand(2, 3, 16, 16, generator=g), torch.rand(3, 16, 16, generator=g)
     ed_map = np.zeros((16, 16), dtype=np.int64)
     ed_map[3:13, 2:14], ed_map[6:10, 6:10] = 1, 2
-    parts = evaluation.ssim_breakdown([generated], real[None], [SimpleNamespace(ed_map=ed_map)])
+    parts = ssim_breakdown([generated], real[None], [SimpleNamespace(ed_map=ed_map)])
     inside = (ed_map != 0).mean()  # SSIM is the mean of a per-pixel map: the regions' means weighted by area
     whole = inside * parts["SSIM in sector"] + (1 - inside) * parts["SSIM outside sector"]
     assert whole == pytest.approx(ssim_psnr(generated, real)[0])
@@ -47,7 +51,7 @@ def test_the_ssim_breakdown_splits_the_frame_into_the_regions_of_the_map():
 
 def test_a_second_scan_of_the_test_hearts_is_scored_like_a_method(trained):
     data = EchoClips(trained[0], "TEST", ClipConfig(frames=4, size=16))
-    row = evaluation.second_scan_row(data, max_maps=1)
+    row = second_scan_row(data, max_maps=1)
     assert row["maps"] == 1 and row["samples_per_map"] == 1 and 0 < row["SSIM"] < 1
     assert row["SSIM_breakdown"]["SSIM outside sector"] > row["SSIM_breakdown"]["SSIM in sector"]  # black is easy
 
@@ -61,7 +65,7 @@ def test_evaluation_resumes_without_regenerating(trained, tmp_path, monkeypatch)
     def must_not_run(*args, **kwargs):
         raise AssertionError("regenerated a video set that was on disk")
 
-    monkeypatch.setattr(evaluation, "generate", must_not_run)
+    monkeypatch.setattr("freeecho_core.study.videos.generate", must_not_run)
     again = evaluate(data, unconditional, None, tmp_path, CONFIG, max_maps=1, progress=False)
     assert again["generated_now"] == 0 and again["methods"] == first["methods"]
 
@@ -72,26 +76,26 @@ def test_samples_are_seeded_per_method_and_sample_and_shared_by_every_map(traine
     assert len(set(sample_seeds(0, "clsfree", 3) + others)) == 9
     assert sample_seeds(0, "clsfree", 2) == sample_seeds(0, "clsfree", 3)[:2]
     with pytest.raises(ValueError, match="solver must be one of"):
-        EvalConfig(solver="rk45")
+        EvalConfig(sampler=SamplerConfig("rk45"))
 
 
 def test_table_and_ordering_read_the_report():
     row = lambda ssim: {"SSIM": ssim, "SSIM_std": 0.0, "PSNR": 20 * ssim, "PSNR_std": 0.0}  # noqa: E731
     report = {"methods": {"sdedit@15": row(0.2), "clsfree": row(0.5), "free-echo@15": row(0.45),
                           "free-echo@35": row(0.3), "free-echo@55": row(0.1)}}
-    assert all(evaluation.paper_ordering(report).values())
+    assert all(paper_ordering(report).values())
     report["methods"]["free-echo@55"] = row(0.9)
-    assert not evaluation.paper_ordering(report)["Free-Echo worsens from t_i = 15 to 35 to 55 (SSIM)"]
-    table = evaluation.markdown_table({"phantom CAMUS": report}, paper={"phantom CAMUS": "CAMUS"})
+    assert not paper_ordering(report)["Free-Echo worsens from t_i = 15 to 35 to 55 (SSIM)"]
+    table = markdown_table({"phantom CAMUS": report}, paper={"phantom CAMUS": "CAMUS"})
     assert "| phantom CAMUS | free-echo | 35 | 1×? | 0.300 | 6.00 | n/a | n/a |" in table  # one map: no spread
     assert "| *paper, real CAMUS* | *clsfree* | *-* | *?×10* | *0.52* | *22.49* | *22.50* | *150.80* |" in table
     report["methods"]["free-echo@35"] |= {"maps": 8, "samples_per_map": 4, "SSIM_std": 0.05}
-    spread = evaluation.markdown_table({"x": report})
+    spread = markdown_table({"x": report})
     assert "| free-echo | 35 | 8×4 | 0.300\u00a0±\u00a00.050 | 6.00\u00a0±\u00a00.00 |" in spread
 
 
 def test_the_paper_claims_are_checked_on_the_paper_table_first():
-    rows = {row["claim"]: row for row in evaluation.claims_table({})}
+    rows = {row["claim"]: row for row in claims_table({})}
     assert rows["Cls-Free above Free-Echo@15 (SSIM)"]["paper, EchoNet-Dynamic"] == "holds"
     # On its own EchoNet-Dynamic PSNR the paper has Cls-Free 20.04 < Free-Echo@15 20.78 < SDEdit 21.52.
     assert rows["Cls-Free above Free-Echo@15 (PSNR)"]["paper, EchoNet-Dynamic"] == "fails"
@@ -104,7 +108,7 @@ def test_anatomy_columns_join_the_report_and_the_table(trained, tmp_path):
     data, unconditional, _ = trained
     segmenter = train_segmenter(SegConfig(frames=4, size=16, steps=20, batch_size=8), data, tmp_path / "seg.pt",
                                 progress=False)
-    config = EvalConfig(samples=2, batch=2, solver="euler", start_steps=(55,), methods=("free-echo",))
+    config = EvalConfig(samples=2, batch=2, sampler=EULER_CHURN, start_steps=(55,), methods=("free-echo",))
     report = evaluate(data, unconditional, None, tmp_path / "eval", config, segmenter=segmenter, progress=False)
     row = report["methods"]["free-echo@55"]
     assert set(ANATOMY_COLUMNS) | set(SPECIFICITY_COLUMNS) <= set(row)
@@ -114,7 +118,7 @@ def test_anatomy_columns_join_the_report_and_the_table(trained, tmp_path):
     assert set(SPECIFICITY_COLUMNS) - {"corr across maps, same seed", "corr across seeds, same map"} <= set(
         report["real_specificity"])  # the real clips: one per map, no seeds to compare
     assert set(report["segmenter"]["val_dice"]) == {"LV cavity", "myocardium", "left atrium"}
-    table = evaluation.markdown_table({"phantom CAMUS": report}, paper={"phantom CAMUS": "CAMUS"})
+    table = markdown_table({"phantom CAMUS": report}, paper={"phantom CAMUS": "CAMUS"})
     columns = "| Dice LV | Dice myo | Dice LA | map margin | EF proxy error | LV area roughness | FD-seg | FVD-seg |"
     assert columns in table
     assert "| *150.80* | - | - | - | - | - | - | - | - |" in table  # the paper measured none of them
@@ -125,7 +129,7 @@ def test_anatomy_columns_join_the_report_and_the_table(trained, tmp_path):
 
 def test_stored_videos_made_with_other_settings_are_generated_again(trained, tmp_path, recwarn):
     data, unconditional, _ = trained
-    config = EvalConfig(samples=1, batch=1, solver="euler", start_steps=(55,), methods=("free-echo",))
+    config = EvalConfig(samples=1, batch=1, sampler=EULER_CHURN, start_steps=(55,), methods=("free-echo",))
     first = evaluate(data, unconditional, None, tmp_path, config, max_maps=1, progress=False)
     videos = next((tmp_path / "videos" / "free-echo@55").glob("*.npy"))
     before = np.load(videos)
@@ -150,15 +154,15 @@ def test_the_command_runs_the_chosen_methods_with_the_deterministic_sampler(trai
                  "--methods", "free-echo", "sdedit", "--start-steps", "55", "--device", "cpu"]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert list(report["methods"]) == ["sdedit@15", "free-echo@55"]
-    assert report["config"]["stochastic_sampler"] is False
-    assert json.loads((out / "videos" / "free-echo@55" / "key.json").read_text())["sampler"]["stochastic_sampler"] is False
+    assert report["config"]["sampler"]["churn"] is None and report["config"]["sampler"]["solver"] == "euler"
+    assert json.loads((out / "videos" / "free-echo@55" / "key.json").read_text())["sampler"]["churn"] is None
 
 
 def test_the_command_adds_its_scores_to_the_model_cards(trained, tmp_path):
     import shutil
 
     from freeecho_core.cli import main
-    from freeecho_core.model_card import write_model_card
+    from freeecho_core.study.model_card import write_model_card
 
     data, unconditional, clsfree = trained
     models = {}
@@ -193,10 +197,10 @@ def test_the_specificity_table_and_verdict_say_when_a_method_ignores_its_map():
                "corr across maps, same seed": 0.40, "corr across seeds, same map": 0.80}
     report = {"methods": {"free-echo@15": ignores, "clsfree": follows, "one map": {"Dice LV": 0.7}},
               "real_specificity": {k: v for k, v in follows.items() if "corr" not in k}}
-    rows = evaluation.specificity_rows(report)
+    rows = specificity_rows(report)
     assert [r["method"] for r in rows] == ["free-echo@15", "clsfree", "real clips (ceiling)"]
-    assert "ignores its map" in evaluation.specificity_verdict("free-echo@15", ignores)
-    assert "the seed, not the map, decides" in evaluation.specificity_verdict("free-echo@15", ignores)
-    assert "it follows its map" in evaluation.specificity_verdict("clsfree", follows)
-    assert "the map decides more" in evaluation.specificity_verdict("clsfree", follows)
-    assert "2 maps are too few to judge" in evaluation.specificity_verdict("clsfree", follows | {"maps": 2})
+    assert "ignores its map" in specificity_verdict("free-echo@15", ignores)
+    assert "the seed, not the map, decides" in specificity_verdict("free-echo@15", ignores)
+    assert "it follows its map" in specificity_verdict("clsfree", follows)
+    assert "the map decides more" in specificity_verdict("clsfree", follows)
+    assert "2 maps are too few to judge" in specificity_verdict("clsfree", follows | {"maps": 2})

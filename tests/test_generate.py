@@ -5,13 +5,13 @@ import cv2
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from freeecho_core.checkpoint import load_checkpoint
 from freeecho_core.cli import main
 from freeecho_core.data.clips import crop_to_aspect
 from freeecho_core.data.phantom import PhantomConfig, make_case
 from freeecho_core.generate import GenerateConfig, generate_from_map, write_video
+from freeecho_core.sampler import SamplerConfig
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_videos_are_written_whole_and_decode(tmp_path, container):
 def test_generation_from_a_map_file_writes_videos_frames_and_a_record(trained, camus_map, tmp_path):
     _, unconditional, clsfree = trained
     cv2.imwrite(str(tmp_path / "ed.png"), camus_map)
-    config = GenerateConfig(start_step=63, samples=2, solver="euler", stochastic_sampler=False)
+    config = GenerateConfig(start_step=63, samples=2, sampler=SamplerConfig("euler", None))
     result = generate_from_map(tmp_path / "ed.png", unconditional, tmp_path / "out", config)
     videos = result["videos"]
     assert videos.shape == (2, 4, 13, 16) and videos.dtype == np.uint8  # the 64 x 78 map's aspect, at 16 pixels
@@ -65,7 +65,7 @@ def test_generate_command(trained, camus_map, tmp_path, capsys):
             "--samples", "1", "--out", str(tmp_path / "out"), "--solver", "euler", "--sampler", "ode", "--format", "mp4",
             "--device", "cpu"]
     assert main(args) == 0
-    assert json.loads((tmp_path / "out" / "ed.json").read_text())["config"]["stochastic_sampler"] is False
+    assert json.loads((tmp_path / "out" / "ed.json").read_text())["config"]["sampler"]["churn"] is None
     printed = capsys.readouterr()
     assert "wrote 1 videos of 4 frames" in printed.out and (tmp_path / "out" / "ed_0.mp4").is_file()
     assert "sampling" in printed.err and "9/9" in printed.err  # the bar over the 9 steps from t_i = 55 to 0
@@ -84,7 +84,7 @@ def test_generation_without_data_works_at_the_frame_counts_users_train(camus_map
     checkpoint = save_checkpoint(tmp_path / "ema.pt", unet_payload(UNet3D(unet3d_config("tiny")),
                                                                    train_config={"frames": frames, "size": size}))
     cv2.imwrite(str(tmp_path / "ed.png"), camus_map)
-    config = GenerateConfig(start_step=63, samples=1, solver="euler", stochastic_sampler=False)
+    config = GenerateConfig(start_step=63, samples=1, sampler=SamplerConfig("euler", None))
     videos = generate_from_map(tmp_path / "ed.png", checkpoint, None, config)["videos"]
     assert videos.shape == (1, frames, round(size * 64 / 78), size)
 

@@ -7,8 +7,8 @@ import pytest
 
 from freeecho_core.data.case import to_five_labels
 from freeecho_core.data.clips import ClipConfig, crop_to_aspect, ed_map_from_labels, myocardium_ring, prepare_clip
-from freeecho_core.data.maps import (MAX_MAP_SIDE, camus_labels_and_sector, fan_sector, infer_convention,
-                                     prepare_map, read_map)
+from freeecho_core.data.maps import (MAX_MAP_SIDE, camus_labels_and_sector, fan_sector, infer_convention, prepare_map,
+                                     read_map)
 from freeecho_core.data.phantom import PhantomConfig, make_case
 
 

@@ -3,8 +3,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from freeecho_core.metrics import (MetricUnavailable, frechet_distance, frechet_metric, gaussian_statistics,
-                                   load_feature_network, ssim_psnr, ssim_terms)
+from freeecho_core.study.metrics import (MetricUnavailable, frechet_distance, frechet_metric, gaussian_statistics,
+                                         load_feature_network, ssim_psnr, ssim_terms)
 
 
 def test_identical_clips_score_the_maxima_and_scores_are_symmetric():

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from freeecho_core.anatomy import camus_from_five, ef_area_proxy, lv_area_curve
 from freeecho_core.data.case import to_five_labels
 from freeecho_core.data.clips import UNLABELLED, Clip, ed_map_from_labels
+from freeecho_core.data.lv import camus_from_five, dice, ef_area_proxy, lv_area_curve
 from freeecho_core.data.phantom import PhantomConfig, make_case
-from freeecho_core.metrics import dice
 from freeecho_core.motion import (ES_PHASE, Interpolation, beating_maps, beating_pseudo_video, cycle_fractions,
                                   es_frame_of_clips)
 
@@ -64,7 +63,7 @@ def test_an_es_map_is_reached_at_end_systole_with_its_own_ef(heart):
 def test_the_cycle_follows_the_phantoms_volume_curve():
     v = cycle_fractions(40, es_frame=12.0, ef=0.55)
     assert v[0] == pytest.approx(1.0) and v[12] == pytest.approx(0.45) and v.min() == pytest.approx(0.45)
-    cycle = 12 / ES_PHASE  # 31.6 frames
+    assert 12 / ES_PHASE == pytest.approx(31.6, abs=0.1)  # frames per beat
     assert np.all(np.diff(v[:13]) < 0) and v[31] > 0.99 and v[39] < v[31]  # then the next beat begins
 
 

@@ -6,10 +6,10 @@ import torch
 
 from freeecho_core import cli
 from freeecho_core.edm import karras_sigmas
-from freeecho_core.nfe_study import (REFERENCE, StudyConfig, choose_default, run_study, steps_for_nfe,
-                                     within_reference)
 from freeecho_core.sampler import sdedit_sample
-from freeecho_core.segmenter import SegConfig, train_segmenter
+from freeecho_core.study.nfe import REFERENCE, StudyConfig, choose_default, run_study, steps_for_nfe, within_reference
+from freeecho_core.study.segmenter import SegConfig, train_segmenter
+from freeecho_core.synthesis import FreeEcho
 
 
 @pytest.mark.parametrize("solver", ["heun", "euler", "dpmpp2m"])
@@ -86,5 +86,6 @@ def test_generates_default_sampler_is_the_stored_studys_choice():
     from freeecho_core.generate import GenerateConfig
 
     study = json.loads((Path(__file__).resolve().parents[1] / "results" / "bench" / "nfe-quality.json").read_text())
-    choice, default = study["default"], GenerateConfig()
-    assert (default.solver, default.sampler_steps, default.stochastic_sampler) == (choice["solver"], choice["steps"], False)
+    choice, default = study["default"], GenerateConfig().sampler
+    assert (default.solver, default.steps, default.churn) == (choice["solver"], choice["steps"], None)
+    assert FreeEcho.__call__.__kwdefaults__["sampler"] == default  # the Python API samples as the command does

@@ -6,7 +6,7 @@ import papermill
 import pytest
 import yaml
 
-from freeecho_core.segmenter import seg_config_from_profile
+from freeecho_core.study.segmenter import seg_config_from_profile
 from freeecho_core.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,6 @@ def test_profiles_hold_valid_training_sections(profile):
         assert {k: v for k, v in stage.items() if k not in STAGE_SETTINGS} == \
             {k: v for k, v in sections["train"].items() if k not in STAGE_SETTINGS}, name
         assert stage["steps"] > sections["train"]["steps"], name
-
 
 
 def test_smoke_profile_equals_the_notebook_defaults():

@@ -5,8 +5,8 @@ import pytest
 
 from freeecho_core.data.anatomy_stats import anatomy_statistics
 from freeecho_core.data.echonet import lv_tracings, method_of_disks_volume
-from freeecho_core.data.phantom import (BASE_MARGIN, EDGE_MARGIN, LOOKS, PATIENT_FIELDS, PhantomConfig, axis_bow,
-                                        draw_heart, draw_patient, edge_overflow, foreshortened, frame_geometry, framed, from_local,
+from freeecho_core.data.phantom import (BASE_MARGIN, LOOKS, PATIENT_FIELDS, PhantomConfig, axis_bow, draw_heart,
+                                        draw_patient, edge_overflow, foreshortened, frame_geometry, framed, from_local,
                                         local_coordinates, make_case, volume_curve)
 
 SMALL = PhantomConfig(height=48, frames=12)

@@ -5,20 +5,10 @@ import torch
 
 from freeecho_core.data.histogram import intensity_histogram
 from freeecho_core.edm import karras_sigmas
+from freeecho_core.pseudo import (AUTHORS_INTENSITIES, barycentric_map, exact_plan, match_intensities, pseudo_image,
+                                  pseudo_video, resize_labels, sdedit_colour_image, sinkhorn_plan, source_atoms,
+                                  stochastic_map)
 from freeecho_core.sampler import noise_to_step, sdedit_sample, seeded_generators
-from freeecho_core.pseudo import (
-    AUTHORS_INTENSITIES,
-    barycentric_map,
-    exact_plan,
-    match_intensities,
-    pseudo_image,
-    pseudo_video,
-    resize_labels,
-    sdedit_colour_image,
-    sinkhorn_plan,
-    source_atoms,
-    stochastic_map,
-)
 
 SINKHORN_TOL = 1e-9  # sinkhorn_plan's default marginal tolerance
 MAP_TOL = 0.005  # Sinkhorn (reg 1e-3) vs exact barycentric grey levels (measured 3e-4)

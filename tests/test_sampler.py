@@ -4,17 +4,8 @@ import pytest
 import torch
 
 from freeecho_core.edm import EDMPrecond, karras_sigmas
-from freeecho_core.sampler import (
-    cfg_denoiser,
-    dpmpp_2m_sample,
-    euler_sample,
-    heun_sample,
-    randn_per_sample,
-    reference_sdedit_sample,
-    sdedit_sample,
-    seeded_generators,
-    start_schedule,
-)
+from freeecho_core.sampler import (cfg_denoiser, dpmpp_2m_sample, euler_sample, heun_sample, randn_per_sample,
+                                   reference_sdedit_sample, sdedit_sample, seeded_generators, start_schedule)
 from freeecho_core.unet3d import UNet3D, unet3d_config
 
 SIGMAS = karras_sigmas()

@@ -15,8 +15,10 @@ from freeecho_core.data.dataset import CACHE_DIR, CACHE_DIR_VARIABLE, EchoClips
 from freeecho_core.data.make_dataset import make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.data.store import ClipStore
-from freeecho_core.evaluate import EvalConfig, evaluate
-from freeecho_core.segmenter import SegConfig, train_segmenter
+from freeecho_core.sampler import SamplerConfig
+from freeecho_core.study.scoring import evaluate
+from freeecho_core.study.segmenter import SegConfig, train_segmenter
+from freeecho_core.study.videos import EvalConfig
 from freeecho_core.train import TrainConfig, train
 
 CLIP = ClipConfig(frames=8, size=32)  # 8 frames: more than the 6 the CAMUS phantom holds, so clips are resampled
@@ -160,7 +162,8 @@ def test_training_evaluation_and_the_segmenter_give_the_same_numbers_from_the_st
     data = phantoms[0]
     config = TrainConfig(preset="tiny", frames=8, size=16, batch_size=2, steps=3, checkpoint_every=3)
     seg = SegConfig(frames=8, size=16, steps=3, batch_size=4)
-    evaluation = EvalConfig(samples=1, batch=1, solver="euler", start_steps=(55,), methods=("free-echo",))
+    evaluation = EvalConfig(samples=1, batch=1, sampler=SamplerConfig("euler", None, None), start_steps=(55,),
+                            methods=("free-echo",))
     runs = {}
     for path in ("store", "decoded"):
         with monkeypatch.context() as patch:
@@ -202,7 +205,7 @@ def test_the_prepare_command_builds_every_split_where_the_cache_option_says(phan
 
 
 def test_the_data_benchmark_measures_preparation_throughput_and_memory(tmp_path):
-    from freeecho_core.bench_data import data_suite, growth_per_video
+    from freeecho_core.bench.data import data_suite, growth_per_video
 
     report = data_suite((5,), (0,), clip=ClipConfig(frames=4, size=16), batch=2, folder=tmp_path,
                         compare_workers=(), out=tmp_path / "data.json", log=lambda line: None)

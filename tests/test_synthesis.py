@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from freeecho_core.checkpoint import load_checkpoint
+from freeecho_core.checkpoint import DEFAULT_FPS, load_checkpoint, load_model
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.phantom import PhantomConfig, make_case
-from freeecho_core.synthesis import (DEFAULT_FPS, FreeEcho, Method, SamplerConfig, generate, initial_videos,
-                                     load_denoiser)
+from freeecho_core.sampler import AUTHORS_CHURN, SamplerConfig
+from freeecho_core.synthesis import FreeEcho, Method, generate, initial_videos
 
-QUICK = SamplerConfig(solver="euler", stochastic_sampler=False)
+QUICK = SamplerConfig(solver="euler", churn=None)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def camus_map():
 
 def test_free_echo_starts_from_the_matched_pseudo_video(trained):
     data, unconditional, _ = trained
-    model, _ = load_denoiser(unconditional, "cpu")
+    model = load_model(unconditional).denoiser
     clips = EchoClips(data, "TEST", ClipConfig(4, 16))
     target = EchoClips(data, "TRAIN", ClipConfig(4, 16)).intensity_histogram()
     method = Method("free-echo@63", "free-echo", 62)
@@ -82,7 +82,7 @@ def test_checkpoints_without_a_frame_rate_play_at_the_default(trained, tmp_path)
                                                 ("euler", None, None)])
 def test_sampler_steps_set_the_network_evaluations_of_both_kinds_of_model(trained, camus_map, solver, steps, nfe):
     _, unconditional, clsfree = trained
-    sampler = SamplerConfig(solver=solver, stochastic_sampler=False, steps=steps)
+    sampler = SamplerConfig(solver=solver, churn=None, steps=steps)
     for path, start_step, default_nfe in ((unconditional, 15, 64 - 15), (clsfree, 0, 64)):
         pipe = FreeEcho.from_checkpoint(path)
         calls = []
@@ -93,7 +93,7 @@ def test_sampler_steps_set_the_network_evaluations_of_both_kinds_of_model(traine
 
 def test_sampler_settings_are_checked_when_made():
     with pytest.raises(ValueError, match="dpmpp2m solver integrates the deterministic ODE only"):
-        SamplerConfig(solver="dpmpp2m", stochastic_sampler=True)
+        SamplerConfig(solver="dpmpp2m", churn=AUTHORS_CHURN)
     with pytest.raises(ValueError, match="sampler steps must be at least 2, got 1"):
         SamplerConfig(steps=1)
     with pytest.raises(ValueError, match="solver must be one of"):

@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import freeecho_core.train as training
+from freeecho_core.data.clips import ClipConfig
 from freeecho_core.checkpoint import load_checkpoint, unet_from_payload
 from freeecho_core.data.dataset import dataset_fingerprint
 from freeecho_core.data.make_dataset import make_phantom_dataset
@@ -143,7 +144,7 @@ def test_clsfree_drops_the_condition_with_probability_p_uncond(data_root, tmp_pa
     assert model.config.cond_channels == 5
     torch.nn.init.normal_(model.final_conv.weight, std=0.1)
     denoiser = training.EDMPrecond(model)
-    batch = next(iter(torch.utils.data.DataLoader(training.EchoClips(data_root, "TRAIN", training.ClipConfig(4, 16)),
+    batch = next(iter(torch.utils.data.DataLoader(training.EchoClips(data_root, "TRAIN", ClipConfig(4, 16)),
                                                   batch_size=2)))
     gens = lambda: training.sample_generators(0, [0, 1], "cpu")  # noqa: E731
     with torch.no_grad():

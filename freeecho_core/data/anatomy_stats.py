@@ -19,8 +19,8 @@ import numpy as np
 
 from freeecho_core.data.clips import pad_to_square, resize_labels_nearest
 from freeecho_core.data.echonet import principal_axis
+from freeecho_core.data.lv import dice
 from freeecho_core.data.stats import folder_recordings
-from freeecho_core.metrics import dice
 
 SIZE = 64  # px: the square frame the masks are compared on (the cpu clips' size)
 # Measured on real data with this module's definitions (book: Data, "How much hearts differ"): 9 real

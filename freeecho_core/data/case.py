@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 CAMUS_LABELS = {0: "background", 1: "LV cavity", 2: "myocardium", 3: "left atrium"}
 FIVE_LABELS = {0: "outside sector", 1: "sector tissue", 2: "LV cavity", 3: "myocardium", 4: "left atrium"}
@@ -46,6 +48,11 @@ class EchoCase:
             )
         if not 0 < self.es_index < T:
             raise ValueError(f"case {self.case_id}: es_index {self.es_index} outside 1..{T - 1}")
+
+
+def one_hot_maps(ed_map: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) 5-label maps -> (B, 5, S, S) float one-hot: the condition of the Cls-Free baseline's network."""
+    return F.one_hot(ed_map, len(FIVE_LABELS)).permute(0, 3, 1, 2).float()
 
 
 def to_five_labels(camus_labels: np.ndarray, sector: np.ndarray) -> np.ndarray:

@@ -27,13 +27,14 @@ image.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 from scipy.ndimage import gaussian_filter, gaussian_filter1d, map_coordinates
 
 from freeecho_core.data.case import EchoCase
+from freeecho_core.options import at_least, option, positive_number
 from freeecho_core.validate import as_choice, as_float, as_int
 
 # Echogenicity (relative scattering amplitude) per tissue class: dark blood, dim myocardium, a bright
@@ -77,9 +78,10 @@ LOOKS = {
 
 @dataclass(frozen=True)
 class PhantomConfig:
-    height: int = 64  # output rows; columns follow from the sector width (isotropic pixels)
-    frames: int = 16  # frames rendered, ED at frame 0
-    cycles: float = 1.0  # cardiac cycles the frames span
+    height: int = field(default=64, metadata=option(
+        "image rows in pixels; columns follow from the sector width (isotropic pixels)", at_least(16)))
+    frames: int = field(default=16, metadata=option("frames rendered from end diastole", at_least(2)))
+    cycles: float = field(default=1.0, metadata=option("heart beats the frames span", positive_number))
     scatterers_per_cell: float = 2.0  # scatterer density on the depth x angle grid
     look: str = "camus"  # scanner settings of a format (LOOKS): "camus" or "echonet"
 

@@ -1,8 +1,8 @@
-"""Does a generated video keep the ejection fraction its pseudo video beats with? (issue 18)
+"""Does a generated video keep the ejection fraction its pseudo video beats with?
 
 For each TEST map and each target EF, Free-Echo generates videos from a beating pseudo video
 (`motion.beating_maps`, ES timing from the TRAIN clips), and the stored segmenter reads them back: the EF proxy
-of the generated video (`anatomy.ef_area_proxy`, area-length, ES the smallest volume) against the target, and
+of the generated video (`data.lv.ef_area_proxy`, area-length, ES the smallest volume) against the target, and
 the Dice LV of its ED frame against the input map. Beside it: the still pseudo video of the paper (its EF is
 whatever the model invents, compared with the same targets) and the floor, the EF proxy error of the same
 segmenter on the real TEST clips against their own annotated ED and ES labels; and the segmenter's reading of
@@ -14,25 +14,24 @@ motion of the pseudo video.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from freeecho_core.anatomy import camus_from_five, ef_area_proxy
-from freeecho_core.checkpoint import code_version, load_checkpoint
+from freeecho_core.checkpoint import code_version, load_model
 from freeecho_core.data.clips import PREPARATION_VERSION, UNLABELLED, unit_from_grey
 from freeecho_core.data.dataset import EchoClips
-from freeecho_core.evaluate import file_digest, load_judge
+from freeecho_core.data.lv import camus_from_five, dice, ef_area_proxy
 from freeecho_core.files import write_text_atomically
-from freeecho_core.generate import GenerateConfig, steps_after
-from freeecho_core.metrics import dice
 from freeecho_core.motion import beating_maps, beating_pseudo_video, es_frame_of_clips
+from freeecho_core.options import at_least, finite_number, option, start_step
 from freeecho_core.progress import progress_bar
-from freeecho_core.segmenter import segment
-from freeecho_core.synthesis import FreeEcho, SamplerConfig
-from freeecho_core.train import clip_config
+from freeecho_core.sampler import DEFAULT_SAMPLER, SamplerConfig
+from freeecho_core.study.scoring import load_judge
+from freeecho_core.study.segmenter import segment
+from freeecho_core.study.videos import file_digest
+from freeecho_core.synthesis import FreeEcho
 
 STUDY_EFS = (0.3, 0.4, 0.5, 0.6, 0.7)
 LV = 1  # CAMUS label of the LV cavity
@@ -40,11 +39,14 @@ LV = 1  # CAMUS label of the LV cavity
 
 @dataclass(frozen=True)
 class EFStudyConfig:
-    efs: tuple[float, ...] = STUDY_EFS
-    start_steps: tuple[int, ...] = (15, 30, 45)  # t_i: the paper's, and later starts that keep more of the motion
-    samples: int = 2  # videos per (map, target)
-    max_maps: int = 8  # the first TEST maps
-    seed: int = 0
+    efs: tuple[float, ...] = field(default=STUDY_EFS, metadata=option(
+        "the target EFs", finite_number, many=True))
+    start_steps: tuple[int, ...] = field(default=(15, 30, 45), metadata=option(
+        "t_i: the paper's, and later starts that keep more of the motion", start_step, many=True))
+    samples: int = field(default=2, metadata=option("videos per (map, target)", at_least(1)))
+    max_maps: int = field(default=8, metadata=option("the first N TEST maps", at_least(1)))
+    seed: int = field(default=0, metadata=option("seed of the first map's videos (map i: seed + 1000 i)",
+                                                 at_least(0)))
 
 
 def real_floor(judge, clips) -> list[dict]:
@@ -98,15 +100,13 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
     agreement of the beating videos' EF with the targets per t_i, the still pseudo video's, and the real floor.
     Resumable: rows already in `out_json` for the same settings are kept."""
     out_json = Path(out_json)
-    payload = load_checkpoint(checkpoint)
-    clip = clip_config(payload.get("train_config", {}))
-    seed = payload.get("train_config", {}).get("seed", 0)
-    train = EchoClips(data_root, "TRAIN", clip, seed=seed)
-    test = EchoClips(data_root, "TEST", clip, seed=seed)
-    judge, judge_info = load_judge(segmenter, clip, device)
-    histogram = train.intensity_histogram()
-    pipe = FreeEcho.from_checkpoint(checkpoint, target=histogram, device=device)
-    sampler = sampler or SamplerConfig(GenerateConfig.solver, False, steps=GenerateConfig.sampler_steps)
+    model = load_model(checkpoint, device, "unconditional")
+    train = EchoClips(data_root, "TRAIN", model.clip, seed=model.seed)
+    test = EchoClips(data_root, "TEST", model.clip, seed=model.seed)
+    judge, judge_info = load_judge(segmenter, model.clip, device)
+    pipe = FreeEcho.from_model(model, data=data_root)
+    histogram = pipe.target
+    sampler = sampler or DEFAULT_SAMPLER
     es_frame = es_frame_of_clips(train.clip(i) for i in range(len(train)))
     clips = [test.clip(i) for i in range(min(len(test), config.max_maps))]
     # The weights' digest, not only the path: a checkpoint trained further in place makes the study again.
@@ -127,10 +127,8 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
         key = (t_i, f"{c.case_id}_{c.view}", ef)
         if key in done:
             continue
-        steps = steps_after(GenerateConfig(start_step=t_i, sampler_steps=sampler.steps))
         result = pipe(c.ed_map, config.samples, t_i, seed=config.seed + 1000 * index, convention="five",
-                      sampler=SamplerConfig(sampler.solver, sampler.stochastic_sampler, sampler.guidance, steps),
-                      ef=ef, es_frame=es_frame)
+                      sampler=sampler, ef=ef, es_frame=es_frame)
         ed_labels = camus_from_five(c.ed_map)
         for k, video in enumerate(result.square):
             seg = segment(judge, unit_from_grey(video))
@@ -169,3 +167,62 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
               "code_version": code_version()}
     write_text_atomically(out_json, json.dumps(report, indent=1) + "\n")
     return report
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The printed summary of an EF study (`run_ef_study`): per t_i the beating videos' EF proxy against the
+    targets and against their own pseudo videos', the still videos', Dice LV at ED; then the reader's own floors."""
+    lines = []
+    for t_i, row in report["summary"].items():
+        b, kept = row["beating"], row["beating_vs_pseudo_video"]
+        lines.append(f"t_i = {t_i}: beating EF proxy vs target: r {b['correlation']:.2f}, MAE {b['mae']:.3f}, bias "
+                     f"{b['bias']:+.3f}; vs its pseudo video's: r {kept['correlation']:.2f}, MAE {kept['mae']:.3f}; "
+                     f"still: MAE {row['still']['mae']:.3f} (its EF {row['still_ef_mean']:.2f}); "
+                     f"Dice LV at ED {row['dice_lv_ed_beating']:.3f} (still {row['dice_lv_ed_still']:.3f})")
+    pseudo, floor = report["pseudo_video"], report["real_floor"]
+    lines.append(f"the beating pseudo video itself: r {pseudo['correlation']:.2f}, MAE {pseudo['mae']:.3f}, "
+                 f"bias {pseudo['bias']:+.3f}")
+    lines.append(f"real TEST clips, segmenter vs labels: MAE {floor['mae']:.3f}, bias {floor['bias']:+.3f} "
+                 f"({floor['n']} clips)")
+    return lines
+
+
+SUMMARY_COLUMNS = ("t_i", "pseudo video", "correlation", "MAE", "bias", "Dice LV at ED", "r with its pseudo video",
+                   "MAE to its pseudo video")
+
+
+def summary_rows(report: dict) -> list[dict]:
+    """The study's table (`SUMMARY_COLUMNS`): per t_i the beating and the still videos' EF proxy against the
+    targets, then the two floors of the reader: the beating pseudo video read before any noise, and the real
+    TEST clips."""
+    rows = []
+    for t_i, s in report["summary"].items():
+        kept = s["beating_vs_pseudo_video"]
+        rows.append({"t_i": int(t_i), "pseudo video": "beating", "correlation": s["beating"]["correlation"],
+                     "MAE": s["beating"]["mae"], "bias": s["beating"]["bias"], "Dice LV at ED": s["dice_lv_ed_beating"],
+                     "r with its pseudo video": kept["correlation"], "MAE to its pseudo video": kept["mae"]})
+        rows.append({"t_i": int(t_i), "pseudo video": f"still (its EF {s['still_ef_mean']:.2f})",
+                     "correlation": None, "MAE": s["still"]["mae"], "bias": s["still"]["bias"],
+                     "Dice LV at ED": s["dice_lv_ed_still"]})
+    pseudo, floor = report["pseudo_video"], report["real_floor"]
+    rows.append({"t_i": "-", "pseudo video": "beating, read before any noise (no model)",
+                 "correlation": pseudo["correlation"], "MAE": pseudo["mae"], "bias": pseudo["bias"],
+                 "Dice LV at ED": None})
+    rows.append({"t_i": "-", "pseudo video": "real TEST clips (the floor)", "correlation": floor["correlation"],
+                 "MAE": floor["mae"], "bias": floor["bias"], "Dice LV at ED": None})
+    return rows
+
+
+def per_target_rows(report: dict) -> list[dict]:
+    """The mean EF proxy per target ("target <ef>" columns) of the beating label maps, of the beating pseudo
+    video read by the segmenter, and of the videos at each t_i."""
+    targets = report["settings"]["config"]["efs"]
+    def mean(rows, key, ef):
+        return float(np.mean([r[key] for r in rows if r["target_ef"] == ef]))
+    rows = [{"EF proxy of": "the beating label maps",
+             **{f"target {ef}": mean(report["videos"], "maps_ef", ef) for ef in targets}},
+            {"EF proxy of": "the beating pseudo video, read by the segmenter",
+             **{f"target {ef}": mean(report["pseudo_video"]["rows"], "pseudo_ef", ef) for ef in targets}}]
+    return rows + [{"EF proxy of": f"the videos, t_i = {t_i}", **{f"target {ef}": s["per_target"][str(ef)]
+                                                                  for ef in targets}}
+                   for t_i, s in report["summary"].items()]

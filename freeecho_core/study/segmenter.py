@@ -1,10 +1,10 @@
-"""A compact 2-D segmentation network that judges generated videos (issue 7; not part of the paper's method).
+"""A compact 2-D segmentation network that judges generated videos (not part of the paper's method).
 
 `SegUNet` labels each frame with the CAMUS classes (0 background, 1 LV cavity, 2 myocardium, 3 left atrium).
 It is trained on the labelled frames of a dataset's TRAIN split (phantom and real CAMUS: every annotated frame;
 EchoNet-Dynamic: the two traced frames, LV only) and scored by Dice on the VAL split, so that its own accuracy
 is known before it measures anything. Its bottleneck features (global average pooled) are the feature space
-of the `FD-seg` and `FVD-seg` distances in `freeecho_core.anatomy`.
+of the `FD-seg` and `FVD-seg` distances in `study.anatomy`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from freeecho_core.checkpoint import code_version, load_checkpoint, save_checkpo
 from freeecho_core.data.case import CAMUS_LABELS
 from freeecho_core.data.clips import UNLABELLED, ClipConfig
 from freeecho_core.data.dataset import SPLITS, EchoClips
-from freeecho_core.metrics import dice
+from freeecho_core.data.lv import dice
 from freeecho_core.progress import progress_bar
 from freeecho_core.validate import first_reason
 

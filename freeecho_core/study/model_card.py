@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from freeecho_core.bench import cpu_model
+from freeecho_core.bench.timing import cpu_model
 from freeecho_core.checkpoint import code_version, load_checkpoint
 from freeecho_core.files import write_text_atomically
-from freeecho_core.synthesis import sampler_name
 from freeecho_core.train import read_log
 
 CARD_NAME = "model_card.json"
@@ -88,7 +87,7 @@ HELD_OUT_COLUMNS = ("SSIM", "PSNR", "Dice LV", "Dice myo", "Dice LA", "map margi
 
 
 def held_out_scores(report: dict, command: str) -> dict:
-    """The scores of an evaluation report (`evaluate.evaluate`) per model role: the unconditional model is scored
+    """The scores of an evaluation report (`scoring.evaluate`) per model role: the unconditional model is scored
     by SDEdit and Free-Echo, the Cls-Free model by its own row. Each entry names the split, the number of maps
     and samples, the sampler and the command that made it."""
     by_role = {}
@@ -97,8 +96,8 @@ def held_out_scores(report: dict, command: str) -> dict:
         by_role.setdefault(role, {})[name] = {k: round(row[k], 4) for k in HELD_OUT_COLUMNS if k in row}
     config = report["config"]
     about = {"split": report["split"], "maps": next(iter(report["methods"].values()))["maps"],
-             "samples_per_map": config["samples"], "solver": config["solver"],
-             "sampler": sampler_name(config["stochastic_sampler"]), "sampler_steps": config.get("sampler_steps"),
+             "samples_per_map": config["samples"], "solver": config["sampler"]["solver"],
+             "sampler": "ode" if config["sampler"]["churn"] is None else "churn", "sampler_steps": config["sampler"]["steps"],
              "command": command}
     return {role: {"evaluation": about, "methods": methods} for role, methods in by_role.items()}
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from freeecho_core.bench import environment
+from freeecho_core.bench.timing import environment
 from freeecho_core.checkpoint import code_version
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips

@@ -1,5 +1,4 @@
-"""Metrics of the paper's Table 1 (section 3, "Evaluation"): SSIM, PSNR, FID and FVD; and the Dice overlap that
-the anatomy metrics (`freeecho_core.anatomy`) build on.
+"""Metrics of the paper's Table 1 (section 3, "Evaluation"): SSIM, PSNR, FID and FVD.
 
 Protocol: for each test ED map, n generated clips are compared with the real clip of the same map; SSIM and
 PSNR are computed per frame on grey levels in [0, 1] (data_range = 1), averaged over the frames, then over
@@ -102,13 +101,6 @@ def ssim_terms(generated: torch.Tensor, reference: torch.Tensor, mask: torch.Ten
     generated frames). mask: an (H, W) bool region (say, the scan sector) to average over instead of the whole
     frame (`region_means`). Shapes as `ssim_psnr`."""
     return region_means(ssim_maps(generated, reference), mask)
-
-
-def dice(pred: np.ndarray, target: np.ndarray, label: int) -> float:
-    """Dice coefficient 2 |P and T| / (|P| + |T|) of one label in two label maps; 1 when both lack it."""
-    p, t = np.asarray(pred) == label, np.asarray(target) == label
-    total = p.sum() + t.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(p, t).sum() / total)
 
 
 def gaussian_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,8 @@
-"""Anatomy-faithfulness of generated videos (issue 7): does a video follow its input map and beat like a heart?
+"""Anatomy-faithfulness of generated videos: does a video follow its input map and beat like a heart?
 
 The paper claims videos "spatially aligned with the input segmentation map" with plausible motion but measures
 neither; SSIM/PSNR compare grey levels and FID/FVD need weights that cannot be had offline. These metrics read
-the videos through the project's own segmenter (`freeecho_core.segmenter`, its held-out Dice stored with it):
+the videos through the project's own segmenter (`study.segmenter`, its held-out Dice stored with it):
 
 - Dice per structure between the segmentation of the generated ED frame (frame 0) and the input ED map.
 - The LV area curve over the frames and an area-based ejection-fraction proxy by the single-plane
@@ -27,52 +27,20 @@ import numpy as np
 import torch
 
 from freeecho_core.data.case import CAMUS_LABELS
-from freeecho_core.data.echonet import principal_axis
-from freeecho_core.metrics import dice, frechet_distance, gaussian_statistics
-from freeecho_core.segmenter import SegUNet, segment
+from freeecho_core.data.lv import LV, camus_from_five, dice, ef_area_proxy, lv_area_curve
+from freeecho_core.study.metrics import frechet_distance, gaussian_statistics
+from freeecho_core.study.segmenter import SegUNet, segment
 
-LV = 1  # CAMUS label of the LV cavity
+
 SHORT_NAMES = {"LV cavity": "LV", "myocardium": "myo", "left atrium": "LA"}
+
+
 ANATOMY_COLUMNS = ("Dice LV", "Dice myo", "Dice LA", "map margin", "EF proxy error", "LV area roughness",
                    "FD-seg", "FVD-seg")
+
+
 SPECIFICITY_COLUMNS = ("Dice LV own map", "Dice LV other maps", "map margin", "map margin s.e.",
                        "corr across maps, same seed", "corr across seeds, same map")
-
-
-def camus_from_five(ed_map: np.ndarray) -> np.ndarray:
-    """5-label map (0 outside, 1 sector tissue, 2 LV, 3 myocardium, 4 LA) -> CAMUS labels (0 bg, 1 LV, 2 myo, 3 LA)."""
-    lookup = np.array([0, 0, 1, 2, 3])
-    return lookup[np.asarray(ed_map)]
-
-
-def lv_area_curve(labels: np.ndarray) -> np.ndarray:
-    """(K, S, S) CAMUS labels -> (K,) LV cavity area in pixels per frame."""
-    return (np.asarray(labels) == LV).sum(axis=(-2, -1)).astype(np.float64)
-
-
-def long_axis_length(mask: np.ndarray) -> float:
-    """Extent in pixels of a mask along its principal axis (0 for an empty mask)."""
-    if not mask.any():
-        return 0.0
-    centre, axis = principal_axis(mask)
-    ys, xs = np.nonzero(mask)
-    t = (np.stack([xs, ys], axis=1) - centre) @ axis
-    return float(t.max() - t.min() + 1)
-
-
-def lv_volume_curve(labels: np.ndarray) -> np.ndarray:
-    """(K, S, S) CAMUS labels -> (K,) single-plane area-length LV volume 8 A^2 / (3 pi L) in pixels^3."""
-    masks = np.asarray(labels) == LV
-    areas = masks.sum(axis=(-2, -1)).astype(np.float64)
-    lengths = np.array([long_axis_length(m) for m in masks])
-    return np.where(lengths > 0, 8 * areas**2 / (3 * np.pi * np.maximum(lengths, 1)), 0.0)
-
-
-def ef_area_proxy(labels: np.ndarray) -> float:
-    """EF_A = 1 - V_ES / V_ED of a (K, S, S) label clip that starts at ED, V the area-length volume and V_ES its
-    smallest value; NaN when the LV is absent at ED."""
-    volumes = lv_volume_curve(labels)
-    return float("nan") if volumes[0] <= 0 else float(1 - volumes.min() / volumes[0])
 
 
 def roughness(areas: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""Quality against the number of network evaluations (NFE) per video (issue 17).
+"""Quality against the number of network evaluations (NFE) per video.
 
 A video costs one network evaluation per Euler or DPM-Solver++(2M) step and two per Heun step but the last
 (2N - 1). The study keeps each method's start noise level (sigma(t_i) of the 64-step schedule; Cls-Free: pure
@@ -15,21 +15,22 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from freeecho_core.anatomy import camus_from_five
 from freeecho_core.checkpoint import code_version
 from freeecho_core.data.dataset import EchoClips
-from freeecho_core.evaluate import (EvalConfig, evaluate, load_judge, load_models, load_videos, method_specs,
-                                   video_path)
+from freeecho_core.data.lv import camus_from_five, dice
 from freeecho_core.files import write_text_atomically
-from freeecho_core.metrics import dice, ssim_psnr, to_unit
-from freeecho_core.segmenter import segment
-from freeecho_core.train import clip_config
+from freeecho_core.options import at_least, option, start_step
+from freeecho_core.sampler import SamplerConfig
+from freeecho_core.study.metrics import ssim_psnr, to_unit
+from freeecho_core.study.scoring import evaluate, load_judge, load_models
+from freeecho_core.study.segmenter import segment
+from freeecho_core.study.videos import EvalConfig, load_videos, method_specs, video_path
 
 STUDY_NFE = (97, 49, 25, 13, 7)
 STUDY_SOLVERS = ("heun", "euler", "dpmpp2m")
@@ -57,12 +58,14 @@ def full_grid(solvers=STUDY_SOLVERS, nfes=STUDY_NFE) -> tuple[tuple[str, int], .
 @dataclass(frozen=True)
 class StudyConfig:
     grid: tuple[tuple[str, int], ...] = full_grid()  # (solver, NFE) settings; must hold the reference
-    start_steps: tuple[int, ...] = (15, 35)  # Free-Echo t_i
-    methods: tuple[str, ...] = ("free-echo", "clsfree")  # Cls-Free: w = 7, both branches in one batch per NFE
-    samples: int = 2  # videos per map
-    max_maps: int = 8  # the first TEST maps
-    batch: int = 4
-    seed: int = 0
+    start_steps: tuple[int, ...] = field(default=(15, 35), metadata=option("Free-Echo's t_i", start_step, many=True))
+    methods: tuple[str, ...] = field(default=("free-echo", "clsfree"), metadata=option(
+        "the methods (Cls-Free: w = 7, both branches in one batch per NFE)", many=True,
+        choices=["free-echo", "clsfree"]))
+    samples: int = field(default=2, metadata=option("videos per map", at_least(2)))
+    max_maps: int = field(default=8, metadata=option("the first N TEST maps", at_least(1)))
+    batch: int = field(default=4, metadata=option("videos per network batch", at_least(1)))
+    seed: int = field(default=0, metadata=option("seed of the sample streams", at_least(0)))
 
     def __post_init__(self):
         if REFERENCE not in self.grid:
@@ -77,8 +80,8 @@ class StudyConfig:
         return [REFERENCE] + sorted((s for s in self.grid if s != REFERENCE), key=lambda s: (s[1], s[0]))
 
     def eval_config(self, solver: str, nfe: int) -> EvalConfig:
-        return EvalConfig(samples=self.samples, start_steps=self.start_steps, solver=solver,
-                          stochastic_sampler=False, sampler_steps=steps_for_nfe(solver, nfe), batch=self.batch,
+        sampler = SamplerConfig(solver, None, steps_for_nfe(solver, nfe), cap_steps=False)  # equal NFE at every t_i
+        return EvalConfig(samples=self.samples, start_steps=self.start_steps, sampler=sampler, batch=self.batch,
                           seed=self.seed, methods=self.methods)
 
 
@@ -114,9 +117,9 @@ def run_study(data_root, unconditional: str | os.PathLike, clsfree: str | os.Pat
     if "clsfree" in config.methods and not clsfree:
         raise ValueError("the study of the clsfree method needs the Cls-Free model (--clsfree)")
     models = load_models(unconditional, clsfree, device, compile)
-    clip = clip_config(models[1])
+    clip = models["unconditional"].clip
     judge, judge_info = load_judge(segmenter, clip, device)
-    data = EchoClips(data_root, "TEST", clip, seed=models[1].get("seed", 0))
+    data = EchoClips(data_root, "TEST", clip, seed=models["unconditional"].seed)
     clips = [data.clip(i) for i in range(min(len(data), config.max_maps))]
     real = [to_unit(torch.from_numpy(c.video)) for c in clips]
     rows = []
@@ -129,7 +132,7 @@ def run_study(data_root, unconditional: str | os.PathLike, clsfree: str | os.Pat
             per_video = [s for c, r in zip(clips, real)
                          for s in video_scores(judge, load_videos(video_path(folder, method, c.case_id, c.view)),
                                                r, c.ed_map)]
-            rows.append({"method": method.name, "solver": solver, "nfe": nfe, "steps": eval_config.sampler_steps,
+            rows.append({"method": method.name, "solver": solver, "nfe": nfe, "steps": eval_config.sampler.steps,
                          **{k: summarise([s[k] for s in per_video]) for k in SCORED},
                          "FD-seg": report["methods"][method.name].get("FD-seg")})
             log(f"{method.name:>14} {solver:>7} {nfe:3d} NFE: " + "  ".join(
@@ -180,3 +183,15 @@ def study_table_rows(study: dict) -> list[dict]:
         rows.append({"method": r["method"], "solver": r["solver"], "NFE": r["nfe"], "steps": r["steps"], **cells,
                      "FD-seg": r["FD-seg"], "within 1 s.e.": within_reference(r, references[r["method"]])})
     return sorted(rows, key=lambda r: (r["method"], r["solver"], -r["NFE"]))
+
+
+def summary_lines(study: dict) -> list[str]:
+    """The printed verdict of a study (`run_study`): the cheapest setting within one standard error of the
+    reference, or that none is."""
+    default = study["default"]
+    if default and default["solver"]:
+        return [f"fewest evaluations within one standard error of {REFERENCE[0]} at {REFERENCE[1]} NFE: "
+                f"{default['solver']} at {default['nfe']} NFE ({default['steps']} steps)"]
+    if default:
+        return [f"no setting but the reference stays within one standard error of {REFERENCE[0]} at {REFERENCE[1]} NFE"]
+    return []

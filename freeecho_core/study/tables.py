@@ -1,0 +1,121 @@
+"""The study as tables: Table 1 in the paper's layout (mean +- std over maps) beside the paper's own figures
+on the real datasets, the map-specificity rows and their verdicts, and the paper's claims checked on our
+numbers.
+"""
+from __future__ import annotations
+
+
+from freeecho_core.study.anatomy import ANATOMY_COLUMNS, SPECIFICITY_COLUMNS
+
+
+# The paper's Table 1, on the REAL datasets (SSIM, PSNR, FID, FVD). Shown beside ours, never mixed with them.
+PAPER_TABLE1 = {
+    "CAMUS": {"sdedit@15": (0.23, 19.54, 32.45, 213.50), "clsfree": (0.52, 22.49, 22.50, 150.80),
+              "free-echo@15": (0.48, 20.43, 26.31, 195.41), "free-echo@35": (0.27, 16.54, 53.71, 312.12),
+              "free-echo@55": (0.12, 13.45, 67.15, 412.55)},
+    "EchoNet-Dynamic": {"sdedit@15": (0.34, 21.52, 25.49, 250.45), "clsfree": (0.56, 20.04, 18.56, 130.85),
+                        "free-echo@15": (0.51, 20.78, 24.22, 180.39), "free-echo@35": (0.32, 18.72, 44.67, 332.12),
+                        "free-echo@55": (0.21, 16.66, 59.85, 395.73)},
+}
+
+
+def mean_cell(mean: float, std: float, n: int, digits: int) -> str:
+    """mean +- std over n maps; a single map has no spread to show."""
+    return f"{mean:.{digits}f}\u00a0±\u00a0{std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"  # no-break spaces
+
+
+def markdown_table(reports: dict[str, dict], paper: dict[str, str] | None = None) -> str:
+    """Table 1 layout: dataset, method, t_i, n (test maps × samples per map; the paper gives only its 10
+    samples), SSIM, PSNR (mean ± std over maps), FID, FVD ("n/a" where a metric is unavailable), then the anatomy
+    columns that any report holds (Dice per structure, EF proxy error, LV area roughness, FD-seg, FVD-seg; "-"
+    for the paper, which did not measure them). `paper` maps a dataset label of ours to the paper's real dataset
+    whose numbers are added as separate rows, labelled as the paper's."""
+    anatomy = [c for c in ANATOMY_COLUMNS if any(c in row for r in reports.values() for row in r["methods"].values())]
+    header = ["dataset", "method", "t_i", "n", "SSIM", "PSNR (dB)", "FID", "FVD", *anatomy]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, report in reports.items():
+        for name, row in report["methods"].items():
+            method, _, step = name.partition("@")
+            n = row.get("maps", 1)
+            cells = [label, method, step or "-", f"{n}×{row.get('samples_per_map', '?')}",
+                     mean_cell(row["SSIM"], row["SSIM_std"], n, 3), mean_cell(row["PSNR"], row["PSNR_std"], n, 2),
+                     *(f"{row[m]:.2f}" if m in row else "n/a" for m in ("FID", "FVD")),
+                     *(f"{row[c]:.3g}" if c in row else "n/a" for c in anatomy)]
+            lines.append("| " + " | ".join(cells) + " |")
+        real = (paper or {}).get(label)
+        for name, values in PAPER_TABLE1.get(real, {}).items():
+            method, _, step = name.partition("@")
+            cells = [f"paper, real {real}", method, step or "-", "?×10", *(f"{v:.2f}" for v in values)]
+            lines.append("| " + " | ".join(f"*{c}*" for c in cells) + " |" + " - |" * len(anatomy))
+    return "\n".join(lines)
+
+
+def specificity_rows(report: dict) -> list[dict]:
+    """Map specificity per method of a report (`anatomy.map_specificity`), then the real clips read by the same
+    segmenter (the ceiling), as table rows; methods scored on fewer than two maps have none."""
+    rows = [{"method": name} | {c: row[c] for c in SPECIFICITY_COLUMNS if c in row}
+            for name, row in report["methods"].items() if "map margin" in row]
+    real = report.get("real_specificity")
+    if real:
+        rows.append({"method": "real clips (ceiling)"} | {c: real[c] for c in SPECIFICITY_COLUMNS if c in real})
+    return rows
+
+
+MIN_VERDICT_MAPS = 4  # fewer maps give a standard error of the margin too rough to judge by
+
+
+def specificity_verdict(name: str, row: dict) -> str:
+    """One sentence on whether a method's videos follow their own map: its margin against twice its standard
+    error (no verdict on fewer than MIN_VERDICT_MAPS maps), and which of the map or the seed its videos' pixels
+    follow more closely."""
+    margin, se, maps = row["map margin"], row["map margin s.e."], row.get("maps", 0)
+    follows = margin > 2 * se and margin > 0.02
+    verdict = ("it follows its map" if follows else "no better than a video of another heart; it ignores its map")
+    if maps < MIN_VERDICT_MAPS:
+        verdict = f"{maps} maps are too few to judge"
+    sentence = (f"{name}: Dice LV {row['Dice LV own map']:.3f} against its own map and {row['Dice LV other maps']:.3f} "
+                f"against the other maps, a margin of {margin:+.3f} ± {se:.3f} (s.e. over maps): {verdict}")
+    if "corr across maps, same seed" in row:
+        maps, seeds = row["corr across maps, same seed"], row["corr across seeds, same map"]
+        decides = "the seed, not the map, decides the video" if maps > seeds else "the map decides more than the seed"
+        sentence += (f"; videos of different maps from the same seed correlate {maps:.2f} pixel by pixel, videos of "
+                     f"one map from different seeds {seeds:.2f}: {decides}")
+    return sentence + "."
+
+
+def paper_ordering(report: dict, metric: str = "SSIM") -> dict[str, bool]:
+    """The paper's claims about Table 1, checked on a report: Cls-Free above Free-Echo@15 above SDEdit, and
+    Free-Echo worsening from t_i = 15 to 35 to 55."""
+    m = {name: row[metric] for name, row in report["methods"].items()}
+    return {f"Cls-Free above Free-Echo@15 ({metric})": m["clsfree"] > m["free-echo@15"],
+            f"Free-Echo@15 above SDEdit ({metric})": m["free-echo@15"] > m["sdedit@15"],
+            f"Free-Echo worsens from t_i = 15 to 35 to 55 ({metric})":
+                m["free-echo@15"] > m["free-echo@35"] > m["free-echo@55"]}
+
+
+def paper_report(dataset: str) -> dict:
+    """The paper's own Table 1 rows for one real dataset in the layout of a report (SSIM and PSNR)."""
+    return {"methods": {name: {"SSIM": v[0], "PSNR": v[1]} for name, v in PAPER_TABLE1[dataset].items()}}
+
+
+def claims_table(reports: dict[str, dict]) -> list[dict]:
+    """Each of the paper's claims (`paper_ordering`, for SSIM and PSNR) checked first on the paper's own Table 1
+    for CAMUS and EchoNet-Dynamic, then on each of our reports: rows of {claim, <column>: "holds" / "fails"}."""
+    columns = {f"paper, {d}": paper_report(d) for d in PAPER_TABLE1} | {f"ours, {k}": r for k, r in reports.items()}
+    verdicts = {column: {} for column in columns}
+    for column, report in columns.items():
+        for metric in ("SSIM", "PSNR"):
+            verdicts[column] |= paper_ordering(report, metric)
+    claims = list(next(iter(verdicts.values())))
+    return [{"claim": claim} | {column: "holds" if verdicts[column][claim] else "fails" for column in columns}
+            for claim in claims]
+
+
+def evaluation_lines(report: dict) -> list[str]:
+    """The printed summary of an evaluation report (`scoring.evaluate`): SSIM, PSNR and the anatomy metrics per
+    method, and what was unavailable and why."""
+    lines = []
+    for name, row in report["methods"].items():
+        anatomy = "".join(f"  {c} {row[c]:.3g}" for c in ANATOMY_COLUMNS if c in row)
+        lines.append(f"{name:>24}: SSIM {row['SSIM']:.3f}  PSNR {row['PSNR']:.2f} dB{anatomy}  over {row['maps']} maps")
+    return lines + [f"unavailable: {why}" for why in report["unavailable"].values()]
