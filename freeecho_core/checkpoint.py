@@ -6,7 +6,9 @@ denoiser: it returns the network with what sampling and scoring read from its ch
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ import torch
 from freeecho_core import __version__
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.edm import EDMPrecond
-from freeecho_core.files import atomic_write
+from freeecho_core.files import atomic_write_all
 from freeecho_core.unet3d import UNet3D, UNet3DConfig
 from freeecho_core.validate import first_reason
 
@@ -43,10 +45,36 @@ def code_version() -> dict:
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     """Write `payload` atomically (`files.atomic_write`). A failed write (a full disk, say) leaves the old file in
     place and raises an OSError naming `path`."""
-    try:
-        return atomic_write(path, lambda f: torch.save(payload, f))
-    except RuntimeError as err:  # torch's writer reports a failed write (ENOSPC, EIO) as a RuntimeError
-        raise OSError(f"{path}: could not write the checkpoint ({err})") from err
+    save_checkpoints({Path(path): payload})
+    return Path(path)
+
+
+def save_checkpoints(payloads: dict) -> None:
+    """Write several checkpoints ({path: payload}) as one (`files.atomic_write_all`): a failed write leaves
+    every old file in place and raises an OSError naming the file, "no space left on device" for a full disk."""
+    def writer(path, payload):
+        def write(f):
+            try:
+                torch.save(payload, f)
+            except RuntimeError as err:  # torch's writer reports a failed write (ENOSPC, EIO) as a RuntimeError
+                size = sum(t.numel() * t.element_size() for t in tensors(payload))
+                if shutil.disk_usage(Path(path).parent).free < size:
+                    raise OSError(errno.ENOSPC, f"{path}: no space left on device") from None
+                raise OSError(f"{path}: could not write the checkpoint ({err})") from err
+        return write
+    atomic_write_all({path: writer(path, payload) for path, payload in payloads.items()})
+
+
+def tensors(value):
+    """The tensors inside a checkpoint payload (nested dicts and lists)."""
+    if torch.is_tensor(value):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from tensors(item)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -4,13 +4,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import time
-from contextlib import contextmanager
+import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
+import cv2
 import torch
 import torch.distributed as dist
 
@@ -28,11 +31,12 @@ from freeecho_core.data.maps import CONVENTIONS
 from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.data.stats import folder_statistics, summary_rows
 from freeecho_core.edm import karras_sigmas
-from freeecho_core.files import check_output_folder
+from freeecho_core.files import check_output_folder, folder_lock
 from freeecho_core.generate import VIDEO_FORMATS, GenerateConfig, generate_from_map
 from freeecho_core.motion import EF_RANGE
 from freeecho_core.options import add_options, at_least, config_values
 from freeecho_core.profiles import load_profile, profile_file, profile_section
+from freeecho_core.progress import clear_bars
 from freeecho_core.sampler import DEFAULT_SAMPLER, SOLVERS, SamplerConfig
 from freeecho_core.study.ef import EFStudyConfig, run_ef_study, summary_lines as ef_summary_lines
 from freeecho_core.study.model_card import (held_out_scores, record_held_out_scores, write_model_card,
@@ -131,6 +135,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_phantom(args: argparse.Namespace) -> None:
     if args.stats:
+        if args.out is not None or args.format is not None:
+            raise ValueError(f"--stats {args.stats} measures a folder and writes nothing; drop "
+                             f"{'--out' if args.out is not None else '--format'} (or --stats, to render one)")
         rows = summary_rows(folder_statistics(args.stats, args.limit))
         print(f"{'statistic':>16}  {'median':>8}  range over {rows[0]['recordings']} recordings ({args.stats})")
         for r in rows:
@@ -152,20 +159,21 @@ def cmd_train(args: argparse.Namespace) -> None:
     run_dir = args.run_dir or Path("runs") / Path(args.profile).stem / config.kind
     check_output_folder(run_dir, "--run-dir")
     device = resolve_device(args.device, local_rank())
-    before = load_checkpoint(run_dir / "checkpoint.pt")["step"] if args.resume else 0
-    with distributed(device) as (rank, world_size):
+    with distributed(device) as (rank, world_size), \
+            folder_lock(run_dir, "--run-dir") if rank == 0 else nullcontext():  # one training per run folder
+        before = load_checkpoint(run_dir / "checkpoint.pt")["step"] if args.resume else 0
         train(config, args.data, run_dir, resume=args.resume, device=device, rank=rank, world_size=world_size,
               other_data=args.other_data)
-    if rank:
-        return
-    if before == config.steps:
-        print(f"{run_dir}/checkpoint.pt is already at step {before} of {config.steps}: nothing to train")
-        return
-    section = f" --section {args.section}" if args.section != "train" else ""
-    steps = f" --steps {args.steps}" if args.steps is not None else ""
-    command = f"freeecho train --profile {args.profile}{section} --data {args.data} --kind {config.kind}{steps} " \
-              f"--run-dir {run_dir} --resume"
-    card = write_model_card(run_dir, args.data, command)
+        if rank:
+            return
+        if before == config.steps:
+            print(f"{run_dir}/checkpoint.pt is already at step {before} of {config.steps}: nothing to train")
+            return
+        section = f" --section {args.section}" if args.section != "train" else ""
+        steps = f" --steps {args.steps}" if args.steps is not None else ""
+        command = f"freeecho train --profile {args.profile}{section} --data {args.data} --kind {config.kind}" \
+                  f"{steps} --run-dir {run_dir} --resume"
+        card = write_model_card(run_dir, args.data, command)
     print(f"trained {config.kind} from step {before} to step {config.steps}: {run_dir}/checkpoint.pt, "
           f"{run_dir}/ema.pt, {run_dir}/log.csv, {card}")
 
@@ -204,8 +212,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
     config = GenerateConfig(**config_values(args, GenerateConfig), sampler=sampler_from(args))
     device = resolve_device(args.device)
     check_output_folder(args.out, "--out")
-    result = generate_from_map(args.map, args.checkpoint, args.out, config, convention=args.labels, data=args.data,
-                               video_format=args.format, device=device, progress=True, es_map_path=args.es_map)
+    with folder_lock(args.out, "--out"):
+        result = generate_from_map(args.map, args.checkpoint, args.out, config, convention=args.labels,
+                                   data=args.data, video_format=args.format, device=device, progress=True,
+                                   es_map_path=args.es_map)
     n, K, h, w = result["videos"].shape
     print(f"wrote {n} videos of {K} frames ({h} x {w} pixels, {result['fps']:.1f} fps; map read as "
           f"{result['convention']} labels) to {args.out}")
@@ -249,7 +259,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.segmenter is not None and not args.segmenter.is_file():
         raise ValueError(f"--segmenter {args.segmenter}: no such file; expected a checkpoint of freeecho segmenter")
     weights = {"inception": args.inception_weights, "i3d": args.i3d_weights, "r2plus1d": args.r2plus1d_weights}
-    with distributed(device) as (rank, world_size):
+    check_output_folder(args.out, "--out")
+    with distributed(device) as (rank, world_size), \
+            folder_lock(args.out, "--out") if rank == 0 else nullcontext():
         report = evaluate(args.data, args.unconditional, args.clsfree, args.out, config, split=args.split,
                           feature_weights=weights, device=device, rank=rank, world_size=world_size,
                           max_maps=args.max_maps, segmenter=args.segmenter, compile=args.compile)
@@ -450,17 +462,26 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.command_line = "freeecho " + shlex.join(map(str, argv))  # recorded in what a command writes
-    try:
-        with cache_dir_variable(args.cache_dir):
-            args.func(args)
-    except KeyboardInterrupt:
-        print(f"freeecho {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:
-        if args.debug:
-            raise
-        print(f"freeecho {args.command}: error: {one_line(err)}", file=sys.stderr)
-        return 2
+    # Warnings are kept until the command ends: one line each after a success, none after an error, whose one
+    # line then says what went wrong. OpenCV's own log lines are silenced: its failures reach us as errors.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            with cache_dir_variable(args.cache_dir):
+                args.func(args)
+        except KeyboardInterrupt:
+            clear_bars()
+            print(f"freeecho {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:
+            if args.debug:
+                raise
+            clear_bars()
+            print(f"freeecho {args.command}: error: {one_line(err)}", file=sys.stderr)
+            return 2
+    for warning in dict.fromkeys(str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)):
+        print(f"freeecho {args.command}: warning: {one_line(Warning(warning))}", file=sys.stderr)
     return 0
 
 
@@ -469,6 +490,8 @@ def cache_dir_variable(cache_dir: Path | None):
     """FREEECHO_CACHE_DIR set to `cache_dir` for the command (read by every EchoClips, in this process and the
     processes it starts), and restored afterwards."""
     previous = os.environ.get(CACHE_DIR_VARIABLE)
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+        raise ValueError(f"--cache-dir {cache_dir}: is a file; expected a folder for the prepared clips")
     if cache_dir is not None:
         os.environ[CACHE_DIR_VARIABLE] = str(cache_dir)
     try:
@@ -484,9 +507,10 @@ def one_line(err: Exception) -> str:
     """An exception as one line of text; errors the package does not raise itself on bad input (a bug, most
     likely) say what they are and how to see the traceback."""
     text = "; ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+    text = re.sub(r"^\[Errno \d+\] ", "", text)  # an OSError's number says less than its words
     if isinstance(err, KeyError):
         text = f"missing entry {text}"
-    if not isinstance(err, (ValueError, OSError, ImportError, RuntimeError)) or not text:
+    if not isinstance(err, (ValueError, OSError, ImportError, RuntimeError, Warning)) or not text:
         text = f"{type(err).__name__}: {text or 'no message'} (rerun with --debug for the traceback)"
     return text
 

@@ -3,6 +3,9 @@ writes gets the mode a plain `open` or `mkdir` would give under the user's umask
 are created 0600 / 0700 and widened before they are moved into place)."""
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
 import os
 import shutil
 import tempfile
@@ -35,10 +38,41 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
             write(f)
         shared_mode(Path(tmp))
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno == errno.ENOSPC:
+            raise OSError(err.errno, f"{path}: no space left on device") from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_all(writes: dict) -> None:
+    """`atomic_write` for several files as one: every write(binary file) of `writes` ({path: write}) goes to a
+    temporary file first, and only when all are complete do they replace their paths (a full disk leaves every
+    old file as it was). A full disk is an OSError naming the file and "no space left on device"."""
+    temporaries = {}
+    try:
+        for path, write in writes.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temporaries[path] = Path(tmp)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    write(f)
+            except OSError as err:
+                if err.errno == errno.ENOSPC:
+                    raise OSError(err.errno, f"{path}: no space left on device") from None
+                raise
+            shared_mode(Path(tmp))
+        for path, tmp in temporaries.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
@@ -64,6 +98,42 @@ def check_output_folder(path: str | os.PathLike, option: str) -> Path:
     return path
 
 
+def lock_holder(folder: Path) -> str:
+    """The process holding an flock on `folder`, from /proc/locks (Linux): "process PID", or "another process"."""
+    info = folder.stat()
+    inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "FLOCK" in fields and len(fields) > 5 and fields[5] == inode:
+                return f"process {fields[4]}"
+    except OSError:
+        pass
+    return "another process"
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, option: str):
+    """Hold an exclusive lock on the output `folder` (created if needed) for the block: a second run into the same
+    folder is refused at once with a ValueError "<option> FOLDER is in use by process PID". The lock is an flock
+    on the folder itself, so no file is added; a folder the block created and left empty is removed."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{option} {folder} is in use by {lock_holder(folder)}; wait for it to finish or "
+                             f"write elsewhere") from None
+        yield folder
+    finally:
+        os.close(handle)
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 @contextmanager
 def staged_folder(out: str | os.PathLike, what: str):
     """Yield an empty staging folder beside `out`; on success it becomes `out`, on any error it is removed.
@@ -85,14 +155,20 @@ def staged_folder(out: str | os.PathLike, what: str):
         if out.exists():
             out.rmdir()
         staging.rename(out)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if err.errno == errno.ENOSPC and str(out) not in str(err):
+            raise OSError(err.errno, f"{out}: no space left on device") from None
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
 def remove_abandoned_staging(out: Path) -> None:
-    """Remove the staging folders of `out` whose process no longer runs (killed before it could clean up)."""
-    for folder in out.parent.glob(f".{out.name}.partial-*"):
+    """Remove the staging folders beside `out` (of any output there) whose process no longer runs: it was killed
+    before it could clean up."""
+    for folder in out.parent.glob(".*.partial-*"):
         pid = folder.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
         if not pid.isdigit() or not _running(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
@@ -106,6 +182,15 @@ def _running(pid: int) -> bool:
     except PermissionError:  # a process of another user
         return True
     return True
+
+
+def read_json(path: str | os.PathLike, what: str):
+    """The JSON content of a file the project wrote, or a ValueError naming the file (damaged, or not JSON) and
+    what it should have been."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: damaged, not the JSON {what} ({err}); delete it to have it made again") from None
 
 
 def read_text_file(path: str | os.PathLike, what: str) -> str:

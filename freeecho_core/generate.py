@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,7 +21,8 @@ import numpy as np
 from freeecho_core.checkpoint import code_version, load_model
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.maps import map_stem
-from freeecho_core.files import check_output_folder, save_array_atomically, shared_mode, write_text_atomically
+from freeecho_core.files import (check_output_folder, remove_abandoned_staging, save_array_atomically, shared_mode,
+                                 write_text_atomically)
 from freeecho_core.motion import EF_RANGE, es_frame_of_clips
 from freeecho_core.options import at_least, finite_number, option, positive_number, start_step
 from freeecho_core.sampler import DEFAULT_SAMPLER, SamplerConfig
@@ -27,6 +30,15 @@ from freeecho_core.synthesis import DEFAULT_CHECKPOINT, FreeEcho
 from freeecho_core.validate import as_float
 
 VIDEO_FORMATS = {"avi": "MJPG", "mp4": "mp4v"}  # container -> OpenCV fourcc
+FPS_RANGE = (1.0, 1000.0)  # frame rates of the video files (echo: 20-200; OpenCV's writers fail far below 1)
+
+
+def frame_rate(text: str) -> float:
+    """An argparse type: a frame rate in FPS_RANGE."""
+    return as_float("value", text, *FPS_RANGE)
+
+
+frame_rate.__name__ = f"frame rate in {FPS_RANGE[0]:g}..{FPS_RANGE[1]:g}"
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,7 @@ class GenerateConfig:
     sampler: SamplerConfig = DEFAULT_SAMPLER  # the paper's: sampler.PAPER_SAMPLER
     seed: int = field(default=0, metadata=option("seed of the first video", at_least(0)))
     fps: float | None = field(default=None, metadata=option(
-        "frame rate of the written videos (default: that of the model's training data)", positive_number))
+        "frame rate of the written videos (default: that of the model's training data)", frame_rate))
     ef: float | None = field(default=None, metadata=option(
         "a target ejection fraction (0.05-0.85): the pseudo video beats, its LV contracting to the ES volume this "
         "EF implies (default: a still pseudo video, the paper's)", finite_number))
@@ -55,7 +67,7 @@ def write_video(path: Path, video: np.ndarray, fps: float) -> Path:
     container = path.suffix.lstrip(".")
     if container not in VIDEO_FORMATS:
         raise ValueError(f"{path}: video format must be one of {sorted(VIDEO_FORMATS)}")
-    fps = as_float("fps", fps, above=0)
+    fps = as_float("fps", fps, *FPS_RANGE)
     tmp = path.with_name(f".{path.stem}.tmp.{container}")
     K, H, W = video.shape
     try:
@@ -68,12 +80,42 @@ def write_video(path: Path, video: np.ndarray, fps: float) -> Path:
         writer.release()
         written = int(cv2.VideoCapture(str(tmp)).get(cv2.CAP_PROP_FRAME_COUNT))
         if written != K:
-            raise OSError(f"{path}: wrote {K} frames but {written} decode (is the disk full?)")
+            full = shutil.disk_usage(path.parent).free < video.nbytes
+            raise OSError(f"{path}: " + ("no space left on device" if full else
+                                         f"wrote {K} frames but {written} decode"))
         shared_mode(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_sample_set(out: Path, stem: str, videos: np.ndarray, fps: float, container: str, record: dict) -> list[Path]:
+    """One map's videos as a set in `out`: <stem>_<k>.<container> for each sample, <stem>.npy (all frames) and,
+    last, <stem>.json (`record`). All are written into a staging folder first and moved into place only when
+    every one is complete; the samples of an earlier run of the same map that the new set lacks (more of them,
+    or the other container) are removed with the old record. A run that fails or is interrupted leaves `out`
+    as it was. Returns the video files."""
+    out.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_staging(out / stem)
+    staging = Path(tempfile.mkdtemp(prefix=f".{stem}.partial-{os.getpid()}-", dir=out))
+    try:
+        names = [f"{stem}_{k}.{container}" for k in range(len(videos))]
+        for name, video in zip(names, videos):
+            write_video(staging / name, video, fps)
+        save_array_atomically(staging / f"{stem}.npy", videos)
+        write_text_atomically(staging / f"{stem}.json", json.dumps(record, indent=1) + "\n")
+        # Everything is written; renames within the folder need no space.
+        sample = re.compile(rf"{re.escape(stem)}_\d+\.({'|'.join(VIDEO_FORMATS)})")
+        (out / f"{stem}.json").unlink(missing_ok=True)  # first: videos without their record are not a set
+        for old in out.iterdir():
+            if sample.fullmatch(old.name) and old.name not in names:
+                old.unlink()
+        for name in [*names, f"{stem}.npy", f"{stem}.json"]:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / name for name in names]
 
 
 def video_bytes(video: np.ndarray, fps: float, container: str = "avi") -> bytes:
@@ -96,7 +138,7 @@ def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config:
     if video_format not in VIDEO_FORMATS:
         raise ValueError(f"video format must be one of {sorted(VIDEO_FORMATS)}, got {video_format!r}")
     if config.fps is not None:
-        as_float("fps", config.fps, above=0)
+        as_float("fps", config.fps, *FPS_RANGE)
     if config.ef is not None and not EF_RANGE[0] <= as_float("ef", config.ef) <= EF_RANGE[1]:
         raise ValueError(f"the target EF must lie in [{EF_RANGE[0]}, {EF_RANGE[1]}], got {config.ef}")
     if config.es_frame is not None:
@@ -125,15 +167,11 @@ def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config:
     config = replace(config, fps=config.fps or pipe.fps)
     files = []
     if out is not None:
-        out, stem = Path(out), map_stem(map_path)
-        out.mkdir(parents=True, exist_ok=True)
-        files = [write_video(out / f"{stem}_{k}.{video_format}", v, config.fps) for k, v in enumerate(result.videos)]
-        save_array_atomically(out / f"{stem}.npy", result.videos)
         record = {"map": str(map_path), "es_map": None if es_map_path is None else str(es_map_path),
                   "map_shape": list(result.videos.shape[-2:]), "checkpoint": str(checkpoint),
                   "config": asdict(config), "seeds": result.seeds,
                   "frames": pipe.frames, "steps_after_t_i": len(config.sampler.schedule(config.start_step)) - 1,
                   "size": pipe.size, "convention": result.convention, "code_version": code_version()}
-        write_text_atomically(out / f"{stem}.json", json.dumps(record, indent=1) + "\n")
+        files = write_sample_set(Path(out), map_stem(map_path), result.videos, config.fps, video_format, record)
     return {"map": result.ed_map, "videos": result.videos, "convention": result.convention, "fps": config.fps,
             "files": files, "label_maps": result.label_maps}

@@ -129,8 +129,9 @@ def solve_contraction(family, ed_map: np.ndarray, fraction: float) -> float:
 def cycle_fractions(frames: int, es_frame: float, ef: float) -> np.ndarray:
     """V_k / V_ED of K frames from ED with ES at `es_frame` (fractional frames allowed): the phantom's volume
     curve over a cycle of es_frame / ES_PHASE frames."""
-    if not es_frame > 0:
-        raise ValueError(f"the ES frame must come after ED (frame 0), got {es_frame}")
+    if not 0 < es_frame <= frames - 1:
+        raise ValueError(f"es_frame {es_frame:g}: end systole must fall after ED (frame 0) and within the clip's "
+                         f"{frames} frames (at most {frames - 1})")
     phase = np.arange(frames) / (es_frame / ES_PHASE)
     return volume_curve(phase, ef, ES_PHASE)
 

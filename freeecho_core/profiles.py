@@ -1,12 +1,21 @@
 """Papermill profiles (params/<name>.yaml): notebook parameters and the `train` section, shared by the
-notebooks and the `freeecho` command."""
+notebooks and the `freeecho` command.
+
+A profile's sections: one per notebook (its file name without .ipynb), `train` and `segment`, and later stages or
+variants of those two named `train_<what>` and `segment_<what>`. Any other section is refused with the nearest
+valid name: a misspelt section would otherwise be skipped silently."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
 
+from freeecho_core.validate import check_known
+
 PARAMS_DIR = Path(__file__).resolve().parents[1] / "params"  # the repository's params/ (editable install)
+NOTEBOOKS_DIR = PARAMS_DIR.parent / "notebooks"
+STAGES = ("train", "segment")  # sections of settings; `<stage>_<what>` names a later stage or a variant
 
 
 def profile_file(name: str | Path) -> Path:
@@ -35,6 +44,12 @@ def load_profile(name: str | Path) -> dict:
     if not isinstance(profile, dict) or not profile:
         raise ValueError(f"{path}: empty or not a mapping of sections; a profile has a `train` section and one "
                          f"section per notebook")
+    notebooks = sorted(p.stem for p in NOTEBOOKS_DIR.glob("*.ipynb"))
+    stages = [s for s in map(str, profile) if re.fullmatch(rf"({'|'.join(STAGES)})(_\w+)?", s)]
+    try:
+        check_known("sections", profile, [*STAGES, *stages, *notebooks])
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     return profile
 
 

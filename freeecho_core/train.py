@@ -25,13 +25,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from freeecho_core.checkpoint import clip_config, code_version, load_checkpoint, save_checkpoint, unet_payload
+from freeecho_core.checkpoint import clip_config, code_version, load_checkpoint, save_checkpoints, unet_payload
 from freeecho_core.data.case import FIVE_LABELS, one_hot_maps
 from freeecho_core.data.dataset import EchoClips, dataset_fingerprint
 from freeecho_core.edm import EDMPrecond, edm_loss
 from freeecho_core.progress import progress_bar
 from freeecho_core.unet3d import PRESETS, UNet3D, unet3d_config
-from freeecho_core.validate import as_bool, as_choice, as_float, as_int
+from freeecho_core.validate import as_bool, as_choice, as_float, as_int, check_known
 
 MODEL_KINDS = ("unconditional", "clsfree")
 
@@ -76,6 +76,9 @@ class TrainConfig:
                    "bf16": as_bool("bf16", self.bf16), "compile": as_bool("compile", self.compile)}
         for name, value in values.items():
             object.__setattr__(self, name, value)
+        multiple = PRESETS[self.preset].downsampling  # the UNet halves the frame at each level but the last
+        if self.size % multiple:
+            raise ValueError(f"size: expected a multiple of {multiple} for the {self.preset} preset, got {self.size}")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -174,13 +177,13 @@ def training_state(config: TrainConfig, model, ema, optimizer, step: int, data: 
 
 def write_checkpoints(run_dir: Path, config: TrainConfig, model, ema, optimizer, step: int, data: dict,
                       version: dict) -> None:
-    """`checkpoint.pt` (everything needed to resume) and `ema.pt` (config + EMA weights, for sampling); both
-    carry `data` (the training folder, its fingerprint and the frame rate of its clips, which sampled videos are
-    played at) and `version`, the code version the process started with (the checkout may change under a long
-    run)."""
-    save_checkpoint(run_dir / "checkpoint.pt", training_state(config, model, ema, optimizer, step, data, version))
-    save_checkpoint(run_dir / "ema.pt", unet_payload(ema, code_version=version, train_config=asdict(config),
-                                                     step=step, data=data))
+    """`checkpoint.pt` (everything needed to resume) and `ema.pt` (config + EMA weights, for sampling), written as
+    a pair: a failed write leaves the previous pair as it was. Both carry `data` (the training folder, its
+    fingerprint and the frame rate of its clips, which sampled videos are played at) and `version`, the code
+    version the process started with (the checkout may change under a long run)."""
+    save_checkpoints({run_dir / "checkpoint.pt": training_state(config, model, ema, optimizer, step, data, version),
+                      run_dir / "ema.pt": unet_payload(ema, code_version=version, train_config=asdict(config),
+                                                       step=step, data=data)})
 
 
 def resume_state(run_dir: Path, config: TrainConfig, model, ema, optimizer, data: dict,
@@ -257,6 +260,10 @@ def train(config: TrainConfig, data_root: str | os.PathLike, run_dir: str | os.P
         if rank == 0:  # keep the steps completed so far
             write_checkpoints(run_dir, config, model, ema, optimizer, done, data, version)
         raise
+    except BaseException:
+        if rank == 0 and not (run_dir / "checkpoint.pt").exists():  # a log of steps that no checkpoint holds
+            (run_dir / "log.csv").unlink(missing_ok=True)
+        raise
     if rank == 0 and done > start and done % config.checkpoint_every:
         write_checkpoints(run_dir, config, model, ema, optimizer, done, data, version)
     return run_dir
@@ -321,11 +328,14 @@ class TrainLog:
         self.path, self.enabled, self.start, self.offset = path, enabled, time.perf_counter(), 0.0
         if enabled and path.exists():
             lines = path.read_text().splitlines(keepends=True)
-            kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= resume_step]
-            if len(kept) < len(lines):
+            if lines and not lines[-1].endswith("\n"):  # the torn last row of a killed process
+                lines = lines[:-1]
+            rows = [log_row(path, n, line) for n, line in enumerate(lines[1:], start=2)]
+            kept = lines[:1] + [line for line, (step, _) in zip(lines[1:], rows) if step <= resume_step]
+            if len(kept) < len(lines) or not path.read_text().endswith("\n"):
                 path.write_text("".join(kept))
             if len(kept) > 1:
-                self.offset = float(kept[-1].rstrip().rsplit(",", 1)[1])
+                self.offset = [seconds for step, seconds in rows if step <= resume_step][-1]
 
     def write(self, step: int, loss: float) -> None:
         if not self.enabled:
@@ -336,6 +346,16 @@ class TrainLog:
         with self.path.open("a", newline="") as f:
             seconds = self.offset + time.perf_counter() - self.start
             csv.writer(f).writerow([step, f"{loss:.6g}", f"{seconds:.3f}"])
+
+
+def log_row(path: Path, number: int, line: str) -> tuple[int, float]:
+    """(step, seconds) of one row of log.csv, or a ValueError naming the file and the line."""
+    try:
+        step, _, seconds = line.rstrip("\n").split(",")
+        return int(step), float(seconds)
+    except ValueError:
+        raise ValueError(f"{path}: line {number} is not a step,loss,seconds row ({line.strip()!r}); the log is "
+                         f"damaged: restore it, or delete it to start it anew") from None
 
 
 def read_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -350,10 +370,10 @@ def config_from_profile(profile: dict, *, source: str = "the profile", section: 
                         **overrides) -> TrainConfig:
     """A TrainConfig from a profile's `train` section (or a later stage's `section`, params/<profile>.yaml), with
     overrides; errors name `source` (the profile file), the section and the setting."""
-    unknown = set(profile) - set(TrainConfig.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"{source}: unknown training settings {sorted(unknown)}; known: "
-                         f"{sorted(TrainConfig.__dataclass_fields__)}")
+    try:
+        check_known("training settings", profile, TrainConfig.__dataclass_fields__)
+    except ValueError as err:
+        raise ValueError(f"{source}: {section}: {err}") from None
     try:
         return replace(TrainConfig(**profile), **overrides)
     except ValueError as err:

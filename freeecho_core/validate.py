@@ -2,6 +2,7 @@
 ValueError that names the setting, what was expected and what was given."""
 from __future__ import annotations
 
+import difflib
 import math
 
 
@@ -37,6 +38,17 @@ def as_choice(name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
     return value
+
+
+def check_known(what: str, given, known) -> None:
+    """Refuse names in `given` that are not in `known`: one ValueError naming each with the nearest known name."""
+    unknown = sorted(set(map(str, given)) - set(known))
+    if unknown:
+        hints = []
+        for name in unknown:
+            near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+            hints.append(f"{name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        raise ValueError(f"unknown {what} {', '.join(hints)}; known: {sorted(known)}")
 
 
 def _number(name: str, value, expected: str):

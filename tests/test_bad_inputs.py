@@ -42,10 +42,17 @@ def inputs(trained, tmp_path_factory):
     for name, change in {"batch0": {"batch_size": 0}, "batch_neg": {"batch_size": -2},
                          "ckpt_every0": {"checkpoint_every": 0}, "lr_fast": {"lr": "fast"},
                          "bf16_maybe": {"bf16": "maybe"}, "p_uncond": {"p_uncond": 1.5},
-                         "preset": {"preset": "huge"}, "size0": {"size": 0}, "unknown": {"wings": 2}}.items():
+                         "preset": {"preset": "huge"}, "size0": {"size": 0}, "unknown": {"wings": 2},
+                         "size33": {"size": 33}, "misspelt": {"stpes": 5}}.items():
         path = root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(smoke | {"train": smoke["train"] | change}))
         files[f"profile_{name}"] = path
+    for name, change in {"steps0": {"steps": 0}, "lr_fast": {"lr": "fast"}, "misspelt": {"levles": 3}}.items():
+        path = root / f"segment_{name}.yaml"
+        path.write_text(yaml.safe_dump(smoke | {"segment": smoke["segment"] | change}))
+        files[f"profile_segment_{name}"] = path
+    (root / "section.yaml").write_text(yaml.safe_dump(smoke | {"segmnet": smoke["segment"]}))
+    files["profile_section"] = root / "section.yaml"
     (root / "broken.yaml").write_text("train: [1, 2\n")
     (root / "empty.yaml").write_text("")
     (root / "notrain.yaml").write_text("segment:\n  steps: 1\n")
@@ -120,6 +127,9 @@ CASES = [
                              ("ckpt_every0", "checkpoint_every"), ("lr_fast", "train.lr"), ("bf16_maybe", "bf16"),
                              ("p_uncond", "p_uncond"), ("preset", "preset"), ("size0", "train.size"),
                              ("unknown", "unknown training settings"), ("broken", "not valid YAML"),
+                             ("size33", "train.size: expected a multiple of 2 for the tiny preset"),
+                             ("misspelt", "'stpes' (did you mean 'steps'?)"),
+                             ("section", "'segmnet' (did you mean 'segment'?)"),
                              ("empty", "empty"), ("notrain", "section `train` is missing"),
                              ("binary", "not a text file")]),
     ("train-profile-missing", lambda f, t: TRAIN + ["--profile", "nosuch", "--data", f["camus"]], "not found"),
@@ -137,10 +147,23 @@ CASES = [
     ("train-resume-other-data", lambda f, t: TRAIN + ["--data", f["other_camus"], "--run-dir", f["run"],
                                                       "--resume", "--steps", "3"], "--other-data"),
     ("train-run-dir-file", lambda f, t: TRAIN + ["--data", f["camus"], "--run-dir", f["text"]], "--run-dir"),
+    # segmenter: its profile section is checked as the train section is
+    *((f"segmenter-profile-{name}", lambda f, t, name=name: [
+        "segmenter", "--profile", f[f"profile_segment_{name}"], "--data", f["camus"], "--out", t / "s.pt",
+        "--device", "cpu"], expected)
+      for name, expected in [("steps0", "segment.steps"), ("lr_fast", "segment.lr"),
+                             ("misspelt", "'levles' (did you mean 'levels'?)")]),
     # generate
+    ("generate-es-frame-beyond-the-clip", lambda f, t: [
+        "generate", "--map", f["map"], "--checkpoint", f["unconditional"], "--out", t / "o", "--ef", "0.5",
+        "--es-frame", "100"], "es_frame 100"),
+    ("generate-cache-dir-file", lambda f, t: [
+        "--cache-dir", f["text"], "generate", "--map", f["map"], "--checkpoint", f["unconditional"], "--out",
+        t / "o"], "--cache-dir"),
     *((f"generate-{option.strip('-')}-{value}", lambda f, t, o=option, v=value: [
         "generate", "--map", f["map"], "--checkpoint", f["unconditional"], "--out", t / "o", o, v], option)
       for option, value in [("--samples", "0"), ("--samples", "-1"), ("--fps", "0"), ("--fps", "nan"),
+                            ("--fps", "0.001"),
                             ("--t-start", "64"), ("--t-start", "-1"), ("--seed", "-1"), ("--device", "tpu9"),
                             ("--sampler-steps", "1"), ("--sampler-steps", "many"), ("--solver", "rk4")]),
     *((f"generate-checkpoint-{name}", lambda f, t, name=name: [
@@ -163,6 +186,9 @@ CASES = [
         "evaluate", "--data", f["camus"], "--unconditional", f["unconditional"], "--out", t / "e", o, v], option)
       for option, value in [("--samples", "0"), ("--samples", "-3"), ("--max-maps", "0"), ("--batch", "0"),
                             ("--start-steps", "64"), ("--guidance", "nan"), ("--sampler-steps", "0")]),
+    ("evaluate-clsfree-without-its-model", lambda f, t: [
+        "evaluate", "--data", f["camus"], "--unconditional", f["unconditional"], "--out", t / "e", "--methods",
+        "clsfree"], "needs its model, --clsfree"),
     ("evaluate-dpmpp2m-churn", lambda f, t: [
         "evaluate", "--data", f["camus"], "--unconditional", f["unconditional"], "--out", t / "e", "--solver",
         "dpmpp2m", "--sampler", "churn"], "dpmpp2m solver integrates the deterministic ODE only"),
@@ -203,6 +229,7 @@ CASES = [
                             ("--cycles", "nan"), ("--cycles", "0"), ("--count", "0"), ("--workers", "0")]),
     ("phantom-out-file", lambda f, t: ["phantom", "--format", "camus", "--out", f["text"]], "is a file"),
     ("phantom-no-format", lambda f, t: ["phantom", "--out", t / "p"], "give --format"),
+    ("phantom-stats-with-out", lambda f, t: ["phantom", "--stats", f["camus"], "--out", t / "p"], "drop --out"),
     # bench
     *((f"bench-{option.strip('-')}-{value}", lambda f, t, o=option, v=value: ["bench", "--preset", "tiny", o, v],
        option) for option, value in [("--repeats", "0"), ("--size", "0"), ("--batch", "0"), ("--device", "tpu9")]),
@@ -255,7 +282,8 @@ def test_bad_input_gives_one_clear_line_and_leaves_nothing(build, expected, inpu
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"freeecho {args[0]}: error: ") and "Traceback" not in err
+    command = next(a for i, a in enumerate(args) if not a.startswith("-") and args[i - 1: i] != ["--cache-dir"])
+    assert err.startswith(f"freeecho {command}: error: ") and "Traceback" not in err
     assert expected in err, err
     assert tree(tmp_path) == before and tree(inputs["run"]) == run_before  # nothing written, nothing left behind
 

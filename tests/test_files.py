@@ -42,7 +42,7 @@ def test_a_failed_write_names_the_file_and_leaves_no_temporary(tmp_path, monkeyp
 
 
 def test_a_video_that_cannot_be_written_leaves_nothing(tmp_path):
-    with pytest.raises(ValueError, match="fps: expected a number > 0"):
+    with pytest.raises(ValueError, match="fps: expected a number >= 1"):
         write_video(tmp_path / "v.avi", np.zeros((4, 16, 16), np.uint8), 0)
     assert list(tmp_path.iterdir()) == []
 

@@ -1,5 +1,6 @@
 """Generation from a user's own map: video files, the end-to-end path (`freeecho generate`) and its errors."""
 import json
+import sys
 
 import cv2
 import nibabel as nib
@@ -58,8 +59,9 @@ def test_generation_from_a_map_file_writes_videos_frames_and_a_record(trained, c
         generate_from_map(tmp_path / "ed.png", tmp_path / "missing.pt", None, config)
 
 
-def test_generate_command(trained, camus_map, tmp_path, capsys):
+def test_generate_command(trained, camus_map, tmp_path, capsys, monkeypatch):
     _, unconditional, _ = trained
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal: the bar is drawn
     nib.save(nib.Nifti1Image(camus_map.T.copy(), np.eye(4)), tmp_path / "ed.nii.gz")
     args = ["generate", "--map", str(tmp_path / "ed.nii.gz"), "--checkpoint", str(unconditional), "--t-start", "55",
             "--samples", "1", "--out", str(tmp_path / "out"), "--solver", "euler", "--sampler", "ode", "--format", "mp4",

@@ -35,6 +35,19 @@ def test_png_and_nifti_maps_read_the_same_labels(camus_map, tmp_path):
         assert labels.dtype == np.int64 and np.array_equal(labels, camus_map), name
 
 
+def test_palette_pngs_are_read_as_their_indices_not_their_colours(camus_map, tmp_path):
+    """A palette PNG written by Pillow (as image tools save label maps), its colours unlike the labels."""
+    from PIL import Image
+
+    image = Image.fromarray(camus_map, mode="L").convert("P")
+    image.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [128] * 3 * 252)
+    image.save(tmp_path / "palette.png")
+    assert Image.open(tmp_path / "palette.png").mode == "P"
+    labels = read_map(tmp_path / "palette.png")
+    assert labels.dtype == np.int64 and np.array_equal(labels, camus_map)
+    assert prepare_map(tmp_path / "palette.png", 32).convention == "camus"
+
+
 def test_bad_map_files_get_clear_errors(camus_map, tmp_path):
     with pytest.raises(FileNotFoundError, match="map file not found"):
         read_map(tmp_path / "none.png")
@@ -86,6 +99,19 @@ def test_the_convention_is_inferred_from_the_values_and_recorded(camus_map):
     assert infer_convention({0, 1}) == infer_convention({0, 255}) == "lv" and infer_convention({0, 1, 3}) == "camus"
     assert prepare_map(camus_map.astype(np.int64), 32).convention == "camus"
     assert prepare_map((camus_map == 1).astype(np.int64) * 255, 32).convention == "lv"
+
+
+def test_a_five_label_map_without_an_atrium_is_read_as_five_labels(camus_map):
+    """Labels {0, 1, 2, 3} are CAMUS labels, or the 5-label convention of a view without the atrium: there label 1
+    is the sector's tissue, far larger than the LV and myocardium it surrounds."""
+    camus, sector, _ = camus_labels_and_sector(camus_map.astype(np.int64), "camus")
+    five = to_five_labels(np.where(camus == 3, 0, camus), sector)
+    assert set(np.unique(five)) == {0, 1, 2, 3}
+    prepared = prepare_map(five, 32)
+    assert prepared.convention == "five" and np.array_equal(prepared.ed_map, prepare_map(five, 32, "five").ed_map)
+    assert (prepared.ed_map == 2).mean() < 0.2  # the LV is the cavity, not the whole sector
+    assert prepare_map(camus_map.astype(np.int64), 32).convention == "camus"
+    assert prepare_map(np.where(camus_map == 3, 0, camus_map).astype(np.int64), 32).convention == "camus"
 
 
 def test_lv_only_maps_grow_the_myocardium_ring_of_the_training_clips(camus_map):

@@ -92,7 +92,7 @@ def test_bad_requests_are_refused_in_one_line(heart):
         beating_maps(ed, 8, 4, es_map=es[:32])
     with pytest.raises(ValueError, match="ES map's EF must lie in"):
         beating_maps(ed, 8, 4, es_map=ed)  # no contraction
-    with pytest.raises(ValueError, match="ES frame must come after ED"):
+    with pytest.raises(ValueError, match="end systole must fall after ED"):
         beating_maps(ed, 8, 0, ef=0.5)
     with pytest.raises(ValueError, match="no LV cavity"):
         beating_maps(to_five_labels(np.zeros((64, 64), int), np.ones((64, 64), bool)), 8, 4, ef=0.5)

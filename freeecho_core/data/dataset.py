@@ -5,6 +5,7 @@ column. Split names are TRAIN, VAL and TEST for both.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -140,7 +141,7 @@ class EchoClips(Dataset):
                 self._store = open_store(self.cache, self.store_name(), self, self.store_key(),
                                          self.item_names(), self.sources(), self.workers, self.progress)
             except OSError as error:
-                if self.explicit_cache:
+                if self.explicit_cache or error.errno == errno.ENOSPC:  # a full disk is for the user to free
                     raise
                 warnings.warn(f"{self.cache}: cannot keep prepared clips there ({error.strerror}); every clip is "
                               f"decoded again on each use; pass a writable cache folder (--cache-dir)", stacklevel=2)

@@ -8,7 +8,9 @@ conventions (`CONVENTIONS`; "auto" infers it from the values):
 - "five": the method's labels, 0 outside the sector, 1 sector tissue, 2 LV, 3 myocardium, 4 left atrium;
 - "lv": an LV mask alone (0/1 or 0/255), as EchoNet-Dynamic traces it; the fan is added and a myocardium ring is
   grown around the LV with `clips.myocardium_ring`, exactly as the EchoNet training clips get theirs.
-"auto" reads a map holding label 4 as "five", a binary mask as "lv", and anything else as "camus".
+"auto" reads a map holding label 4 as "five", a binary mask as "lv", a map of labels 1-3 whose label 1 covers more
+than twice the area of labels 2 and 3 together as "five" without an atrium (label 1 is then the sector's tissue;
+a CAMUS LV cavity is never that large beside its myocardium), and anything else as "camus".
 
 Labels are checked at the file's own resolution, before any resizing (a stray label between sampled pixels
 would otherwise vanish). The model's input is then made by `clips.ed_map_from_labels`, the function that makes
@@ -47,14 +49,26 @@ def _check_side(shape, where: str) -> None:
                          f"downsample it with nearest neighbour first")
 
 
-def png_shape(path: Path) -> tuple[int, int]:
-    """(height, width) from a PNG's header, without decoding it (ValueError if it is not a PNG)."""
+def png_header(path: Path) -> tuple[int, int, int, int]:
+    """(height, width, bit depth, colour type) from a PNG's header, without decoding it (ValueError if it is not a
+    PNG). Colour type 3 is a palette PNG."""
     with open(path, "rb") as f:
-        head = f.read(24)
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         raise ValueError(f"{path} is not a PNG file OpenCV can read")
     width, height = struct.unpack(">II", head[16:24])
-    return height, width
+    return height, width, head[24], head[25]
+
+
+def palette_indices(path: Path) -> np.ndarray:
+    """The (H, W) palette indices of a palette PNG, read with Pillow (OpenCV would give their colours)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image).astype(np.int64)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ValueError(f"{path}: a palette PNG Pillow cannot read ({err})") from None
 
 
 def read_map(path: str | os.PathLike) -> np.ndarray:
@@ -78,7 +92,10 @@ def read_map(path: str | os.PathLike) -> np.ndarray:
                              f"(for a sequence, save the ED frame's labels)")
         data = data.T
     elif name.endswith(".png"):
-        _check_side(png_shape(path), str(path))
+        height, width, _, colour_type = png_header(path)
+        _check_side((height, width), str(path))
+        if colour_type == 3:
+            return palette_indices(path)
         data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if data is None:
             raise ValueError(f"{path} is not a PNG file OpenCV can read")
@@ -104,12 +121,17 @@ def fan_sector(shape: tuple[int, int], labels: np.ndarray, half_angle_deg: float
     return ((np.hypot(x, z) <= H) & (angle <= max(half_angle_deg, needed))) | labelled
 
 
-def infer_convention(values: set) -> str:
-    """"five" for a map holding label 4, "lv" for a binary mask (0/1 or 0/255), "camus" otherwise."""
+def infer_convention(values: set, labels: np.ndarray | None = None) -> str:
+    """"five" for a map holding label 4, "lv" for a binary mask (0/1 or 0/255), "five" for labels 1-3 whose label 1
+    covers more than twice the area of labels 2 and 3 (sector tissue around an LV and myocardium, no atrium; needs
+    `labels`), "camus" otherwise."""
     if 4 in values:
         return "five"
     if values <= {0, 1} or values <= {0, 255}:
         return "lv"
+    if labels is not None and {1, 2} <= values <= {0, 1, 2, 3}:
+        if (labels == 1).sum() > 2 * np.isin(labels, (2, 3)).sum():
+            return "five"
     return "camus"
 
 
@@ -139,7 +161,7 @@ def camus_labels_and_sector(labels: np.ndarray, convention: str = "auto",
     _check_side(labels.shape, where)
     values = set(np.unique(labels).tolist())
     if convention == "auto":
-        convention = infer_convention(values)
+        convention = infer_convention(values, labels)
     allowed = {"five": set(FIVE_LABELS), "camus": set(CAMUS_LABELS), "lv": {0, 1, 255}}[convention]
     unknown = sorted(values - allowed)
     if unknown:

@@ -21,8 +21,10 @@ rebuilt when its index no longer matches: another clip config, code that prepare
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import multiprocessing
 import os
 import shutil
 import time
@@ -40,11 +42,19 @@ NO_LABEL = 255  # stored value of UNLABELLED
 ARRAYS = ("video", "labels", "ed_map", "sector")
 
 
+class SourceError(ValueError):
+    """A recording of the dataset could not be read: the data's fault, not the cache folder's."""
+
+
 def source_stats(root: Path, files: list[Path]) -> dict[str, list[int]]:
     """{path relative to root: [size, modification time in ns]} of `files`."""
     stats = {}
     for path in files:
-        st = path.stat()
+        try:
+            st = path.stat()
+        except OSError as err:
+            raise SourceError(f"{path}: a recording of {root} is missing or unreadable ({err.strerror}); restore "
+                              f"it, or remove it from the dataset") from None
         stats[path.relative_to(root).as_posix()] = [st.st_size, st.st_mtime_ns]
     return stats
 
@@ -121,7 +131,10 @@ def is_current(folder: Path, key: dict, items: list[str], sources: dict[str, lis
     index_path = folder / "index.json"
     if not index_path.is_file():
         return False
-    index = json.loads(index_path.read_text())
+    try:
+        index = json.loads(index_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):  # a damaged store is rebuilt
+        return False
     return index.get("key") == key and index.get("items") == items and index.get("sources") == sources
 
 
@@ -145,7 +158,11 @@ def _set_preparer(dataset) -> None:
 
 
 def _prepare_one(i: int):
-    clip = _PREPARER.decode(i)
+    try:
+        clip = _PREPARER.decode(i)
+    except OSError as err:  # a recording deleted or unreadable since the dataset was listed
+        raise SourceError(f"{err.filename or _PREPARER.item_names()[i]}: cannot read this recording of "
+                          f"{_PREPARER.root} ({err.strerror or err})") from None
     return compact(clip), {"case_id": clip.case_id, "view": clip.view, "fps": clip.fps}
 
 
@@ -155,11 +172,14 @@ def build_store(folder: Path, dataset, key: dict, items: list[str], sources: dic
     `folder` (replacing an outdated one). Returns the build's statistics."""
     n, K, S = len(dataset), dataset.config.frames, dataset.config.size
     workers = max(1, min(workers or os.cpu_count() or 1, n))
+    if multiprocessing.current_process().daemon:  # a DataLoader worker: it may not start processes of its own
+        workers = 1
     start = time.perf_counter()
-    if folder.exists():
-        shutil.rmtree(folder)
-    with staged_folder(folder, "prepared clips") as staging:
-        arrays = {name: np.lib.format.open_memmap(staging / f"{name}.npy", "w+", np.uint8, shape)
+    new = folder.with_name(f"{folder.name}.new")  # the old store stays until the new one is complete
+    if new.exists():
+        shutil.rmtree(new)
+    with staged_folder(new, "prepared clips") as staging:
+        arrays = {name: allocated_memmap(staging / f"{name}.npy", shape)
                   for name, shape in (("video", (n, K, S, S)), ("labels", (n, K, S, S)), ("ed_map", (n, S, S)),
                                       ("sector", (n, S, S)))}
         # Shown from the second second on: the quick stores of a notebook or a test leave no bar behind.
@@ -180,7 +200,34 @@ def build_store(folder: Path, dataset, key: dict, items: list[str], sources: dic
         index = {"key": key, "items": items, "sources": sources, "clips": clips,
                  "build": {"seconds": seconds, "workers": workers, "clips": n}}
         (staging / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+    if folder.exists():
+        old = folder.with_name(f"{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        new.rename(folder)
+        shutil.rmtree(old)
+    else:
+        new.rename(folder)
     return index["build"]
+
+
+def allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A uint8 .npy file of `shape` mapped for writing, its blocks allocated on disk first: a full disk is then
+    an OSError naming the folder here, not a SIGBUS on the first write into a page it cannot hold."""
+    size = int(np.prod(shape))
+    try:
+        array = np.lib.format.open_memmap(path, "w+", np.uint8, shape)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise OSError(err.errno, f"{path.parent}: no space left on device for the prepared clips "
+                                     f"({size / 1e6:.1f} MB for {path.name})") from None
+        raise OSError(err.errno, f"{path}: {err.strerror}") from None
+    return array
 
 
 def _fill(arrays: dict, results) -> list[dict]:

@@ -23,7 +23,7 @@ from freeecho_core.checkpoint import code_version, load_model
 from freeecho_core.data.clips import PREPARATION_VERSION, UNLABELLED, unit_from_grey
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.lv import camus_from_five, dice, ef_area_proxy
-from freeecho_core.files import write_text_atomically
+from freeecho_core.files import read_json, write_text_atomically
 from freeecho_core.motion import beating_maps, beating_pseudo_video, es_frame_of_clips
 from freeecho_core.options import at_least, finite_number, option, start_step
 from freeecho_core.progress import progress_bar
@@ -114,7 +114,7 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
                                       "checkpoint": str(checkpoint), "checkpoint_sha256": file_digest(checkpoint),
                                       "data": str(data_root), "es_frame": es_frame,
                                       "clip_preparation": PREPARATION_VERSION}))
-    stored = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    stored = read_json(out_json, "EF study") if out_json.is_file() else {}
     jobs = [(t_i, index, ef) for t_i in config.start_steps for index in range(len(clips))
             for ef in (None, *config.efs)]
     # Rows of the same study are kept, also when it is extended by more t_i or targets.

@@ -16,7 +16,7 @@ import torch
 
 from freeecho_core.bench.timing import cpu_model
 from freeecho_core.checkpoint import code_version, load_checkpoint
-from freeecho_core.files import write_text_atomically
+from freeecho_core.files import read_json, write_text_atomically
 from freeecho_core.train import read_log
 
 CARD_NAME = "model_card.json"
@@ -109,7 +109,7 @@ def record_held_out_scores(checkpoint: str | os.PathLike, scores: dict) -> Path 
     card_path = Path(checkpoint).parent / CARD_NAME
     if not card_path.is_file():
         return None
-    card = json.loads(card_path.read_text())
+    card = read_json(card_path, "model card")
     about = scores["evaluation"]
     key = f"{about['split']}, {about['maps']} maps x {about['samples_per_map']}, {about['solver']} {about['sampler']}"
     if about.get("sampler_steps"):  # the schedule's own steps are the unmarked default

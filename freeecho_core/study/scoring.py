@@ -176,6 +176,9 @@ def evaluate(data_root, unconditional: str | os.PathLike, clsfree: str | os.Path
     if len(data) == 0:
         raise ValueError(f"{data_root}: the {split} split is empty")
     methods = method_specs(config, clsfree=bool(clsfree))
+    if not methods:
+        raise ValueError(f"no method to run: the Cls-Free baseline (--methods {' '.join(config.methods)}) needs "
+                         f"its model, --clsfree <ema.pt>")
     if rank == 0:
         digests = {role: file_digest(path) for role, path in (("unconditional", unconditional),
                                                                ("clsfree", clsfree)) if path}

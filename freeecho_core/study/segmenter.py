@@ -24,7 +24,7 @@ from freeecho_core.data.clips import UNLABELLED, ClipConfig
 from freeecho_core.data.dataset import SPLITS, EchoClips
 from freeecho_core.data.lv import dice
 from freeecho_core.progress import progress_bar
-from freeecho_core.validate import first_reason
+from freeecho_core.validate import as_bool, as_float, as_int, check_known, first_reason
 
 CLASSES = len(CAMUS_LABELS)  # 0 background, 1 LV, 2 myocardium, 3 LA
 
@@ -42,6 +42,12 @@ class SegConfig:
     augment: bool = False  # random pose and grey-level changes of every training frame (`augment_batch`)
 
     def __post_init__(self):
+        """Coerce numeric text and check every field: one ValueError naming it."""
+        ints = {"frames": 1, "size": 8, "dim": 1, "levels": 1, "steps": 1, "batch_size": 1, "seed": 0}
+        for name, low in ints.items():
+            object.__setattr__(self, name, as_int(name, getattr(self, name), low))
+        object.__setattr__(self, "lr", as_float("lr", self.lr, above=0))
+        object.__setattr__(self, "augment", as_bool("augment", self.augment))
         if self.size % 2 ** (self.levels - 1):
             raise ValueError(f"size {self.size} must be divisible by 2 ** (levels - 1) = {2 ** (self.levels - 1)}")
 
@@ -215,12 +221,18 @@ def seg_config_from_profile(profile: dict, section_name: str = "segment") -> Seg
     videos of the models trained there)."""
     if section_name not in profile and section_name != "segment":
         raise ValueError(f"the profile has no section {section_name!r}")
-    section = profile.get(section_name, {})
-    not_allowed = (set(section) - set(SegConfig.__dataclass_fields__)) | ({"frames", "size"} & set(section))
-    if not_allowed:
-        raise ValueError(f"unknown or fixed segmenter settings {sorted(not_allowed)} (frames and size come from "
-                         f"`train`)")
-    return SegConfig(frames=profile["train"]["frames"], size=profile["train"]["size"], **section)
+    section = profile.get(section_name) or {}
+    if not isinstance(section, dict):
+        raise ValueError(f"section `{section_name}` is not a mapping of settings")
+    fixed = sorted({"frames", "size"} & set(section))
+    if fixed:
+        raise ValueError(f"{section_name}: {fixed} are not segmenter settings; frames and size come from `train` "
+                         f"(the clips the segmenter judges)")
+    try:
+        check_known("segmenter settings", section, set(SegConfig.__dataclass_fields__) - {"frames", "size"})
+        return SegConfig(frames=profile["train"]["frames"], size=profile["train"]["size"], **section)
+    except ValueError as err:
+        raise ValueError(f"{section_name}.{err}") from None
 
 
 def trained_segmenter(config: SegConfig, data_root, path, **kwargs) -> tuple[Path, str]:

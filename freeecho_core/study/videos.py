@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from freeecho_core.data.dataset import EchoClips, dataset_fingerprint
-from freeecho_core.files import save_array_atomically, write_text_atomically
+from freeecho_core.files import read_json, save_array_atomically, write_text_atomically
 from freeecho_core.options import at_least, option, start_step
 from freeecho_core.progress import progress_bar
 from freeecho_core.sampler import PAPER_SAMPLER, SamplerConfig
@@ -106,7 +106,7 @@ def claim_video_folder(out: Path, method: Method, key: dict) -> None:
     seed, checkpoint, sampler or dataset) are deleted, with a warning, and made again."""
     folder = out / "videos" / method.name
     key_path = folder / "key.json"
-    stored = json.loads(key_path.read_text()) if key_path.is_file() else None
+    stored = read_json(key_path, "key of the stored videos") if key_path.is_file() else None
     if stored == key:
         return
     stale = sorted(folder.glob("*.npy")) if folder.is_dir() else []
@@ -117,6 +117,14 @@ def claim_video_folder(out: Path, method: Method, key: dict) -> None:
         for path in stale:
             path.unlink()
     write_text_atomically(key_path, json.dumps(key, indent=1) + "\n")
+
+
+def stored_samples(path: Path) -> int:
+    """How many videos the stored set at `path` holds; 0 for a damaged file (a killed run), which is made again."""
+    try:
+        return np.load(path, mmap_mode="r").shape[0]
+    except (ValueError, OSError, EOFError):
+        return 0
 
 
 def load_videos(path: Path) -> torch.Tensor:
@@ -135,7 +143,7 @@ def generate_all(data: EchoClips, models: dict, out: Path, config: EvalConfig, d
     for i, method in progress_bar(jobs, disable=not progress or rank, desc="generating", unit="map x method"):
         clip = data.clip(i)
         path = video_path(out, method, clip.case_id, clip.view)
-        if path.is_file() and np.load(path, mmap_mode="r").shape[0] == config.samples:
+        if path.is_file() and stored_samples(path) == config.samples:
             continue
         seeds = sample_seeds(config.seed, method.name, config.samples)
         videos = torch.cat([generate(method, clip.ed_map, seeds[b : b + config.batch], models, target,
