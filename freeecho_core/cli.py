@@ -465,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     # Warnings are kept until the command ends: one line each after a success, none after an error, whose one
     # line then says what went wrong. OpenCV's own log lines are silenced: its failures reach us as errors.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # and FFmpeg's, read when OpenCV first opens a video
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         try:
