@@ -240,7 +240,6 @@ PAPER_SAMPLER = SamplerConfig("heun", AUTHORS_CHURN, None)  # EDM Algorithm 2 wi
 # paper's Heun over the schedule's 49 steps (97 evaluations); the churn washed the map out of the stored models'
 # videos (notebook 05).
 DEFAULT_SAMPLER = SamplerConfig()
-SAMPLER_PRESETS = {"paper": PAPER_SAMPLER, "default": DEFAULT_SAMPLER}
 
 
 def noise_to_step(init: torch.Tensor, sigmas, start_step: int, generator: Generators = None) -> torch.Tensor:

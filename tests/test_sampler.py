@@ -3,9 +3,11 @@ import math
 import pytest
 import torch
 
+from freeecho_core.cli import main
 from freeecho_core.edm import EDMPrecond, karras_sigmas
-from freeecho_core.sampler import (cfg_denoiser, dpmpp_2m_sample, euler_sample, heun_sample, randn_per_sample,
-                                   reference_sdedit_sample, sdedit_sample, seeded_generators, start_schedule)
+from freeecho_core.sampler import (DEFAULT_SAMPLER, PAPER_SAMPLER, SamplerConfig, cfg_denoiser, dpmpp_2m_sample,
+                                   euler_sample, heun_sample, randn_per_sample, reference_sdedit_sample, sdedit_sample,
+                                   seeded_generators, start_schedule)
 from freeecho_core.unet3d import UNet3D, unet3d_config
 
 SIGMAS = karras_sigmas()
@@ -247,3 +249,27 @@ def test_sdedit_with_fewer_steps_converges_to_the_paper_run(gaussian, solver):
     errors = [(run(steps) - paper).abs().max().item() for steps in (7, 13, 25)]
     assert gaussian.calls == (13 + 25 + 49 if solver == "heun" else 7 + 13 + 25)
     assert errors[0] > errors[1] > errors[2]
+
+
+def test_one_sampler_config_gives_the_steps_after_every_start():
+    assert (DEFAULT_SAMPLER.solver, DEFAULT_SAMPLER.churn, DEFAULT_SAMPLER.steps) == ("dpmpp2m", None, 13)
+    assert len(PAPER_SAMPLER.schedule(15)) - 1 == 49 and PAPER_SAMPLER.solver_options()["S_churn"] == 80.0
+    assert torch.equal(PAPER_SAMPLER.schedule(15), karras_sigmas()[15:])  # the paper's own steps
+    assert DEFAULT_SAMPLER.respaced_steps(15) == 13 and len(DEFAULT_SAMPLER.schedule(15)) == 14
+    assert DEFAULT_SAMPLER.respaced_steps(55) is None and len(DEFAULT_SAMPLER.schedule(55)) == 10  # capped at 9
+    study = SamplerConfig("dpmpp2m", None, 13, cap_steps=False)
+    assert study.respaced_steps(55) == 13 and len(study.schedule(55)) == 14  # equal steps at every start
+    assert SamplerConfig.named("heun", "churn", None) == PAPER_SAMPLER and PAPER_SAMPLER.sampler == "churn"
+    assert SamplerConfig.named("euler", "ode", 5).solver_options() == {} and PAPER_SAMPLER.churn.S_noise == 1.003
+    with pytest.raises(ValueError, match="churn"):
+        SamplerConfig.named("euler", "stochastic", 5)
+
+
+def test_each_option_has_one_default_and_one_help_from_its_config_field(capsys):
+    for command, expected in (("generate", ["--sampler-steps N|schedule", "(default: 13)", "(default: dpmpp2m)",
+                                            "--t-start", "(default: 15)"]),
+                              ("evaluate", ["(default: heun)", "(default: churn)", "(default: 15, 35, 55)"])):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert all(e in text for e in expected), (command, [e for e in expected if e not in text])
