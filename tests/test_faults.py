@@ -37,6 +37,12 @@ def tree(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size if p.is_file() else 0 for p in folder.rglob("*")}
 
 
+def evaluate_args(data, checkpoint, out, *extra):
+    """One Free-Echo video of one map, from t_i = 55: the quickest evaluation."""
+    return ["evaluate", "--data", data, "--unconditional", checkpoint, "--out", out, "--samples", "1", "--max-maps",
+            "1", "--methods", "free-echo", "--start-steps", "55", "--device", "cpu", *extra]
+
+
 def generate_args(checkpoint, out, *extra):
     return ["generate", "--map", EXAMPLE_MAP, "--checkpoint", checkpoint, "--out", out, "--device", "cpu",
             "--sampler-steps", "2", *extra]
@@ -49,8 +55,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(command, trained, tmp_path
     data, unconditional, _ = trained
     folder = tmp_path / "busy"
     args = {"train": ["train", "--data", data, "--run-dir", folder, "--steps", "1", "--device", "cpu"],
-            "evaluate": ["evaluate", "--data", data, "--unconditional", unconditional, "--out", folder,
-                         "--samples", "1", "--max-maps", "1", "--methods", "free-echo", "--device", "cpu"],
+            "evaluate": evaluate_args(data, unconditional, folder),
             "generate": generate_args(unconditional, folder, "--samples", "1")}[command]
     with folder_lock(folder, "--out"):  # another run holds the folder
         code, err = run(args, capsys)
@@ -133,8 +138,7 @@ def test_a_damaged_training_log_is_named_and_a_torn_last_row_is_dropped(trained,
 
 def test_damaged_records_of_the_study_are_named_or_made_again(trained, tmp_path, capsys):
     data, unconditional, _ = trained
-    args = ["evaluate", "--data", data, "--unconditional", unconditional, "--out", tmp_path / "e", "--samples", "1",
-            "--max-maps", "1", "--methods", "free-echo", "--start-steps", "55", "--device", "cpu"]
+    args = evaluate_args(data, unconditional, tmp_path / "e")
     assert run(args, capsys)[0] == 0
     videos = next((tmp_path / "e" / "videos" / "free-echo@55").glob("*.npy"))
     good = videos.read_bytes()
@@ -150,8 +154,7 @@ def test_damaged_records_of_the_study_are_named_or_made_again(trained, tmp_path,
 
 def test_warnings_follow_a_success_as_one_line_each_and_vanish_behind_an_error(trained, tmp_path, capsys):
     data, unconditional, _ = trained
-    args = ["evaluate", "--data", data, "--unconditional", unconditional, "--out", tmp_path / "e", "--samples", "1",
-            "--max-maps", "1", "--methods", "free-echo", "--start-steps", "55", "--device", "cpu"]
+    args = evaluate_args(data, unconditional, tmp_path / "e")
     assert run(args, capsys)[0] == 0
     code, err = run(args + ["--seed", "3"], capsys)  # the stored videos were made with another seed
     assert code == 0 and err[-1].startswith("freeecho evaluate: warning: ") and "generating them again" in err[-1]
@@ -202,8 +205,7 @@ def test_a_full_disk_is_one_line_naming_the_path_and_leaves_nothing_partial(comm
     before = tree(small_disk)
     args = {"prepare": ["prepare", "--data", copy, "--profile", "smoke", "--workers", "1"],
             "train": ["train", "--data", copy, "--run-dir", small_disk / "run", "--steps", "1", "--device", "cpu"],
-            "evaluate": ["evaluate", "--data", copy, "--unconditional", unconditional, "--out", small_disk / "e",
-                         "--samples", "1", "--max-maps", "1", "--methods", "free-echo", "--device", "cpu"],
+            "evaluate": evaluate_args(copy, unconditional, small_disk / "e"),
             "generate": generate_args(unconditional, small_disk / "o", "--samples", "4"),
             "phantom": ["phantom", "--format", "camus", "--out", small_disk / "p", "--count", "2", "--workers", "1"],
             }[command]
