@@ -12,6 +12,7 @@ import torch
 from freeecho_core.bench.network import build_denoiser, video
 from freeecho_core.bench.report import SuiteRun
 from freeecho_core.bench.timing import autocast, check_video_size, environment, time_call, timing
+from freeecho_core.train import TrainConfig, ema_decay, micro_batch_loss, sample_generators, update_ema
 
 
 def bench_training(
@@ -24,8 +25,6 @@ def bench_training(
     without data loading; `compile` runs the denoiser through torch.compile, and the first step's seconds (the
     compilation) are recorded apart. On CUDA the peak memory is torch.cuda.max_memory_allocated; running out
     of memory is recorded, not raised."""
-    from freeecho_core.train import TrainConfig, ema_decay, micro_batch_loss, sample_generators, update_ema
-
     check_video_size(preset, size)
     dev = torch.device(device)
     config = TrainConfig(preset=preset, frames=frames, size=size, batch_size=batch, bf16=bf16, seed=seed)
