@@ -29,24 +29,9 @@ def shared_mode(path: Path) -> None:
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call write(binary file object) on a temporary file beside `path`, then rename it over `path`; on any
-    error the temporary file is removed and the old `path` (if any) is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        shared_mode(Path(tmp))
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        if err.errno == errno.ENOSPC:
-            raise OSError(err.errno, f"{path}: no space left on device") from None
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    error the temporary file is removed and the old `path` (if any) is left as it was (`atomic_write_all`)."""
+    atomic_write_all({Path(path): write})
+    return Path(path)
 
 
 def atomic_write_all(writes: dict) -> None:
