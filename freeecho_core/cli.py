@@ -33,6 +33,7 @@ from freeecho_core.data.stats import folder_statistics, summary_rows
 from freeecho_core.edm import karras_sigmas
 from freeecho_core.files import check_output_folder, folder_lock
 from freeecho_core.generate import VIDEO_FORMATS, GenerateConfig, generate_from_map
+from freeecho_core.guidance import GUIDES, Guide
 from freeecho_core.motion import EF_RANGE
 from freeecho_core.options import add_options, at_least, config_values
 from freeecho_core.profiles import load_profile, profile_file, profile_section
@@ -209,7 +210,7 @@ def cmd_segmenter(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    config = GenerateConfig(**config_values(args, GenerateConfig), sampler=sampler_from(args))
+    config = GenerateConfig(**config_values(args, GenerateConfig), sampler=sampler_from(args), guide=guide_from(args))
     device = resolve_device(args.device)
     check_output_folder(args.out, "--out")
     with folder_lock(args.out, "--out"):
@@ -229,6 +230,21 @@ def sampler_from(args: argparse.Namespace, cap_steps: bool = True) -> SamplerCon
 
 
 SAMPLER_OPTIONS = ["solver", "churn", "steps", "guidance"]
+
+
+def add_guide_options(parser: argparse.ArgumentParser, flag: bool = True) -> None:
+    """The guide's settings (`guidance.Guide`) and, with `flag`, --guide to turn it on."""
+    if flag:
+        parser.add_argument("--guide", choices=GUIDES, help="training-free guidance towards the pseudo video (not "
+                            "the paper's): ilvr, its low band after each step; nc, a calibrated start; ilvr-nc, both "
+                            "(default: none, the paper's Free-Echo)")
+    add_options(parser, Guide)
+
+
+def guide_from(args: argparse.Namespace, name: str | None = None) -> Guide | None:
+    """The Guide of `add_guide_options`' options: of --guide, or of `name`; None without either."""
+    name = name or getattr(args, "guide", None)
+    return None if name is None else Guide.named(name, **config_values(args, Guide))
 
 
 @contextmanager
@@ -254,7 +270,8 @@ def local_rank() -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     # Steps re-spaced at every t_i: the start is all that differs between the Free-Echo rows.
-    config = EvalConfig(**config_values(args, EvalConfig), sampler=sampler_from(args, cap_steps=False))
+    config = EvalConfig(**config_values(args, EvalConfig), sampler=sampler_from(args, cap_steps=False),
+                        guide=Guide(**config_values(args, Guide)))
     device = resolve_device(args.device, local_rank())  # under torchrun the maps are sharded
     if args.segmenter is not None and not args.segmenter.is_file():
         raise ValueError(f"--segmenter {args.segmenter}: no such file; expected a checkpoint of freeecho segmenter")
@@ -390,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="TEST", choices=["TRAIN", "VAL", "TEST"])
     add_options(ev, EvalConfig)
     add_options(ev, SamplerConfig, SAMPLER_OPTIONS, defaults=EvalConfig.sampler)
+    add_guide_options(ev, flag=False)
     ev.add_argument("--model-cards", action="store_true",
                     help="add the scores to the model cards (model_card.json) beside the checkpoints")
     ev.add_argument("--compile", action="store_true",
@@ -433,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "checkpoints/cpu/phantom-camus/unconditional/ema.pt)")
     add_options(gen, GenerateConfig)
     add_options(gen, SamplerConfig, ["solver", "churn", "steps"], defaults=GenerateConfig.sampler)
+    add_guide_options(gen)
     gen.add_argument("--out", required=True, type=Path, help="folder for the videos, frames (.npy) and record (.json)")
     gen.add_argument("--labels", default="auto", choices=CONVENTIONS,
                      help="the map's label convention (auto: label 4 -> five, a binary mask -> lv, else camus)")

@@ -21,6 +21,7 @@ import numpy as np
 from freeecho_core.checkpoint import code_version, load_model
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.maps import map_stem
+from freeecho_core.guidance import Guide
 from freeecho_core.files import (check_output_folder, remove_abandoned_staging, save_array_atomically, shared_mode,
                                  write_text_atomically)
 from freeecho_core.motion import EF_RANGE, es_frame_of_clips
@@ -50,6 +51,7 @@ class GenerateConfig:
         "the OT map of the pseudo image: barycentric (the paper's reading) or stochastic (ours)",
         choices=["barycentric", "stochastic"]))
     sampler: SamplerConfig = DEFAULT_SAMPLER  # the paper's: sampler.PAPER_SAMPLER
+    guide: Guide | None = None  # training-free guidance towards the pseudo video (`guidance`); None: the paper's
     seed: int = field(default=0, metadata=option("seed of the first video", at_least(0)))
     fps: float | None = field(default=None, metadata=option(
         "frame rate of the written videos (default: that of the model's training data)", frame_rate))
@@ -158,10 +160,12 @@ def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config:
         train = EchoClips(data, "TRAIN", model.clip, seed=model.seed)
         config = replace(config, es_frame=es_frame_of_clips(train.clip(i) for i in range(len(train))))
     kind = "free-echo" if config.mapping == "barycentric" else "free-echo-stochastic"
-    if beating and kind != "free-echo":
-        raise ValueError("a beating pseudo video (--ef, --es-map) takes the barycentric mapping")
+    if (beating or config.guide is not None) and kind != "free-echo":
+        raise ValueError(f"{'a guide (--guide)' if config.guide is not None else 'a beating pseudo video (--ef, --es-map)'}"
+                         f" takes the barycentric mapping")
     result = pipe(map_path, config.samples, config.start_step, config.seed, method=kind, convention=convention,
-                  sampler=config.sampler, progress=progress, ef=config.ef, es_map=es_map_path, es_frame=config.es_frame)
+                  sampler=config.sampler, progress=progress, ef=config.ef, es_map=es_map_path, es_frame=config.es_frame,
+                  guide=config.guide)
     if result.label_maps is not None:
         config = replace(config, es_frame=config.es_frame if config.es_frame is not None else pipe.frames - 1)
     config = replace(config, fps=config.fps or pipe.fps)

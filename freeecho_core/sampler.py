@@ -6,7 +6,8 @@ ending in 0 (see `edm.karras_sigmas`); `x` is the state at noise level sigmas[0]
 integrated in float64 whatever the network's dtype (the denoiser casts for its network).
 
 Randomness comes from `generator`: one `torch.Generator`, or a list with one generator per sample so
-that a sample does not change with the batch it is drawn in.
+that a sample does not change with the batch it is drawn in. `after_step(x, sigma)` may change the state after
+each step (the guidance of `guidance.Guidance`).
 """
 from __future__ import annotations
 
@@ -17,13 +18,16 @@ from typing import Callable, Sequence
 import torch
 
 from freeecho_core.edm import Generators, karras_sigmas, randn_per_sample
+from freeecho_core.guidance import Guidance, Guide
 from freeecho_core.options import finite_number, option, sampler_steps
 from freeecho_core.progress import progress_bar
 
 Denoiser = Callable[..., torch.Tensor]
+# A change of the state after each step, (x, sigma the step ended at) -> x: the guidance of `guidance.Guidance`.
+AfterStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _edm_solve(denoiser, x, sigmas, second_order, S_churn, S_tmin, S_tmax, S_noise, generator, progress):
+def _edm_solve(denoiser, x, sigmas, second_order, S_churn, S_tmin, S_tmax, S_noise, generator, progress, after_step):
     """EDM Algorithm 2 (second_order=True: Heun) or its first-order truncation (Euler)."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64, device=x.device)
     num_steps = len(sigmas) - 1
@@ -46,6 +50,8 @@ def _edm_solve(denoiser, x, sigmas, second_order, S_churn, S_tmin, S_tmax, S_noi
         if second_order and t_next > 0:
             d_prime = (x_next - denoiser(x_next, t_next)) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+        if after_step is not None:
+            x_next = after_step(x_next, t_next)
     return x_next.to(x.dtype)
 
 
@@ -60,6 +66,7 @@ def heun_sample(
     S_noise: float = 1.0,
     generator: Generators = None,
     progress: bool = False,
+    after_step: AfterStep | None = None,
 ) -> torch.Tensor:
     """Solve eq. (2) from sigmas[0] to sigmas[-1] with EDM Algorithm 2 (Heun's 2nd-order method).
 
@@ -68,7 +75,7 @@ def heun_sample(
     The authors used S_churn=80, S_tmin=0.05, S_tmax=50, S_noise=1.003. Network evaluations:
     2N - 1 (127 for the full 64-step schedule, 97 from t_i = 15).
     """
-    return _edm_solve(denoiser, x, sigmas, True, S_churn, S_tmin, S_tmax, S_noise, generator, progress)
+    return _edm_solve(denoiser, x, sigmas, True, S_churn, S_tmin, S_tmax, S_noise, generator, progress, after_step)
 
 
 def euler_sample(
@@ -82,9 +89,10 @@ def euler_sample(
     S_noise: float = 1.0,
     generator: Generators = None,
     progress: bool = False,
+    after_step: AfterStep | None = None,
 ) -> torch.Tensor:
     """Solve eq. (2) with Euler's method (Algorithm 2 without its correction): N network evaluations."""
-    return _edm_solve(denoiser, x, sigmas, False, S_churn, S_tmin, S_tmax, S_noise, generator, progress)
+    return _edm_solve(denoiser, x, sigmas, False, S_churn, S_tmin, S_tmax, S_noise, generator, progress, after_step)
 
 
 def dpmpp_2m_sample(
@@ -98,6 +106,7 @@ def dpmpp_2m_sample(
     S_noise: float = 1.0,
     generator: Generators = None,
     progress: bool = False,
+    after_step: AfterStep | None = None,
 ) -> torch.Tensor:
     """Solve eq. (2) with DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): a second-order
     multistep method on the data prediction D, one network evaluation per step (N in all).
@@ -119,11 +128,13 @@ def dpmpp_2m_sample(
         D = denoiser(x, s).to(torch.float64)
         if t == 0:
             x = D
-            continue
-        h = torch.log(s / t)
-        D_mix = D if D_prev is None else D + (D - D_prev) * h / (2 * h_prev)
-        x = (t / s) * x + (1 - t / s) * D_mix
-        D_prev, h_prev = D, h
+        else:
+            h = torch.log(s / t)
+            D_mix = D if D_prev is None else D + (D - D_prev) * h / (2 * h_prev)
+            x = (t / s) * x + (1 - t / s) * D_mix
+            D_prev, h_prev = D, h
+        if after_step is not None:
+            x = after_step(x, t)
     return x.to(dtype)
 
 
@@ -261,6 +272,8 @@ def sdedit_sample(
     generator: Generators = None,
     solver: str = "heun",
     steps: int | None = None,
+    guide: Guide | None = None,
+    guide_weight: torch.Tensor | None = None,
     **solver_kw,
 ) -> torch.Tensor:
     """SDEdit (Meng et al. 2022) as Free-Echo uses it (paper section 2, Fig. 1).
@@ -269,12 +282,19 @@ def sdedit_sample(
     x = init + sigmas[start_step] * n with n ~ N(0, I) drawn first from `generator`, and eq. (2) is solved
     from there on `start_schedule(sigmas, start_step, steps)`: sigmas[start_step:] (the paper), or `steps`
     steps re-discretised over the same range. No network evaluation happens before `start_step` (the paper's t_i).
+    With a `guide` (not the paper's method: `guidance`), the start is first calibrated and/or each step's low band
+    is pulled to the noised `init`'s, inside the weight `guide_weight` (broadcastable to init; None: everywhere).
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64, device=init.device)
     schedule = start_schedule(sigmas, start_step, steps).to(init.device)
     x = noise_to_step(init, sigmas, start_step, generator)
+    if guide is not None:
+        guide.check(start_step, init.shape[-1])
+        guidance = Guidance(guide, init, weight=guide_weight, generator=generator)
+        x = guidance.calibrate(denoiser, x, schedule[0])
+        solver_kw["after_step"] = guidance.after_step if guide.ilvr else None
     out = SOLVERS[solver](denoiser, x, schedule, generator=generator, **solver_kw)
     return out.to(init.dtype)
 

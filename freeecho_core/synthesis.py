@@ -5,7 +5,9 @@ Methods (paper section 2 and its baselines; `Method.kind`):
   unconditional model (SDEdit from the pseudo video);
 - "free-echo-stochastic": ours, each pixel of the pseudo image drawn from its row of the OT plan;
 - "sdedit": the SDEdit baseline, the label image painted with tab20 greys (no OT), from t_i;
-- "clsfree": the conditional model with classifier-free guidance (w = 7), from pure noise over all 64 steps.
+- "clsfree": the conditional model with classifier-free guidance (w = 7), from pure noise over all 64 steps;
+- "free-echo-ilvr", "free-echo-nc", "free-echo-ilvr-nc": Free-Echo with training-free guidance towards the pseudo
+  video's low band (`guidance`: ILVR after each step, noise calibration of the start, or both), not the paper's.
 `generate` is what `freeecho generate`, `freeecho evaluate` (the study) and the notebooks all call.
 
 The API, for a stored or trained model::
@@ -31,11 +33,14 @@ from freeecho_core.data.histogram import intensity_histogram
 from freeecho_core.data.maps import prepare_map
 from freeecho_core.data.phantom import PhantomConfig, make_case
 from freeecho_core.edm import EDMPrecond, karras_sigmas, randn_per_sample
+from freeecho_core.guidance import GUIDES, Guide, guide_mask
 from freeecho_core.motion import beating_maps, beating_pseudo_video
 from freeecho_core.pseudo import match_intensities, pseudo_video, sdedit_colour_image
 from freeecho_core.sampler import DEFAULT_SAMPLER, SOLVERS, SamplerConfig, cfg_denoiser, sdedit_sample
 
-METHOD_KINDS = ("sdedit", "clsfree", "free-echo", "free-echo-stochastic")
+GUIDED_KINDS = tuple(f"free-echo-{name}" for name in GUIDES)
+METHOD_KINDS = ("sdedit", "clsfree", "free-echo", "free-echo-stochastic", *GUIDED_KINDS)
+DEFAULT_KINDS = METHOD_KINDS[:5]  # the study's rows: the paper's Table 1, our stochastic OT, and ILVR
 # The stored model trained on a 2-core CPU (the cpu profile: 16 frames x 64 x 64, phantom CAMUS data).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "cpu" / "phantom-camus" / \
     "unconditional" / "ema.pt"
@@ -48,10 +53,15 @@ class Method:
     name: str
     kind: str  # one of METHOD_KINDS
     start_step: int  # index into the 64-step schedule (0 for Cls-Free: from pure noise)
+    guide: Guide | None = None  # the guided kinds' settings (`guidance.Guide`, its name the kind's end)
 
     def __post_init__(self):
         if self.kind not in METHOD_KINDS:
             raise ValueError(f"method kind must be one of {METHOD_KINDS}, got {self.kind!r}")
+        if (self.kind in GUIDED_KINDS) != (self.guide is not None) or (
+                self.guide is not None and self.kind != f"free-echo-{self.guide.name}"):
+            raise ValueError(f"method {self.kind!r} needs {'its' if self.kind in GUIDED_KINDS else 'no'} guide, "
+                             f"got {self.guide}")
         steps = len(karras_sigmas()) - 1  # the 64 steps of the schedule
         if not 0 <= self.start_step < steps:
             raise ValueError(f"start step t_i must be in 0..{steps - 1}, got {self.start_step}")
@@ -81,15 +91,15 @@ def initial_videos(method: Method, ed_map: np.ndarray, target, frames: int, seed
     """The clean init of one map for an SDEdit-type method: (n, 1, K, S, S) in [-1, 1]. label_maps: (K, S, S)
     5-label maps of a beating heart (`motion.beating_maps`, frame 0 the ED map) for Free-Echo's pseudo video."""
     if label_maps is not None:
-        if method.kind != "free-echo":
-            raise ValueError(f"a beating pseudo video is made for the free-echo method, not {method.kind}")
+        if method.kind != "free-echo" and method.kind not in GUIDED_KINDS:
+            raise ValueError(f"a beating pseudo video is made for the free-echo methods, not {method.kind}")
         if label_maps.shape != (frames, *ed_map.shape) or not np.array_equal(label_maps[0], ed_map):
             raise ValueError(f"label_maps must be ({frames}, {ed_map.shape[0]}, {ed_map.shape[1]}) 5-label maps "
                              f"that start with the ED map, got shape {label_maps.shape}")
         return beating_pseudo_video(label_maps, target).expand(len(seeds), -1, -1, -1, -1)
     if method.kind == "sdedit":
         return pseudo_video(sdedit_colour_image(ed_map), frames).expand(len(seeds), -1, -1, -1, -1)
-    if method.kind == "free-echo":
+    if method.kind == "free-echo" or method.kind in GUIDED_KINDS:
         image, _ = match_intensities(ed_map, target, "sinkhorn", "barycentric")
         return pseudo_video(image, frames).expand(len(seeds), -1, -1, -1, -1)
     images = [match_intensities(ed_map, target, "sinkhorn", "stochastic", rng=np.random.default_rng(s))[0]
@@ -115,8 +125,13 @@ def generate(method: Method, ed_map: np.ndarray, seeds: list[int], models: dict,
         out = SOLVERS[sampler.solver](guided, x, schedule, generator=gens, progress=progress, **churn)
     else:
         init = initial_videos(method, ed_map, target, frames, seeds, label_maps).to(device)
+        weight = None
+        if method.guide is not None and method.guide.mask:
+            maps = label_maps if label_maps is not None else np.broadcast_to(ed_map, (frames, *ed_map.shape))
+            weight = guide_mask(maps, method.guide.mask).to(device)[None, None]
         out = sdedit_sample(models["unconditional"], init, sigmas, method.start_step, generator=gens,
-                            solver=sampler.solver, steps=sampler.respaced_steps(method.start_step), progress=progress, **churn)
+                            solver=sampler.solver, steps=sampler.respaced_steps(method.start_step), progress=progress,
+                            guide=method.guide, guide_weight=weight, **churn)
     return out[:, 0].float().clamp(-1, 1).cpu()
 
 
@@ -175,19 +190,29 @@ class FreeEcho:
 
     def __call__(self, labels, samples: int = 4, start_step: int = 15, seed: int = 0, *, method: str | None = None,
                  convention: str = "auto", sampler: SamplerConfig = DEFAULT_SAMPLER, progress: bool = False,
-                 ef: float | None = None, es_map=None, es_frame: float | None = None) -> Synthesis:
+                 ef: float | None = None, es_map=None, es_frame: float | None = None,
+                 guide: Guide | None = None) -> Synthesis:
         """`samples` videos from one ED map (a file path or an (H, W) integer array, in any convention of
         `data.maps`); sample k uses seed + k; progress: a bar over the sampling steps. With a target `ef` or an
         `es_map` (a file or array like the ED map's), Free-Echo's pseudo video beats (`motion.beating_maps`),
-        end systole at frame `es_frame` (default: the last frame, as in CAMUS's ED-to-ES half sequences)."""
+        end systole at frame `es_frame` (default: the last frame, as in CAMUS's ED-to-ES half sequences). A `guide`
+        (`guidance.Guide`) makes Free-Echo a guided method (kind "free-echo-<guide name>"); a guided `method` alone
+        takes its guide's default settings."""
         if samples < 1:
             raise ValueError(f"samples must be at least 1, got {samples}")
         kind = method or ("clsfree" if self.conditional else "free-echo")
+        if guide is not None:
+            if kind not in ("free-echo", f"free-echo-{guide.name}"):
+                raise ValueError(f"a guide guides the free-echo method, not {kind!r}")
+            kind = f"free-echo-{guide.name}"
+        elif kind in GUIDED_KINDS:
+            guide = Guide.named(kind.removeprefix("free-echo-"))
         if (kind == "clsfree") != self.conditional:
             model = "a conditional (Cls-Free)" if self.conditional else "an unconditional"
             raise ValueError(f"{self.source or 'this model'} is {model} model; it cannot sample {kind!r} "
                              f"({'only clsfree' if self.conditional else 'free-echo, free-echo-stochastic or sdedit'})")
-        chosen = Method(kind if kind == "clsfree" else f"{kind}@{start_step}", kind, 0 if kind == "clsfree" else start_step)
+        chosen = Method(kind if kind == "clsfree" else f"{kind}@{start_step}", kind, 0 if kind == "clsfree" else start_step,
+                        guide)
         prepared = prepare_map(labels, self.size, convention)
         label_maps = None
         if ef is not None or es_map is not None:

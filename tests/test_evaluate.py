@@ -1,5 +1,6 @@
 """The study end to end at toy scale: every method generates, the run resumes, the report is complete."""
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,17 +17,23 @@ from freeecho_core.study.segmenter import SegConfig, train_segmenter
 from freeecho_core.study.tables import (claims_table, markdown_table, paper_ordering, specificity_rows,
                                         specificity_verdict)
 from freeecho_core.study.videos import EvalConfig, method_specs, sample_seeds
+from freeecho_core.synthesis import METHOD_KINDS
 
+PAPER_KINDS = METHOD_KINDS[:4]  # Table 1's methods and our stochastic OT
 EULER_CHURN = SamplerConfig("euler", AUTHORS_CHURN, None)
-CONFIG = EvalConfig(samples=2, batch=2, sampler=EULER_CHURN, start_steps=(15, 55))
+CONFIG = EvalConfig(samples=2, batch=2, sampler=EULER_CHURN, start_steps=(15, 55), methods=PAPER_KINDS)
+EVERY_METHOD = replace(CONFIG, methods=METHOD_KINDS)
 
 
 def test_every_method_is_generated_scored_and_reported(trained, tmp_path):
     data, unconditional, clsfree = trained
-    report = evaluate(data, unconditional, clsfree, tmp_path, CONFIG, max_maps=1, progress=False)
-    names = [m.name for m in method_specs(CONFIG)]
-    assert names == ["sdedit@15", "clsfree", "free-echo@15", "free-echo@55", "free-echo-stochastic@15"]
+    report = evaluate(data, unconditional, clsfree, tmp_path, EVERY_METHOD, max_maps=1, progress=False)
+    names = [m.name for m in method_specs(EVERY_METHOD)]
+    assert names == ["sdedit@15", "clsfree", "free-echo@15", "free-echo@55", "free-echo-stochastic@15",
+                     "free-echo-ilvr@15", "free-echo-nc@15", "free-echo-ilvr-nc@15"]
     assert list(report["methods"]) == names
+    assert [m.guide.name for m in method_specs(EVERY_METHOD)[-3:]] == ["ilvr", "nc", "ilvr-nc"]
+    assert [m.name for m in method_specs(EvalConfig())][-2:] == ["free-echo-stochastic@15", "free-echo-ilvr@15"]
     for row in report["methods"].values():
         assert -1 <= row["SSIM"] <= 1 and np.isfinite(row["PSNR"]) and row["samples_per_map"] == 2
     assert set(report["unavailable"]) == {"FID", "FVD", "FVD-R(2+1)D", "anatomy"}
@@ -35,6 +42,11 @@ def test_every_method_is_generated_scored_and_reported(trained, tmp_path):
     assert videos.dtype == np.uint8 and videos.shape == (2, 4, 16, 16)
     # Late start keeps the pseudo video: closer to it than an early start.
     assert report["methods"]["free-echo@55"]["per_map"] != report["methods"]["free-echo@15"]["per_map"]
+    # Each guided row is its own videos, from the same seeds' noise as free-echo@15 but pulled to the pseudo video.
+    plain, ilvr = (np.load(next((tmp_path / "videos" / m).glob("*.npy"))) for m in ("free-echo@15", "free-echo-ilvr@15"))
+    assert not np.array_equal(plain, ilvr)
+    key = json.loads((tmp_path / "videos" / "free-echo-ilvr@15" / "key.json").read_text())
+    assert key["method"]["guide"] == {"ilvr": True, "calibration": 0, "factor": 4, "until": 40, "mask": 0}
 
 
 def test_the_ssim_breakdown_splits_the_frame_into_the_regions_of_the_map():

@@ -76,6 +76,28 @@ def test_generate_command(trained, camus_map, tmp_path, capsys, monkeypatch):
     assert "empty.png: the label map has no LV cavity" in capsys.readouterr().err
 
 
+def test_generate_with_ilvr_guidance(trained, camus_map, tmp_path, capsys):
+    """`--guide ilvr` makes a guided video (its settings in the record) from the same noise as the plain one;
+    settings that cannot guide this model are one line naming them."""
+    _, unconditional, _ = trained
+    cv2.imwrite(str(tmp_path / "ed.png"), camus_map)
+    common = ["generate", "--map", str(tmp_path / "ed.png"), "--checkpoint", str(unconditional), "--samples", "1",
+              "--ef", "0.5", "--device", "cpu"]
+    assert main(common + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(common + ["--out", str(tmp_path / "ilvr"), "--guide", "ilvr", "--guide-factor", "2",
+                          "--guide-until", "50"]) == 0
+    record = json.loads((tmp_path / "ilvr" / "ed.json").read_text())
+    assert record["config"]["guide"] == {"ilvr": True, "calibration": 0, "factor": 2, "until": 50, "mask": 0}
+    assert json.loads((tmp_path / "plain" / "ed.json").read_text())["config"]["guide"] is None
+    assert not np.array_equal(np.load(tmp_path / "plain" / "ed.npy"), np.load(tmp_path / "ilvr" / "ed.npy"))
+    capsys.readouterr()
+    assert main(common + ["--out", str(tmp_path / "bad"), "--guide", "ilvr", "--guide-factor", "3"]) == 2
+    assert "guide factor 3 must divide the frame size 16" in capsys.readouterr().err
+    assert main(common + ["--out", str(tmp_path / "bad"), "--guide", "nc", "--mapping", "stochastic"]) == 2
+    assert "a guide (--guide) takes the barycentric mapping" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "ed.json").exists()
+
+
 @pytest.mark.parametrize("frames, size", [(8, 16), (16, 64), (24, 16)])
 def test_generation_without_data_works_at_the_frame_counts_users_train(camus_map, frames, size, tmp_path):
     """The default OT target (phantom recordings at the model's clip size) for models of 8, 16 and 24 frames:

@@ -9,6 +9,7 @@ from freeecho_core.checkpoint import DEFAULT_FPS, load_checkpoint, load_model
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.phantom import PhantomConfig, make_case
+from freeecho_core.guidance import Guide
 from freeecho_core.sampler import AUTHORS_CHURN, SamplerConfig
 from freeecho_core.synthesis import FreeEcho, Method, generate, initial_videos
 
@@ -42,6 +43,26 @@ def test_three_lines_from_a_checkpoint_to_videos(trained, camus_map, tmp_path):
     cv2.imwrite(str(tmp_path / "ed.png"), camus_map.astype(np.uint8))
     assert np.array_equal(pipe(tmp_path / "ed.png", samples=2, start_step=63, sampler=QUICK).videos, out.videos)
     assert pipe.fps == load_checkpoint(unconditional)["data"]["fps"] > 0  # the training clips' frame rate
+
+
+def test_a_guide_makes_free_echo_a_guided_method(trained, camus_map):
+    """guide= turns Free-Echo into its guided kind; a guided kind alone takes its guide's defaults; the ILVR run
+    to the end keeps the pseudo video's low band closer than the plain run from the same noise."""
+    pipe = FreeEcho.from_checkpoint(trained[1])
+    out = pipe(camus_map, samples=1, start_step=30, sampler=QUICK, guide=Guide(factor=2, until=64, calibration=0))
+    assert out.method == Method("free-echo-ilvr@30", "free-echo-ilvr", 30, Guide(factor=2, until=64, calibration=0))
+    init = torch.nn.functional.avg_pool2d(initial_videos(Method("f", "free-echo", 30), out.ed_map, pipe.target, 4,
+                                                         [0])[0, 0], 2)
+    plain = pipe(camus_map, samples=1, start_step=30, sampler=QUICK)
+    errors = [(torch.nn.functional.avg_pool2d(torch.from_numpy(v.square[0]).float() / 127.5 - 1, 2) - init).abs().mean()
+              for v in (out, plain)]
+    assert errors[0] < errors[1] / 2
+    assert pipe(camus_map, samples=1, start_step=30, sampler=QUICK, method="free-echo-nc").method.guide == \
+        Guide(ilvr=False, calibration=2)
+    with pytest.raises(ValueError, match="a guide guides the free-echo method, not 'sdedit'"):
+        pipe(camus_map, samples=1, method="sdedit", guide=Guide())
+    with pytest.raises(ValueError, match="method 'free-echo' needs no guide"):
+        Method("free-echo@15", "free-echo", 15, Guide())
 
 
 @pytest.mark.parametrize("shape", [(64, 39), (52, 64)])

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from freeecho_core.checkpoint import code_version, load_checkpoint, save_checkpoint
-from freeecho_core.data.case import CAMUS_LABELS
+from freeecho_core.data.case import CAMUS_LABELS, to_five_labels
 from freeecho_core.data.clips import UNLABELLED, ClipConfig
 from freeecho_core.data.dataset import SPLITS, EchoClips
 from freeecho_core.data.lv import dice
+from freeecho_core.motion import beating_pseudo_video
 from freeecho_core.progress import progress_bar
 from freeecho_core.validate import as_bool, as_float, as_int, check_known, first_reason
 
@@ -40,6 +41,9 @@ class SegConfig:
     lr: float = 1e-3  # Adam learning rate
     seed: int = 0  # data order and initial weights
     augment: bool = False  # random pose and grey-level changes of every training frame (`augment_batch`)
+    # Share of the training frames shown as a blend of the frame and its flat pseudo rendering (`flat_renderings`),
+    # so that the segmenter also reads pseudo videos and the half-denoised videos between them and echo.
+    pseudo_share: float = 0.0
 
     def __post_init__(self):
         """Coerce numeric text and check every field: one ValueError naming it."""
@@ -48,6 +52,7 @@ class SegConfig:
             object.__setattr__(self, name, as_int(name, getattr(self, name), low))
         object.__setattr__(self, "lr", as_float("lr", self.lr, above=0))
         object.__setattr__(self, "augment", as_bool("augment", self.augment))
+        object.__setattr__(self, "pseudo_share", as_float("pseudo_share", self.pseudo_share, 0, 1))
         if self.size % 2 ** (self.levels - 1):
             raise ValueError(f"size {self.size} must be divisible by 2 ** (levels - 1) = {2 ** (self.levels - 1)}")
 
@@ -89,18 +94,33 @@ class SegUNet(nn.Module):
         return self.encode(x)[-1].mean(dim=(-2, -1))
 
 
-def labelled_frames(data: EchoClips) -> tuple[np.ndarray, np.ndarray]:
-    """Every annotated frame of a split: (N, S, S) float32 grey in [-1, 1] and (N, S, S) int64 CAMUS labels."""
-    frames, labels = [], []
+def labelled_frames(data: EchoClips, renderings: bool = False):
+    """Every annotated frame of a split: (N, S, S) float32 grey in [-1, 1] and (N, S, S) int64 CAMUS labels; with
+    `renderings`, also each frame's flat pseudo rendering (N, S, S) float32: its labels painted with the grey
+    levels that eq. (3) gives its clip's ED map against the split's histogram (`motion.beating_pseudo_video`),
+    the pseudo video that Free-Echo starts from when its map beats like this clip."""
+    target = data.intensity_histogram() if renderings else None
+    frames, labels, flat = [], [], []
     for i in range(len(data)):
         clip = data.clip(i)
         keep = (clip.frame_labels >= 0).all(axis=(1, 2))
         frames.append(clip.video[keep])
         labels.append(clip.frame_labels[keep])
+        if renderings and keep.any():
+            maps = np.concatenate([clip.ed_map[None], to_five_labels(clip.frame_labels[keep], clip.sector)])
+            flat.append(beating_pseudo_video(maps, target)[0, 0, 1:].numpy())
     frames, labels = np.concatenate(frames), np.concatenate(labels)
     if len(frames) == 0:
         raise ValueError(f"{data.root}: the {data.split} split has no labelled frames to train a segmenter on")
-    return frames, labels
+    return (frames, labels, np.concatenate(flat)) if renderings else (frames, labels)
+
+
+def blend_renderings(x: torch.Tensor, flat: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """A `share` of the frames x (N, 1, S, S) replaced by a x + (1 - a) flat with a ~ U(0, 1) per frame: from the
+    flat pseudo rendering (a = 0) to the echo frame (a = 1), as a video is on its way from one to the other."""
+    chosen = (torch.rand(len(x), generator=generator) < share).to(x.dtype)
+    a = 1 - chosen * (1 - torch.rand(len(x), generator=generator, dtype=x.dtype))
+    return a[:, None, None, None] * x + (1 - a[:, None, None, None]) * flat
 
 
 @torch.no_grad()
@@ -177,7 +197,12 @@ def train_segmenter(config: SegConfig, data_root: str | os.PathLike, out: str | 
     """Train on the TRAIN split's labelled frames (cross-entropy, Adam, seeded order), score Dice on VAL and
     write `out` (a weights-only checkpoint holding the config, weights, the VAL Dice and the code version)."""
     clip = ClipConfig(frames=config.frames, size=config.size)
-    frames, labels = labelled_frames(EchoClips(data_root, "TRAIN", clip, seed=config.seed))
+    train_data = EchoClips(data_root, "TRAIN", clip, seed=config.seed)
+    if config.pseudo_share:
+        frames, labels, flat = labelled_frames(train_data, renderings=True)
+        flat_all = torch.from_numpy(flat)[:, None]
+    else:
+        frames, labels = labelled_frames(train_data)
     torch.manual_seed(config.seed)
     net = SegUNet(config).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
@@ -187,7 +212,11 @@ def train_segmenter(config: SegConfig, data_root: str | os.PathLike, out: str | 
     started = time.perf_counter()
     for _ in progress_bar(range(config.steps), disable=not progress, desc="train segmenter", unit="step"):
         idx = torch.from_numpy(rng.integers(0, len(frames), config.batch_size))
-        x, y = augment_batch(x_all[idx], y_all[idx], generator) if config.augment else (x_all[idx], y_all[idx])
+        x, y = x_all[idx], y_all[idx]
+        if config.pseudo_share:
+            x = blend_renderings(x, flat_all[idx], config.pseudo_share, generator)
+        if config.augment:
+            x, y = augment_batch(x, y, generator)
         loss = F.cross_entropy(net(x.to(device)), y.to(device), ignore_index=UNLABELLED)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
