@@ -40,6 +40,7 @@ from freeecho_core.profiles import load_profile, profile_file, profile_section
 from freeecho_core.progress import clear_bars
 from freeecho_core.sampler import DEFAULT_SAMPLER, SOLVERS, SamplerConfig
 from freeecho_core.study.ef import EFStudyConfig, run_ef_study, summary_lines as ef_summary_lines
+from freeecho_core.study.guided import GuidedStudyConfig, run_guided_study, summary_lines as guided_summary_lines
 from freeecho_core.study.model_card import (held_out_scores, record_held_out_scores, write_model_card,
                                             write_segmenter_card)
 from freeecho_core.study.nfe import (REFERENCE, STUDY_NFE, STUDY_SOLVERS, StudyConfig, run_study, steps_for_nfe,
@@ -329,9 +330,24 @@ def cmd_ef_study(args: argparse.Namespace) -> None:
     if not EF_RANGE[0] <= min(args.efs) <= max(args.efs) <= EF_RANGE[1]:
         raise ValueError(f"--efs must lie in [{EF_RANGE[0]}, {EF_RANGE[1]}], got {args.efs}")
     report = run_ef_study(args.data, args.checkpoint, args.segmenter, args.out,
-                          EFStudyConfig(**config_values(args, EFStudyConfig)), device=resolve_device(args.device))
+                          EFStudyConfig(**config_values(args, EFStudyConfig)), guide=guide_from(args),
+                          device=resolve_device(args.device))
     print("\n".join(ef_summary_lines(report)))
     print(f"wrote {args.out}")
+
+
+def cmd_guided_study(args: argparse.Namespace) -> None:
+    if not args.segmenter.is_file():
+        raise ValueError(f"--segmenter {args.segmenter}: no such file; the study reads Dice and EF with it")
+    if not EF_RANGE[0] <= min(args.efs) <= max(args.efs) <= EF_RANGE[1]:
+        raise ValueError(f"--efs must lie in [{EF_RANGE[0]}, {EF_RANGE[1]}], got {args.efs}")
+    check_output_folder(args.out, "--out")
+    with folder_lock(args.out, "--out"):
+        report = run_guided_study(args.data, args.checkpoint, args.segmenter, args.out,
+                                  GuidedStudyConfig(**config_values(args, GuidedStudyConfig)),
+                                  sampler=sampler_from(args, cap_steps=False), device=resolve_device(args.device))
+    print("\n".join(guided_summary_lines(report)))
+    print(f"wrote {Path(args.out) / 'guided-study.json'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -442,8 +458,19 @@ def build_parser() -> argparse.ArgumentParser:
     efs.add_argument("--segmenter", required=True, type=Path, help="the segmenter that reads the EF and Dice LV")
     efs.add_argument("--out", required=True, type=Path, help="the study's JSON (e.g. results/cpu/ef-study.json)")
     add_options(efs, EFStudyConfig)
+    add_guide_options(efs)
     efs.add_argument("--device", default="auto")
     efs.set_defaults(func=cmd_ef_study)
+    gs = sub.add_parser("guided-study", help="ILVR against plain Free-Echo over t_i x guide settings: Table 1's "
+                        "scores, the map margin and the EF read back")
+    gs.add_argument("--data", required=True, type=Path, help="the dataset whose TEST maps are used")
+    gs.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="ema.pt of the unconditional model")
+    gs.add_argument("--segmenter", required=True, type=Path, help="the judge that reads Dice LV, FD-seg and the EF")
+    gs.add_argument("--out", required=True, type=Path, help="the study's folder (its cells and guided-study.json)")
+    add_options(gs, GuidedStudyConfig)
+    add_options(gs, SamplerConfig, ["solver", "churn", "steps"], defaults=DEFAULT_SAMPLER)
+    gs.add_argument("--device", default="auto")
+    gs.set_defaults(func=cmd_guided_study)
     gen = sub.add_parser("generate", help="videos from your own ED map (PNG or NIfTI; CAMUS, 5-label or LV-only)")
     gen.add_argument("--map", required=True, type=Path, help="the ED label map: .png, .nii or .nii.gz, any size")
     gen.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,

@@ -240,6 +240,12 @@ class SamplerConfig:
         """The noise levels integrated from t_i = `start_step` of the paper's 64-step schedule to 0."""
         return start_schedule(karras_sigmas(), start_step, self.respaced_steps(start_step))
 
+    def network_evaluations(self, start_step: int) -> int:
+        """Network evaluations of one video from `start_step`: N steps cost N (Euler, DPM-Solver++(2M)) or 2N - 1
+        (Heun: no correction on the last step); a Cls-Free evaluation runs both branches in one batch."""
+        steps = len(self.schedule(start_step)) - 1
+        return 2 * steps - 1 if self.solver == "heun" else steps
+
     def solver_options(self) -> dict:
         """The churn keywords of the solvers (none for the ODE)."""
         return {} if self.churn is None else asdict(self.churn)

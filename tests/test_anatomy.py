@@ -11,7 +11,8 @@ from freeecho_core.data.make_dataset import make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig, make_case
 from freeecho_core.study.anatomy import (clip_features, feature_distances, frame_features, map_scores, map_specificity,
                                          roughness, seed_correlations, specificity_from_labels)
-from freeecho_core.study.segmenter import SegConfig, SegUNet, load_segmenter, segment, train_segmenter
+from freeecho_core.study.segmenter import (SegConfig, SegUNet, blend_renderings, labelled_frames, load_segmenter, segment,
+                                         train_segmenter)
 
 SEG = SegConfig(frames=4, size=32, steps=150, batch_size=16)
 
@@ -164,3 +165,28 @@ def test_a_segmenter_stored_before_a_setting_existed_is_used_with_that_setting_a
     payload["config"].pop("augment")  # as checkpoints written before the option was added
     older = save_checkpoint(tmp_path / "older.pt", payload)
     assert trained_segmenter(SEG, phantom, older) == (older, "stored")
+
+
+def test_flat_renderings_paint_each_frames_labels_with_the_ed_maps_grey_levels(phantom):
+    """The pseudo renderings the judge learns from: per frame one grey level per label, the same levels in every
+    frame of a clip (those eq. (3) gives its ED map), and blends between a frame and its rendering."""
+    data = EchoClips(phantom, "TRAIN", ClipConfig(frames=4, size=32))
+    frames, labels, flat = labelled_frames(data, renderings=True)
+    assert flat.shape == frames.shape and flat.dtype == np.float32
+    first = flat[:4]  # the first clip's 4 labelled frames
+    for label in range(1, 4):
+        levels = np.unique(np.round(first[labels[:4] == label], 6))
+        assert len(levels) == 1  # one grey per label over the clip's frames
+    assert len(np.unique(np.round(first[0], 6))) <= 5  # outside, tissue, LV, myocardium, LA
+    x, f = torch.from_numpy(frames[:64])[:, None], torch.from_numpy(flat[:64])[:, None]
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(blend_renderings(x, f, 0.0, g), x)
+    mixed = blend_renderings(x, f, 1.0, g)
+    a = ((mixed - f) * (x - f)).sum((1, 2, 3)) / ((x - f) ** 2).sum((1, 2, 3))  # the blend weight of each frame
+    assert ((a >= 0) & (a <= 1)).all() and a.std() > 0.1
+    assert torch.allclose(mixed, a[:, None, None, None] * x + (1 - a[:, None, None, None]) * f, atol=1e-5)
+
+
+def test_the_pseudo_share_is_a_checked_setting():
+    with pytest.raises(ValueError, match="pseudo_share"):
+        SegConfig(pseudo_share=1.5)

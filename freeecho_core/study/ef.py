@@ -14,6 +14,7 @@ motion of the pseudo video.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from freeecho_core.data.clips import PREPARATION_VERSION, UNLABELLED, unit_from_
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.lv import camus_from_five, dice, ef_area_proxy
 from freeecho_core.files import read_json, write_text_atomically
+from freeecho_core.guidance import Guide
 from freeecho_core.motion import beating_maps, beating_pseudo_video, es_frame_of_clips
 from freeecho_core.options import at_least, finite_number, option, start_step
 from freeecho_core.progress import progress_bar
@@ -50,28 +52,29 @@ class EFStudyConfig:
 
 
 def real_floor(judge, clips) -> list[dict]:
-    """Per TEST clip with an annotated ES frame: the EF proxy of its labels (ED and ES) and of the segmenter's
-    reading of its video."""
+    """Per TEST clip with an annotated frame after ED: the EF proxy of its labels (every annotated frame: all of a
+    phantom clip's, ED and ES of a CAMUS one) and of the segmenter's reading of its video."""
     rows = []
     for clip in clips:
         labelled = [k for k in range(len(clip.frame_labels)) if (clip.frame_labels[k] != UNLABELLED).any()]
-        if len(labelled) < 2:
+        if len(labelled) < 2 or labelled[0] != 0:
             continue
-        truth = ef_area_proxy(np.stack([clip.frame_labels[labelled[0]], clip.frame_labels[labelled[-1]]]))
+        truth = ef_area_proxy(clip.frame_labels[labelled])
         read = ef_area_proxy(segment(judge, clip.video))
         rows.append({"clip": f"{clip.case_id}_{clip.view}", "labels_ef": truth, "segmenter_ef": read})
     return rows
 
 
 def pseudo_video_reads(judge, clips, efs, es_frame: float, histogram) -> list[dict]:
-    """Per TEST map and target: the segmenter's EF proxy of the beating pseudo video itself, before any noise
-    (what the reading gives when no model is in the way)."""
+    """Per TEST map and target: the EF proxy of the beating label maps (exact) and the segmenter's reading of the
+    beating pseudo video made from them, before any noise (what the reading gives when no model is in the way)."""
     rows = []
     for c in clips:
         for ef in efs:
             maps = beating_maps(c.ed_map, len(c.video), es_frame, ef=ef)
             video = beating_pseudo_video(maps, histogram)[0, 0].numpy()
-            rows.append({"map": f"{c.case_id}_{c.view}", "target_ef": ef, "pseudo_ef": ef_area_proxy(segment(judge, video))})
+            rows.append({"map": f"{c.case_id}_{c.view}", "target_ef": ef,
+                         "maps_ef": ef_area_proxy(camus_from_five(maps)), "pseudo_ef": ef_area_proxy(segment(judge, video))})
     return rows
 
 
@@ -95,10 +98,12 @@ def same_study(stored: dict, settings: dict) -> bool:
 
 
 def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConfig = EFStudyConfig(), *,
-                 sampler: SamplerConfig | None = None, device="cpu", progress: bool = True) -> dict:
+                 sampler: SamplerConfig | None = None, guide: Guide | None = None, device="cpu",
+                 progress: bool = True) -> dict:
     """Generate and read back every (t_i, map, target) of `config` and write `out_json`: per-video rows, the
-    agreement of the beating videos' EF with the targets per t_i, the still pseudo video's, and the real floor.
-    Resumable: rows already in `out_json` for the same settings are kept."""
+    agreement of the beating videos' EF with the targets per t_i, the still pseudo video's, and the reader's own
+    error (`reader_error`). `guide`: the guided Free-Echo (`guidance`) instead of the paper's. Resumable: rows
+    already in `out_json` for the same settings are kept."""
     out_json = Path(out_json)
     model = load_model(checkpoint, device, "unconditional")
     train = EchoClips(data_root, "TRAIN", model.clip, seed=model.seed)
@@ -111,6 +116,7 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
     clips = [test.clip(i) for i in range(min(len(test), config.max_maps))]
     # The weights' digest, not only the path: a checkpoint trained further in place makes the study again.
     settings = json.loads(json.dumps({"config": asdict(config), "sampler": asdict(sampler),
+                                      "guide": None if guide is None else asdict(guide),
                                       "checkpoint": str(checkpoint), "checkpoint_sha256": file_digest(checkpoint),
                                       "data": str(data_root), "es_frame": es_frame,
                                       "clip_preparation": PREPARATION_VERSION}))
@@ -127,17 +133,19 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
         key = (t_i, f"{c.case_id}_{c.view}", ef)
         if key in done:
             continue
+        started = time.perf_counter()
         result = pipe(c.ed_map, config.samples, t_i, seed=config.seed + 1000 * index, convention="five",
-                      sampler=sampler, ef=ef, es_frame=es_frame)
+                      sampler=sampler, ef=ef, es_frame=es_frame, guide=guide)
+        seconds = (time.perf_counter() - started) / config.samples
         ed_labels = camus_from_five(c.ed_map)
         for k, video in enumerate(result.square):
             seg = segment(judge, unit_from_grey(video))
-            rows.append({"start_step": t_i, "map": key[1], "target_ef": ef, "sample": k,
+            rows.append({"start_step": t_i, "map": key[1], "target_ef": ef, "sample": k, "seconds": seconds,
                          "video_ef": ef_area_proxy(seg), "dice_lv_ed": dice(seg[0], ed_labels, LV),
                          "maps_ef": None if result.label_maps is None else
                          ef_area_proxy(camus_from_five(result.label_maps))})
         write_text_atomically(out_json, json.dumps({"settings": settings, "videos": rows}, indent=1) + "\n")
-    floor = real_floor(judge, clips)
+    floor = real_floor(judge, [test.clip(i) for i in range(len(test))])
     pseudo = pseudo_video_reads(judge, clips, config.efs, es_frame, histogram)
     pseudo_ef = {(r["map"], r["target_ef"]): r["pseudo_ef"] for r in pseudo}
     summary = {}
@@ -158,11 +166,15 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
             "dice_lv_ed_still": float(np.nanmean([r["dice_lv_ed"] for r in rows
                                                   if r["start_step"] == t_i and r["target_ef"] is None])),
             "per_target": {str(ef): float(np.nanmean([r["video_ef"] for r in beating if r["target_ef"] == ef]))
-                           for ef in config.efs}}
+                           for ef in config.efs},
+            "network_evaluations": sampler.network_evaluations(t_i) + (guide.extra_evaluations() if guide else 0),
+            "seconds_per_video": float(np.mean([r["seconds"] for r in rows if r["start_step"] == t_i and "seconds" in r]
+                                               or [np.nan]))}
     report = {"settings": settings, "videos": rows, "summary": summary, "segmenter": judge_info,
               "real_floor": {"clips": floor, **agreement([f["labels_ef"] for f in floor],
                                                          [f["segmenter_ef"] for f in floor])},
-              "pseudo_video": {"rows": pseudo, **agreement([r["target_ef"] for r in pseudo],
+              # The reader on the pseudo video against the exact EF proxy of the label maps it was made from.
+              "pseudo_video": {"rows": pseudo, **agreement([r["maps_ef"] for r in pseudo],
                                                           [r["pseudo_ef"] for r in pseudo])},
               "code_version": code_version()}
     write_text_atomically(out_json, json.dumps(report, indent=1) + "\n")

@@ -61,8 +61,10 @@ class EvalConfig:
                              f"t_i = {self.guided_step}")
 
 def guided(guide: Guide, kind: str) -> Guide:
-    """The settings of `guide` for a guided method kind ("free-echo-<guide name>")."""
+    """The settings of `guide` for a guided method kind ("free-echo-<guide name>"; a calibration of 0 takes the
+    default's where the kind calibrates)."""
     settings = {k: v for k, v in asdict(guide).items() if k != "ilvr"}
+    settings["calibration"] = settings["calibration"] or Guide.calibration
     return Guide.named(kind.removeprefix("free-echo-"), **settings)
 
 
@@ -73,7 +75,7 @@ def method_specs(config: EvalConfig, clsfree: bool = True) -> list[Method]:
                *(Method(f"free-echo@{t}", "free-echo", t) for t in config.start_steps),
                Method(f"free-echo-stochastic@{config.stochastic_step}", "free-echo-stochastic", config.stochastic_step),
                *(Method(f"{kind}@{config.guided_step}", kind, config.guided_step, guided(config.guide, kind))
-                 for kind in GUIDED_KINDS)]
+                 for kind in GUIDED_KINDS if kind in config.methods)]
     return [m for m in methods if m.kind in config.methods and (clsfree or m.kind != "clsfree")]
 
 
