@@ -3,12 +3,12 @@
 From the paper's start t_i = 15 (sigma 19) the pseudo video survives only as its lowest frequencies, so the
 model's own motion and shapes take over. Two known remedies keep more of it, neither needs training:
 
-- ILVR (Choi et al., ICCV 2021, eq. (7)): after every reverse step that lands at a noise level at or above
+- ILVR (Choi et al., ICCV 2021): after every reverse step that lands at a noise level at or above
   sigma(`until`), the low spatial band of the state x_t is replaced with that of the pseudo video y noised to the
   same level, x_t <- x_t - P(x_t) + P(y + sigma_t n), n fresh N(0, I) noise (ILVR's y_t ~ q(y_t | y)). P is the
   per-frame low-pass "average over `factor` x `factor` blocks and back up", at the full temporal resolution, so
   the pseudo video's motion is imposed frame by frame. With a mask weight m the update is x_t + m (P(y_t) - P(x_t)).
-- Noise calibration (NC-SDEdit: Yang et al., ECCV 2024, eq. (8)): before the first step, the start
+- Noise calibration (NC-SDEdit: Yang et al., ECCV 2024): before the first step, the start
   x = y + sigma n is refined so that the first denoised estimate keeps the pseudo video's low band:
   x <- x + P(y - D(x, sigma)), `calibration` times (one network evaluation each). In their variance-preserving
   notation the noise is corrected by sqrt(abar) / sqrt(1 - abar) (F(y) - F(x0_hat)); with alpha = 1 and
