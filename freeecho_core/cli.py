@@ -324,11 +324,16 @@ def cmd_nfe_study(args: argparse.Namespace) -> None:
     print(f"wrote {args.json or Path(args.out) / 'study.json'}")
 
 
-def cmd_ef_study(args: argparse.Namespace) -> None:
+def check_ef_study_inputs(args: argparse.Namespace, reads: str) -> None:
+    """The --segmenter file (what the study `reads` with it) and --efs in the range a pseudo video beats with."""
     if not args.segmenter.is_file():
-        raise ValueError(f"--segmenter {args.segmenter}: no such file; the study reads the EF with the stored segmenter")
+        raise ValueError(f"--segmenter {args.segmenter}: no such file; the study reads {reads}")
     if not EF_RANGE[0] <= min(args.efs) <= max(args.efs) <= EF_RANGE[1]:
         raise ValueError(f"--efs must lie in [{EF_RANGE[0]}, {EF_RANGE[1]}], got {args.efs}")
+
+
+def cmd_ef_study(args: argparse.Namespace) -> None:
+    check_ef_study_inputs(args, "the EF with the stored segmenter")
     report = run_ef_study(args.data, args.checkpoint, args.segmenter, args.out,
                           EFStudyConfig(**config_values(args, EFStudyConfig)), guide=guide_from(args),
                           device=resolve_device(args.device))
@@ -337,10 +342,7 @@ def cmd_ef_study(args: argparse.Namespace) -> None:
 
 
 def cmd_guided_study(args: argparse.Namespace) -> None:
-    if not args.segmenter.is_file():
-        raise ValueError(f"--segmenter {args.segmenter}: no such file; the study reads Dice and EF with it")
-    if not EF_RANGE[0] <= min(args.efs) <= max(args.efs) <= EF_RANGE[1]:
-        raise ValueError(f"--efs must lie in [{EF_RANGE[0]}, {EF_RANGE[1]}], got {args.efs}")
+    check_ef_study_inputs(args, "Dice and EF with it")
     check_output_folder(args.out, "--out")
     with folder_lock(args.out, "--out"):
         report = run_guided_study(args.data, args.checkpoint, args.segmenter, args.out,
