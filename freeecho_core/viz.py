@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import re
 
 import matplotlib.pyplot as plt
@@ -84,6 +85,53 @@ def animate_panels(panels: list[tuple[str, np.ndarray]], columns: int, fps: floa
     anim = animation.FuncAnimation(fig, update, frames=n, interval=1000 / fps, blit=True)
     plt.close(fig)
     return anim
+
+
+def still_figure(panels: list[tuple[str, np.ndarray | None]], frames: int = 4, size: float = 1.7):
+    """The still of a player (`animate_panels` input) for print and for readers without JavaScript: a frame
+    grid with one row per clip at `frames` evenly spaced frames (0 = ED, the last frame), after a first row with
+    the panels that do not play (maps, images). A clip whose title is a list of per-frame titles is labelled
+    by those instead of frame numbers. Returns the figure (`player_html` embeds it)."""
+    clips = [(t, np.asarray(p)) for t, p in panels if p is not None and np.ndim(p) == 3 and np.shape(p)[-1] != 3]
+    statics = [(t if isinstance(t, str) else t[0], np.asarray(p)) for t, p in panels
+               if p is not None and not (np.ndim(p) == 3 and np.shape(p)[-1] != 3)]
+    if not clips:
+        raise ValueError("still_figure needs at least one (T, H, W) clip among the panels")
+    length = min(len(clip) for _, clip in clips)
+    picks = np.unique(np.linspace(0, length - 1, min(frames, length)).round().astype(int))
+    columns = max(len(picks), len(statics))
+    rows = len(clips) + bool(statics)
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, (size + 0.3) * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    for ax, (title, image) in zip(axes[0], statics):
+        ax.imshow(image if image.ndim == 3 else to_grey(image), cmap=None if image.ndim == 3 else "gray",
+                  vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+    for row, (title, clip) in zip(axes[bool(statics):], clips):
+        row[0].set_ylabel(title if isinstance(title, str) else "", fontsize=8)
+        for ax, k in zip(row, picks):
+            ax.imshow(to_grey(clip[k]), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"frame {k}" if isinstance(title, str) else title[k], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def player_html(panels: list[tuple[str, np.ndarray | None]], columns: int, alt: str, fps: float = 8.0,
+                size: float = 2.6, frames: int = 4) -> str:
+    """One HTML block: the player's still (`still_figure` as an embedded PNG with alt text `alt`, for print and
+    for readers without JavaScript) above the player itself (`animate_panels`). Displayed as one output, it
+    sits in one captioned, numbered figure when its cell has a figure caption."""
+    still = still_figure(panels, frames)
+    buffer = io.BytesIO()
+    still.savefig(buffer, format="png", dpi=100)
+    plt.close(still)
+    image = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f'<div class="player-still"><img alt="{html.escape(alt)}" src="data:image/png;base64,{image}"></div>'
+            + animation_html(animate_panels(panels, columns, fps, size)))
 
 
 def network_input(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -204,7 +252,8 @@ def animation_html(anim: animation.FuncAnimation) -> str:
 
 
 def rows_table(rows: list[dict], columns: list[str]) -> str:
-    """A Markdown table of `columns` of `rows`: floats to 4 significant digits, None as a dash."""
+    """A Markdown table of `columns` of `rows`: floats to 4 significant digits, None as a dash; a header longer
+    than 8 characters gets a zero-width space after each underscore, where a browser may wrap it."""
     def cell(v):
         if v is None:
             return "-"
@@ -212,7 +261,10 @@ def rows_table(rows: list[dict], columns: list[str]) -> str:
             return "yes" if v else "no"
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    def header(name):  # a long key (speedup_vs_reference) may wrap after its underscores, not widen its table
+        return name.replace("_", "_\u200b") if len(name) > 8 else name
+
+    lines = ["| " + " | ".join(header(c) for c in columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 

@@ -133,6 +133,9 @@ def test_trained_segmenter_reports_its_held_out_dice_and_reads_true_frames(phant
     distances = feature_distances(net, [noise[:2], noise[2:]], torch.stack([real, real.flip(-1)]))
     near = feature_distances(net, [real[None], real.flip(-1)[None]], torch.stack([real, real.flip(-1)]))
     assert distances["FD-seg"] > near["FD-seg"] and distances["FVD-seg"] > near["FVD-seg"]
+    # The bootstrap over maps: a spread only for generated and real paired by map.
+    assert distances["FD-seg s.e."] > 0 and near["FD-seg s.e."] < distances["FD-seg"] - near["FD-seg"]
+    assert "FD-seg s.e." not in feature_distances(net, [noise], torch.stack([real, real.flip(-1)]))
     assert segment(net, clip.video).shape == clip.video.shape
 
 

@@ -1,4 +1,5 @@
 """The study end to end at toy scale: every method generates, the run resumes, the report is complete."""
+import ast
 import json
 from dataclasses import replace
 from types import SimpleNamespace
@@ -15,7 +16,7 @@ from freeecho_core.study.metrics import ssim_psnr
 from freeecho_core.study.scoring import evaluate, second_scan_row, ssim_breakdown
 from freeecho_core.study.segmenter import SegConfig, train_segmenter
 from freeecho_core.study.tables import (claims_table, markdown_table, paper_ordering, specificity_rows,
-                                        specificity_verdict)
+                                        specificity_verdict, table_reports)
 from freeecho_core.study.videos import EvalConfig, method_specs, sample_seeds
 from freeecho_core.synthesis import METHOD_KINDS
 
@@ -104,6 +105,14 @@ def test_table_and_ordering_read_the_report():
     report["methods"]["free-echo@35"] |= {"maps": 8, "samples_per_map": 4, "SSIM_std": 0.05}
     spread = markdown_table({"x": report})
     assert "| free-echo | 35 | 8×4 | 0.300\u00a0±\u00a00.050 | 6.00\u00a0±\u00a00.00 |" in spread
+    report["methods"]["free-echo@35"] |= {"Dice LV": 0.8, "FD-seg": float("nan"), "per_map": {"a": {}}}
+    report["methods"]["sdedit@15"]["FD-seg"] = 1.5
+    stored = table_reports({"x": report})
+    assert "per_map" not in stored["x"]["methods"]["free-echo@35"] and ast.literal_eval(repr(stored)) == stored
+    quality, anatomy = (markdown_table(stored, paper={"x": "CAMUS"}, part=part) for part in ("quality", "anatomy"))
+    assert "Dice LV" not in quality and "*paper, real CAMUS*" in quality and "| x | free-echo | 35 | 8×4 | 0.300" in quality
+    assert anatomy.splitlines()[0] == "| dataset | method | t_i | n | Dice LV | FD-seg |"
+    assert "| x | free-echo | 35 | 8×4 | 0.8 | n/a |" in anatomy and "paper" not in anatomy
 
 
 def test_the_paper_claims_are_checked_on_the_paper_table_first():

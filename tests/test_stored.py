@@ -35,3 +35,42 @@ def test_stored_runs_are_grouped_by_profile(tmp_path):
     (tmp_path / "gpu-short" / "broken.ipynb").write_text("{")
     with pytest.raises(ValueError, match="broken.ipynb: not an executed notebook"):
         stored_runs(tmp_path)
+
+
+def test_the_headline_and_table1_are_drawn_from_what_the_study_glued(tmp_path):
+    from freeecho_core.study.headline import has_table1, headline, study_values, table1_parts
+    from freeecho_core.study.tables import claims_table, table_reports
+
+    def row(ssim, dice):
+        per_map = {f"case{k}_2CH": {"SSIM": ssim + 0.01 * k, "PSNR": 20 + ssim + 0.01 * k} for k in range(8)}
+        return {"SSIM": ssim, "SSIM_std": 0.02, "PSNR": 20 + ssim, "PSNR_std": 0.5, "maps": 8, "samples_per_map": 4,
+                "Dice LV": dice, "map margin": 0.1, "map margin s.e.": 0.02, "FD-seg": float("nan"), "per_map": per_map}
+
+    reports = {"phantom CAMUS": {"methods": {"sdedit@15": row(0.3, 0.7), "clsfree": row(0.7, 0.9),
+                                             "free-echo@15": row(0.5, 0.8), "free-echo@35": row(0.6, 0.85),
+                                             "free-echo@55": row(0.4, 0.86)}}}
+    reports["phantom CAMUS"]["methods"]["free-echo@35"]["per_map"] = {  # 15 vs 35: differences of both signs
+        k: {"SSIM": v["SSIM"] + (-0.05 if int(k[4]) % 2 else 0.05), "PSNR": v["PSNR"]}
+        for k, v in reports["phantom CAMUS"]["methods"]["free-echo@15"]["per_map"].items()}
+    (tmp_path / "cpu").mkdir()
+    write_notebook(tmp_path / "cpu" / "05_evaluation.ipynb", [
+        glue_output("table1_reports", repr(table_reports(reports))),
+        glue_output("table1_paper", repr({"phantom CAMUS": "CAMUS"})),
+        glue_output("claims_rows", repr(claims_table(reports)))])
+    values = study_values(stored_runs(tmp_path))
+    assert has_table1(values) and not has_table1({"table1_table": "| a |"}) and study_values({}) == {}
+    quality, anatomy = table1_parts(values)
+    assert "*paper, real CAMUS*" in quality and "Dice LV" not in quality
+    assert "| phantom CAMUS | free-echo | 15 | 8×4 | 0.8 | 0.1 |" in anatomy
+    text = headline(values)
+    assert "(8 maps × 4 samples each), Free-Echo from $t_i$ = 15 scores an SSIM of 0.500" in text
+    assert "a Dice of 0.800 (Cls-Free 0.900), +0.100 ± 0.020 above what a video of another heart scores" in text
+    # SSIM: Cls-Free > FE15 and FE15 > SDEdit hold, the t_i chain is not significant; PSNR the same.
+    assert "claims about Table 1 (orderings of SSIM and PSNR), on phantom CAMUS, 4 hold and 2 are not significant" in text
+
+
+def test_columns_are_picked_from_a_markdown_table_by_name():
+    from freeecho_core.study.headline import markdown_columns
+
+    table = "| a | b | c |\n|---|---|---|\n| 1 | *2* | 3 |"
+    assert markdown_columns(table, ["a", "c", "missing"]) == "| a | c |\n| --- | --- |\n| 1 | 3 |"

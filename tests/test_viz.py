@@ -6,7 +6,8 @@ from matplotlib.colors import LogNorm
 
 from freeecho_core.edm import SIGMA_DATA
 from freeecho_core.pseudo import exact_plan
-from freeecho_core.viz import plot_grey_level_distributions, show_network_input, show_plan
+from freeecho_core.viz import (player_html, plot_grey_level_distributions, rows_table, show_network_input, show_plan,
+                               still_figure)
 
 
 @pytest.fixture(autouse=True)
@@ -98,3 +99,32 @@ def test_download_links_carry_their_file():
     link = download_link("metrics.json", b'{"a": 1}', "application/json")
     assert link.startswith('<a download="metrics.json" href="data:application/json;base64,')
     assert base64.b64decode(re.search(r"base64,([^\"]+)", link).group(1)) == b'{"a": 1}'
+
+
+def test_a_still_shows_each_clip_at_evenly_spaced_frames_below_the_images_that_do_not_play():
+    clip = np.stack([np.full((8, 8), k, np.uint8) * 20 for k in range(9)])  # frame k has grey level 20 k
+    panels = [("map", np.zeros((8, 8, 3))), ("real", clip), ("", None), ("generated", 255 - clip)]
+    fig = still_figure(panels, frames=3)
+    axes = np.array(fig.axes).reshape(3, 3)
+    assert axes[0, 0].get_title() == "map" and not axes[0, 1].images  # one image in the first row
+    assert [ax.get_title() for ax in axes[1]] == ["frame 0", "frame 4", "frame 8"]
+    assert axes[1, 0].get_ylabel() == "real" and axes[2, 0].get_ylabel() == "generated"
+    np.testing.assert_allclose([ax.images[0].get_array()[0, 0] for ax in axes[2]], [1.0, 1 - 80 / 255, 1 - 160 / 255])
+    per_step = still_figure([(["t = 0", "t = 1", "t = 2"], clip[:3])], frames=4)  # shorter than `frames`
+    assert [ax.get_title() for ax in per_step.axes] == ["t = 0", "t = 1", "t = 2"]
+    with pytest.raises(ValueError, match="at least one"):
+        still_figure([("map", np.zeros((8, 8)))])
+
+
+def test_a_player_comes_with_its_still_as_an_embedded_image():
+    clip = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8))
+    page = player_html([("a", clip), ("b", -clip)], columns=2, alt="Frames of two noise clips & their player.")
+    still = page.split('<div class="animation">', 1)[0]
+    assert 'alt="Frames of two noise clips &amp; their player."' in still and "data:image/png;base64," in still
+    assert "player-still" in still and "maxcdn" not in page
+
+
+def test_table_headers_may_wrap_only_inside_long_names():
+    table = rows_table([{"t_i": 15, "speedup_vs_reference": 1.5}], ["t_i", "speedup_vs_reference"])
+    assert table.splitlines()[0] == "| t_i | speedup_\u200bvs_\u200breference |"
+    assert table.splitlines()[2] == "| 15 | 1.5 |"

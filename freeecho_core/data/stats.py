@@ -38,6 +38,16 @@ REAL_FIGURES = {
 }
 STATISTICS = ("mean", "median", "p5", "p95", "p95_p50", "near_black", "lv_mean", "myo_mean", "cnr",
               "opening_deg", "apex_x", "speckle_corr", "speckle_width_px")
+# What a reader sees for each statistic and each column of `comparison_rows`.
+STATISTIC_NAMES = {"mean": "mean grey level", "median": "median grey level", "p5": "5th percentile",
+                   "p95": "95th percentile", "p95_p50": "bright tail: 95th / 50th percentile",
+                   "near_black": "share of near-black pixels (< 16)", "lv_mean": "LV cavity mean grey (ED)",
+                   "myo_mean": "myocardium mean grey (ED)", "cnr": "myocardium-to-LV contrast-to-noise ratio",
+                   "opening_deg": "fan opening (degrees)", "apex_x": "fan apex, share of the width",
+                   "speckle_corr": "speckle correlation over 40 ms", "speckle_width_px": "lateral speckle width (px)"}
+COMPARISON_COLUMNS = {"statistic": "statistic", "real echonet": "real EchoNet-Dynamic (11 videos)",
+                      "phantom echonet": "phantom, EchoNet look", "real camus": "real CAMUS (1 frame)",
+                      "phantom camus": "phantom, CAMUS look"}
 
 
 def fan_edges(sector: np.ndarray) -> tuple[float, float]:
@@ -156,16 +166,16 @@ def folder_statistics(root: str | Path, limit: int | None = None) -> list[dict]:
 
 
 def comparison_rows(phantom: dict[str, list[dict]]) -> list[dict]:
-    """One row per statistic: the real figures beside the median [range] of each phantom format's recordings.
-    phantom: {format: folder_statistics rows}."""
+    """One row per statistic (`STATISTIC_NAMES`): the real figures beside the median [range] of each phantom
+    format's recordings, in the columns of `COMPARISON_COLUMNS`. phantom: {format: folder_statistics rows}."""
     summaries = {fmt: {r["statistic"]: r for r in summary_rows(rows)} for fmt, rows in phantom.items()}
     out = []
     for name in STATISTICS:
-        row = {"statistic": name}
+        row = {"statistic": STATISTIC_NAMES[name]}
         for fmt in ("echonet", "camus"):
-            row[f"real {fmt}"] = REAL_FIGURES[fmt].get(name, "-")
+            row[COMPARISON_COLUMNS[f"real {fmt}"]] = REAL_FIGURES[fmt].get(name, "-")
             r = summaries.get(fmt, {}).get(name)
-            row[f"phantom {fmt}"] = f"{r['median']:.3g} [{r['min']:.3g}-{r['max']:.3g}]" if r else "-"
+            row[COMPARISON_COLUMNS[f"phantom {fmt}"]] = f"{r['median']:.3g} [{r['min']:.3g}-{r['max']:.3g}]" if r else "-"
         out.append(row)
     return out
 

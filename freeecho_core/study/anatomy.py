@@ -91,15 +91,30 @@ def map_scores(net: SegUNet, generated: torch.Tensor, real: torch.Tensor, ed_map
     return scores
 
 
-def feature_distances(net: SegUNet, generated: list[torch.Tensor], real: torch.Tensor) -> dict[str, float]:
-    """FD-seg (all generated frames against all real frames) and FVD-seg (clips), pooled over maps.
-    generated: per map (n, K, S, S) in [0, 1]; real: (maps, K, S, S) in [0, 1]."""
-    gen = np.concatenate([frame_features(net, g) for g in generated])
+def frame_distance(generated: list[np.ndarray], real: np.ndarray) -> float:
+    """FD-seg of per-frame features: generated per map (n, K, d), real (maps, K, d), every frame pooled."""
+    d = real.shape[-1]
+    return frechet_distance(*gaussian_statistics(np.concatenate(generated).reshape(-1, d)),
+                            *gaussian_statistics(real.reshape(-1, d)))
+
+
+def feature_distances(net: SegUNet, generated: list[torch.Tensor], real: torch.Tensor,
+                      resamples: int = 200) -> dict[str, float]:
+    """FD-seg (all generated frames against all real frames) and FVD-seg (clips), pooled over maps, and the
+    standard error of FD-seg: the spread of FD-seg over `resamples` bootstrap draws of the maps (each draw
+    takes a map's generated videos with its real clip; given only when generated and real are paired by map,
+    two maps or more). generated: per map (n, K, S, S) in [0, 1]; real: (maps, K, S, S) in [0, 1]."""
+    gens = [frame_features(net, g) for g in generated]
     ref = frame_features(net, real)
-    d = gen.shape[-1]
-    return {"FD-seg": frechet_distance(*gaussian_statistics(gen.reshape(-1, d)), *gaussian_statistics(ref.reshape(-1, d))),
+    gen = np.concatenate(gens)
+    rng = np.random.default_rng(0)
+    paired = len(gens) == len(ref) > 1
+    draws = [rng.integers(0, len(gens), len(gens)) for _ in range(resamples if paired else 0)]
+    boot = [frame_distance([gens[i] for i in pick], ref[pick]) for pick in draws]
+    return {"FD-seg": frame_distance(gens, ref),
             "FVD-seg": frechet_distance(*gaussian_statistics(clip_features(gen)),
-                                        *gaussian_statistics(clip_features(ref)))}
+                                        *gaussian_statistics(clip_features(ref)))} | (
+        {"FD-seg s.e.": float(np.std(boot, ddof=1))} if len(boot) > 1 else {})
 
 
 def video_correlation(a: torch.Tensor, b: torch.Tensor, region: np.ndarray) -> float:

@@ -26,7 +26,7 @@ from freeecho_core.study.scoring import evaluate, load_models
 from freeecho_core.study.videos import EvalConfig
 
 # The columns of `study_rows` taken from Table 1's scoring.
-QUALITY = ("SSIM", "PSNR", "Dice LV", "map margin", "map margin s.e.", "FD-seg")
+QUALITY = ("SSIM", "PSNR", "Dice LV", "map margin", "map margin s.e.", "FD-seg", "FD-seg s.e.")
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def summary_lines(report: dict) -> list[str]:
     for r in report["rows"]:
         lines.append(f"t_i {r['t_i']:>2} {r['method']:<20} Dice LV {number(r['Dice LV'], '.3f')}, margin "
                      f"{number(r['map margin'], '+.3f')}, SSIM {number(r['SSIM'], '.3f')}, FD-seg "
-                     f"{number(r['FD-seg'], '.2f')}, EF r {number(r['EF r'], '.2f')} MAE {number(r['EF MAE'], '.3f')} "
+                     f"{number(r['FD-seg'], '.2f')} ± {number(r.get('FD-seg s.e.'), '.2f')}, EF r {number(r['EF r'], '.2f')} MAE {number(r['EF MAE'], '.3f')} "
                      f"bias {number(r['EF bias'], '+.3f')}, {r['NFE']} NFE, {r['seconds per video']:.1f} s/video")
     for name, error in (report["reader"] or {}).items():
         lines.append(f"the EF reader on {name}: r {error['correlation']:.2f}, MAE {error['mae']:.3f}, "

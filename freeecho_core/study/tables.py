@@ -4,8 +4,11 @@ numbers.
 """
 from __future__ import annotations
 
+import math
+import statistics
 
 from freeecho_core.study.anatomy import ANATOMY_COLUMNS, SPECIFICITY_COLUMNS
+from freeecho_core.study.significance import paired_bootstrap, verdict, verdict_cell
 
 
 # The paper's Table 1, on the REAL datasets (SSIM, PSNR, FID, FVD). Shown beside ours, never mixed with them.
@@ -24,30 +27,60 @@ def mean_cell(mean: float, std: float, n: int, digits: int) -> str:
     return f"{mean:.{digits}f}\u00a0±\u00a0{std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"  # no-break spaces
 
 
-def markdown_table(reports: dict[str, dict], paper: dict[str, str] | None = None) -> str:
+def standard_error(row: dict, metric: str) -> float:
+    """The standard error over test maps of a method's metric, from its per-map values (SSIM and PSNR in
+    `per_map`, the anatomy metrics in `anatomy_per_map`); NaN with fewer than two maps."""
+    source = row.get("per_map", {}) if metric in ("SSIM", "PSNR") else row.get("anatomy_per_map", {})
+    values = [m[metric] for m in source.values() if metric in m and math.isfinite(m[metric])]
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+
+
+TABLE_PARTS = ("all", "quality", "anatomy")
+
+
+def markdown_table(reports: dict[str, dict], paper: dict[str, str] | None = None, part: str = "all") -> str:
     """Table 1 layout: dataset, method, t_i, n (test maps × samples per map; the paper gives only its 10
     samples), SSIM, PSNR (mean ± std over maps), FID, FVD ("n/a" where a metric is unavailable), then the anatomy
     columns that any report holds (Dice per structure, EF proxy error, LV area roughness, FD-seg, FVD-seg; "-"
     for the paper, which did not measure them). `paper` maps a dataset label of ours to the paper's real dataset
-    whose numbers are added as separate rows, labelled as the paper's."""
+    whose numbers are added as separate rows, labelled as the paper's. `part` "quality" keeps the paper's
+    columns and rows only, "anatomy" our anatomy columns only (the paper has none): two tables that each fit a
+    page's column."""
+    if part not in TABLE_PARTS:
+        raise ValueError(f"part must be one of {TABLE_PARTS}, got {part!r}")
     anatomy = [c for c in ANATOMY_COLUMNS if any(c in row for r in reports.values() for row in r["methods"].values())]
-    header = ["dataset", "method", "t_i", "n", "SSIM", "PSNR (dB)", "FID", "FVD", *anatomy]
+    quality = ["SSIM", "PSNR (dB)", "FID", "FVD"] if part != "anatomy" else []
+    anatomy = anatomy if part != "quality" else []
+    header = ["dataset", "method", "t_i", "n", *quality, *anatomy]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, report in reports.items():
         for name, row in report["methods"].items():
             method, _, step = name.partition("@")
             n = row.get("maps", 1)
-            cells = [label, method, step or "-", f"{n}×{row.get('samples_per_map', '?')}",
-                     mean_cell(row["SSIM"], row["SSIM_std"], n, 3), mean_cell(row["PSNR"], row["PSNR_std"], n, 2),
-                     *(f"{row[m]:.2f}" if m in row else "n/a" for m in ("FID", "FVD")),
-                     *(f"{row[c]:.3g}" if c in row else "n/a" for c in anatomy)]
+            cells = [label, method, step or "-", f"{n}×{row.get('samples_per_map', '?')}"]
+            if quality:
+                cells += [mean_cell(row["SSIM"], row["SSIM_std"], n, 3), mean_cell(row["PSNR"], row["PSNR_std"], n, 2),
+                          *(f"{row[m]:.2f}" if m in row else "n/a" for m in ("FID", "FVD"))]
+            cells += [f"{row[c]:.3g}" if c in row else "n/a" for c in anatomy]
             lines.append("| " + " | ".join(cells) + " |")
-        real = (paper or {}).get(label)
+        real = (paper or {}).get(label) if quality else None
         for name, values in PAPER_TABLE1.get(real, {}).items():
             method, _, step = name.partition("@")
             cells = [f"paper, real {real}", method, step or "-", "?×10", *(f"{v:.2f}" for v in values)]
             lines.append("| " + " | ".join(f"*{c}*" for c in cells) + " |" + " - |" * len(anatomy))
     return "\n".join(lines)
+
+
+def table_reports(reports: dict[str, dict]) -> dict[str, dict]:
+    """The part of each report that Table 1 shows (every method's scalar scores, no per-map detail): small
+    enough to glue into the executed notebook, so that the Results page draws the stored study's tables with
+    `markdown_table` itself. A score that could not be computed (NaN) is left out: the table shows it as n/a."""
+    def shown(v):
+        return isinstance(v, str) or isinstance(v, (int, float)) and math.isfinite(v)
+
+    return {label: {"methods": {name: {k: v for k, v in row.items() if shown(v)}
+                                for name, row in report["methods"].items()}}
+            for label, report in reports.items()}
 
 
 def specificity_rows(report: dict) -> list[dict]:
@@ -83,14 +116,18 @@ def specificity_verdict(name: str, row: dict) -> str:
     return sentence + "."
 
 
+# The paper's claims about Table 1: each is a chain of "A above B" comparisons on one metric.
+CLAIMS = {"Cls-Free above Free-Echo@15": [("clsfree", "free-echo@15")],
+          "Free-Echo@15 above SDEdit": [("free-echo@15", "sdedit@15")],
+          "Free-Echo worsens from t_i = 15 to 35 to 55": [("free-echo@15", "free-echo@35"),
+                                                         ("free-echo@35", "free-echo@55")]}
+
+
 def paper_ordering(report: dict, metric: str = "SSIM") -> dict[str, bool]:
-    """The paper's claims about Table 1, checked on a report: Cls-Free above Free-Echo@15 above SDEdit, and
-    Free-Echo worsening from t_i = 15 to 35 to 55."""
+    """The paper's claims about Table 1 (`CLAIMS`), checked on a report's means: Cls-Free above Free-Echo@15
+    above SDEdit, and Free-Echo worsening from t_i = 15 to 35 to 55."""
     m = {name: row[metric] for name, row in report["methods"].items()}
-    return {f"Cls-Free above Free-Echo@15 ({metric})": m["clsfree"] > m["free-echo@15"],
-            f"Free-Echo@15 above SDEdit ({metric})": m["free-echo@15"] > m["sdedit@15"],
-            f"Free-Echo worsens from t_i = 15 to 35 to 55 ({metric})":
-                m["free-echo@15"] > m["free-echo@35"] > m["free-echo@55"]}
+    return {f"{claim} ({metric})": all(m[a] > m[b] for a, b in chain) for claim, chain in CLAIMS.items()}
 
 
 def paper_report(dataset: str) -> dict:
@@ -98,17 +135,40 @@ def paper_report(dataset: str) -> dict:
     return {"methods": {name: {"SSIM": v[0], "PSNR": v[1]} for name, v in PAPER_TABLE1[dataset].items()}}
 
 
+def paired_claim(report: dict, chain: list[tuple[str, str]], metric: str) -> dict:
+    """A claim's chain judged over the test maps that every method of it scored (`significance`): each link's
+    paired bootstrap of the per-map differences; the chain holds when every link holds, fails when any link
+    fails. Returns the weakest link's test with the chain's verdict."""
+    methods = report["methods"]
+    maps = sorted(set.intersection(*(set(methods[name].get("per_map", {})) for pair in chain for name in pair)))
+    if not maps:
+        raise ValueError(f"the report has no per-map {metric} for {chain}")
+    tests = [paired_bootstrap([methods[a]["per_map"][k][metric] for k in maps],
+                              [methods[b]["per_map"][k][metric] for k in maps]) for a, b in chain]
+    verdicts = [verdict(t) for t in tests]
+    weakest = min(tests, key=lambda t: t["low"])
+    chain_verdict = ("fails" if "fails" in verdicts else "holds" if set(verdicts) == {"holds"} else
+                     "too few maps" if "too few maps" in verdicts else "not significant")
+    return weakest | {"verdict": chain_verdict}
+
+
 def claims_table(reports: dict[str, dict]) -> list[dict]:
-    """Each of the paper's claims (`paper_ordering`, for SSIM and PSNR) checked first on the paper's own Table 1
-    for CAMUS and EchoNet-Dynamic, then on each of our reports: rows of {claim, <column>: "holds" / "fails"}."""
-    columns = {f"paper, {d}": paper_report(d) for d in PAPER_TABLE1} | {f"ours, {k}": r for k, r in reports.items()}
-    verdicts = {column: {} for column in columns}
-    for column, report in columns.items():
-        for metric in ("SSIM", "PSNR"):
-            verdicts[column] |= paper_ordering(report, metric)
-    claims = list(next(iter(verdicts.values())))
-    return [{"claim": claim} | {column: "holds" if verdicts[column][claim] else "fails" for column in columns}
-            for claim in claims]
+    """Each of the paper's claims (`CLAIMS`, for SSIM and PSNR) checked first on the paper's own Table 1 for
+    CAMUS and EchoNet-Dynamic (its published means: "holds" / "fails", no test possible), then on each of our
+    reports with a paired bootstrap over test maps (`paired_claim`): "holds", "fails" or "not significant"
+    with the mean difference of the weakest link and its 95 % interval."""
+    rows = []
+    for metric in ("SSIM", "PSNR"):
+        for claim, chain in CLAIMS.items():
+            row = {"claim": f"{claim} ({metric})"}
+            for dataset in PAPER_TABLE1:
+                holds = paper_ordering(paper_report(dataset), metric)[row["claim"]]
+                row[f"paper, {dataset}"] = "holds" if holds else "fails"
+            for label, report in reports.items():
+                test = paired_claim(report, chain, metric)
+                row[f"ours, {label}"] = verdict_cell(test, 3 if metric == "SSIM" else 2)
+            rows.append(row)
+    return rows
 
 
 def evaluation_lines(report: dict) -> list[str]:

@@ -17,6 +17,7 @@ NOTEBOOK_PAGES = {  # page -> what it must show
     "notebooks/05_evaluation.html": {"figures": 1, "animations": 2},  # one dataset: Fig. 2 and Fig. 1
     "notebooks/06_generate.html": {"figures": 1, "animations": 1},
     "notebooks/07_benchmarks.html": {"figures": 2},
+    "book/intro.html": {"figures": 1, "animations": 1},  # the landing page: one still and its player
     "book/method.html": {"equations": 4},
 }
 
@@ -257,3 +258,92 @@ def test_every_animation_moves_when_stepped(base_url, browser, page):
         step = player.find_element(By.CSS_SELECTOR, 'button[title="Next frame"]')
         browser.execute_script("arguments[0].click()", step)
         assert frame.get_attribute("src") != before, f"{page}: an animation shows the same image after a step"
+
+
+def test_no_table_is_wider_than_its_column(site, base_url, browser):
+    """At 1280 px a table of the book fits the page's text column: none hides columns behind a horizontal
+    scroll. The stored runs (results/<profile>/) are shown as they were executed, and are not re-rendered."""
+    wide = {}
+    for page in (p for p in pages(site) if not p.startswith("results/")):
+        browser.get(f"{base_url}/{page}")
+        widths = browser.execute_script("""
+            const column = document.querySelector('article');
+            if (!column) return [];
+            const room = column.clientWidth + 2;
+            return [...column.querySelectorAll('table')].map(t => [t.scrollWidth, room])
+                   .filter(([width, space]) => width > space);""")
+        if widths:
+            wide[page] = widths
+    assert not wide, f"tables wider than their column (table px, column px): {wide}"
+
+
+def test_every_player_has_a_numbered_caption_and_a_still(site, base_url, browser):
+    """A player (div.animation) sits in a numbered figure whose still (a frame-grid image) shows it without
+    JavaScript and in print. The stored runs (results/<profile>/) are shown as they were executed."""
+    missing = []
+    for page in (p for p in pages(site) if not p.startswith("results/")):
+        if 'class="animation"' not in (site / page).read_text(encoding="utf-8"):
+            continue
+        browser.get(f"{base_url}/{page}")
+        missing += [f"{page}: {why}" for why in browser.execute_script("""
+            return [...document.querySelectorAll('div.animation')].map((player, k) => {
+                const figure = player.closest('figure');
+                if (!figure || !figure.querySelector('figcaption .caption-number')) return `player ${k}: no numbered caption`;
+                const still = figure.querySelector('.player-still img');
+                if (!still || still.naturalWidth === 0) return `player ${k}: no still`;
+                return null;
+            }).filter(x => x);""")]
+    assert not missing, "\n".join(missing)
+
+
+def test_no_page_opens_on_a_screen_of_code(site, base_url, browser):
+    """A reader's first screen is prose: the first thing under a page's title is not a code cell, and visible code
+    takes less than a third of the window's height on the page as it opens. The stored runs (results/<profile>/)
+    are shown as they were executed."""
+    code_first = []
+    for page in (p for p in pages(site) if not p.startswith("results/")):
+        browser.get(f"{base_url}/{page}")
+        found = browser.execute_script("""
+            const article = document.querySelector('article');
+            if (!article) return null;
+            window.scrollTo(0, 0);
+            const screen = window.innerHeight;
+            let code = 0;
+            for (const cell of article.querySelectorAll('div.cell_input')) {
+                const box = cell.getBoundingClientRect();
+                code += Math.max(0, Math.min(box.bottom, screen) - Math.max(box.top, 0));
+            }
+            const heading = article.querySelector('h1');
+            let next = heading ? heading.nextElementSibling : null;
+            while (next && next.matches('span, a.headerlink')) next = next.nextElementSibling;
+            return [code / screen, next ? next.className : ''];""")
+        if found and (found[0] > 1 / 3 or "cell" in found[1].split() and "tag_remove-input" not in found[1]):
+            code_first.append(f"{page}: {found[0]:.0%} of the first screen is code, first block {found[1]!r}")
+    assert not code_first, "\n".join(code_first)
+
+
+# Table 1's layout (`tables.markdown_table`): dataset, method, t_i, n, ... as header cells.
+TABLE1_HEADER = re.compile(r"<tr[^>]*>\s*" + r"\s*".join(rf"<th[^>]*>(?:<p>)?{name}(?:</p>)?</th>"
+                                                    for name in ("dataset", "method", "t_i", "n")))
+
+
+def test_study_results_are_shown_once_or_marked_as_a_quick_run(site):
+    """Only the Results page shows the stored study's Table 1; a chapter that draws one of its own says at the
+    top that it is the quick run of the build and links the Results page. The landing page's headline numbers
+    are the Results page's."""
+    results = (site / "book" / "results.html").read_text(encoding="utf-8")
+    unmarked = []
+    for page in pages(site):
+        text = (site / page).read_text(encoding="utf-8")
+        if page in ("book/results.html",) or page.startswith("results/") or not TABLE1_HEADER.search(text):
+            continue
+        notice = re.search(r'<div class="[^"]*\bquick-run\b[^"]*">.*?</div>', text, re.S)
+        if not notice or "results.html" not in notice.group(0):
+            unmarked.append(page)
+    assert not unmarked, f"pages with a Table 1 but no quick-run notice linking the Results page: {unmarked}"
+    landing = page_text(site / "book" / "intro.html")
+    headline = " ".join(p for p in landing.paragraphs if "Free-Echo from" in p and "SSIM" in p)
+    results_text = " ".join(page_text(site / "book" / "results.html").article)
+    # SSIM and Dice as the tables print them (three decimals)
+    assert all(number in results_text for number in re.findall(r"(?:SSIM of|Dice of) (\d\.\d{3})", headline)), headline
+    assert TABLE1_HEADER.search(results)

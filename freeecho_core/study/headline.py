@@ -1,0 +1,73 @@
+"""The stored study in words and tables for the book's landing and Results pages, built from the values that
+the stored notebooks glued (`stored.stored_runs`): the pages that show the study read one source and cannot
+disagree, and no number is typed by hand.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from freeecho_core.study.tables import markdown_table
+
+STUDY_PROFILE = "cpu"  # the profile whose stored run is the measurement the book reports
+# A verdict of `significance` as a sentence says it of one claim and of several.
+VERDICT_WORDS = {"holds": ("holds", "hold"), "fails": ("fails", "fail"),
+                 "not significant": ("is not significant", "are not significant"),
+                 "too few maps": ("has too few maps to judge", "have too few maps to judge")}
+
+
+def study_values(runs: dict, profile: str = STUDY_PROFILE) -> dict:
+    """The glued values of the stored evaluation (notebook 05) at `profile`, or {} when none is stored."""
+    return runs.get(profile, {}).get("05_evaluation", {})
+
+
+def has_table1(values: dict) -> bool:
+    """Whether a stored evaluation glued Table 1's scores (`tables.table_reports`), not only its Markdown."""
+    return isinstance(values.get("table1_reports"), dict)
+
+
+def table1_parts(values: dict) -> tuple[str, str]:
+    """The stored Table 1 as two tables that fit a page's column: the paper's metrics beside the paper's own
+    rows, and our anatomy metrics."""
+    reports = values["table1_reports"]
+    return (markdown_table(reports, values.get("table1_paper") or {}, part="quality"),
+            markdown_table(reports, part="anatomy"))
+
+
+def markdown_columns(table: str, columns: list[str]) -> str:
+    """The named columns of a Markdown pipe table (a stored Table 1 rendered before its scores were glued is
+    split this way into the two tables of `table1_parts`)."""
+    lines = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.strip().splitlines()]
+    keep = [lines[0].index(c) for c in columns if c in lines[0]]
+    return "\n".join("| " + " | ".join(cells[k] for k in keep) + " |" for cells in lines)
+
+
+def claim_counts(claims: list[dict]) -> dict[str, Counter]:
+    """Per column of ours in a claims table (`tables.claims_table`): how many claims hold, fail or are not
+    significant."""
+    columns = [c for c in claims[0] if c.startswith("ours, ")] if claims else []
+    return {c: Counter(row[c].split(":")[0] for row in claims) for c in columns}
+
+
+def headline(values: dict) -> str:
+    """Two or three sentences on the stored study: what Free-Echo, Cls-Free and SDEdit score, whether the
+    videos follow their maps, and how many of the paper's claims hold with a paired test."""
+    label, report = next(iter(values["table1_reports"].items()))
+    methods = report["methods"]
+    fe, cf, sd = methods["free-echo@15"], methods["clsfree"], methods["sdedit@15"]
+    text = (f"On the {label} test maps ({fe['maps']} maps × {fe['samples_per_map']} samples each), Free-Echo from "
+            f"$t_i$ = 15 scores an SSIM of {fe['SSIM']:.3f} against the real clip, against {cf['SSIM']:.3f} for the "
+            f"conditional Cls-Free model and {sd['SSIM']:.3f} for SDEdit.")
+    if "Dice LV" in fe:
+        text += (f" The segmenter finds the input map's LV in Free-Echo's first frame with a Dice of "
+                 f"{fe['Dice LV']:.3f} (Cls-Free {cf.get('Dice LV', float('nan')):.3f})")
+        if "map margin" in fe:
+            text += (f", {fe['map margin']:+.3f} ± {fe['map margin s.e.']:.3f} above what a video of another "
+                     f"heart scores (Cls-Free {cf.get('map margin', float('nan')):+.3f})")
+        text += "."
+    counts = claim_counts(values.get("claims_rows") or [])
+    for column, count in counts.items():
+        parts = [f"{count[v]} {VERDICT_WORDS[v][count[v] != 1]}" for v in VERDICT_WORDS if count[v]]
+        said = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+        text += (f" Of the paper's {sum(count.values())} claims about Table 1 (orderings of SSIM and PSNR), on "
+                 f"{column.removeprefix('ours, ')}, {said} (a paired bootstrap over test maps).")
+    return text
