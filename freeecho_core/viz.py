@@ -251,20 +251,28 @@ def animation_html(anim: animation.FuncAnimation) -> str:
     return FONT_AWESOME_CDN.sub("", anim.to_jshtml())
 
 
+# Where a long token of a table may wrap: after an underscore, or at the x of a shape such as 16x1x24x128x128.
+WRAP_POINTS = re.compile(r"(_)(?=\w)|(?<=\d)(x)(?=\d)")
+
+
+def wrappable(text: str) -> str:
+    """`text` with a zero-width space at each `WRAP_POINTS` of a token longer than 8 characters, where a browser
+    may break it instead of widening its table column."""
+    return " ".join(WRAP_POINTS.sub(lambda m: (m.group(1) or m.group(2)) + "\u200b", word) if len(word) > 8 else word
+                    for word in text.split(" "))
+
+
 def rows_table(rows: list[dict], columns: list[str]) -> str:
-    """A Markdown table of `columns` of `rows`: floats to 4 significant digits, None as a dash; a header longer
-    than 8 characters gets a zero-width space after each underscore, where a browser may wrap it."""
+    """A Markdown table of `columns` of `rows`: floats to 4 significant digits, None as a dash; long names and
+    shapes may wrap (`wrappable`)."""
     def cell(v):
         if v is None:
             return "-"
         if isinstance(v, bool):
             return "yes" if v else "no"
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
+        return f"{v:.4g}" if isinstance(v, float) else wrappable(str(v))
 
-    def header(name):  # a long key (speedup_vs_reference) may wrap after its underscores, not widen its table
-        return name.replace("_", "_\u200b") if len(name) > 8 else name
-
-    lines = ["| " + " | ".join(header(c) for c in columns) + " |", "|" + " --- |" * len(columns)]
+    lines = ["| " + " | ".join(wrappable(c) for c in columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 

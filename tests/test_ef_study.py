@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from freeecho_core.cli import main
-from freeecho_core.study.ef import EFStudyConfig, agreement, run_ef_study
+from freeecho_core.study.ef import EFStudyConfig, agreement, run_ef_study, summary_rows
 from freeecho_core.study.segmenter import SegConfig, train_segmenter
 from freeecho_core.synthesis import FreeEcho
 
@@ -43,6 +43,15 @@ def test_a_study_reads_every_target_back_and_resumes(trained, tmp_path, monkeypa
     expected = np.mean([abs(r["video_ef"] - read[(r["map"], r["target_ef"])]) for r in beating
                         if np.isfinite(r["video_ef"]) and np.isfinite(read[(r["map"], r["target_ef"])])])
     assert summary["beating_vs_pseudo_video"]["mae"] == pytest.approx(expected)
+    # The floors of a reader that ignores its input: the mean target for the pseudo videos, the TRAIN clips' mean
+    # EF for the TEST clips.
+    ignoring = report["pseudo_video"]["ignoring_input"]
+    assert ignoring["value"] == pytest.approx(0.45)
+    assert ignoring["mae"] == pytest.approx(np.mean([abs(r["maps_ef"] - 0.45) for r in pseudo]))
+    floor = report["real_floor"]
+    assert floor["ignoring_input"]["mae"] == pytest.approx(
+        np.mean([abs(c["labels_ef"] - floor["ignoring_input"]["value"]) for c in floor["clips"]]))
+    assert any("read as 0.45 whatever they show" in str(r["pseudo video"]) for r in summary_rows(report))
     # A second run finds every row and generates nothing; an extended one generates only the new target.
     calls = []
     real_call = FreeEcho.__call__

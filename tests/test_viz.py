@@ -124,7 +124,8 @@ def test_a_player_comes_with_its_still_as_an_embedded_image():
     assert "player-still" in still and "maxcdn" not in page
 
 
-def test_table_headers_may_wrap_only_inside_long_names():
-    table = rows_table([{"t_i": 15, "speedup_vs_reference": 1.5}], ["t_i", "speedup_vs_reference"])
-    assert table.splitlines()[0] == "| t_i | speedup_\u200bvs_\u200breference |"
-    assert table.splitlines()[2] == "| 15 | 1.5 |"
+def test_tables_may_wrap_only_inside_long_names_and_shapes():
+    rows = [{"t_i": 15, "speedup_vs_reference": 1.5, "shape": "1x1x24x128x128", "what": "paper, 3x3 ours"}]
+    table = rows_table(rows, ["t_i", "speedup_vs_reference", "shape", "what"])
+    assert table.splitlines()[0] == "| t_i | speedup_\u200bvs_\u200breference | shape | what |"
+    assert table.splitlines()[2] == "| 15 | 1.5 | 1x\u200b1x\u200b24x\u200b128x\u200b128 | paper, 3x3 ours |"

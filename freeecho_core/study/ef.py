@@ -51,18 +51,25 @@ class EFStudyConfig:
                                                  at_least(0)))
 
 
+def labels_ef(clip) -> float | None:
+    """The EF proxy of a clip's labels (every annotated frame: all of a phantom clip's, ED and ES of a CAMUS one);
+    None without an annotated frame after ED."""
+    labelled = [k for k in range(len(clip.frame_labels)) if (clip.frame_labels[k] != UNLABELLED).any()]
+    return None if len(labelled) < 2 or labelled[0] != 0 else ef_area_proxy(clip.frame_labels[labelled])
+
+
 def real_floor(judge, clips) -> list[dict]:
-    """Per TEST clip with an annotated frame after ED: the EF proxy of its labels (every annotated frame: all of a
-    phantom clip's, ED and ES of a CAMUS one) and of the segmenter's reading of its video."""
-    rows = []
-    for clip in clips:
-        labelled = [k for k in range(len(clip.frame_labels)) if (clip.frame_labels[k] != UNLABELLED).any()]
-        if len(labelled) < 2 or labelled[0] != 0:
-            continue
-        truth = ef_area_proxy(clip.frame_labels[labelled])
-        read = ef_area_proxy(segment(judge, clip.video))
-        rows.append({"clip": f"{clip.case_id}_{clip.view}", "labels_ef": truth, "segmenter_ef": read})
-    return rows
+    """Per TEST clip with an annotated frame after ED: the EF proxy of its labels (`labels_ef`) and of the
+    segmenter's reading of its video."""
+    return [{"clip": f"{clip.case_id}_{clip.view}", "labels_ef": truth, "segmenter_ef": ef_area_proxy(segment(judge, clip.video))}
+            for clip in clips if (truth := labels_ef(clip)) is not None]
+
+
+def constant_reading(truths, value: float) -> dict:
+    """What a reader that ignores its input scores: `value` (e.g. the TRAIN clips' mean EF) for every video,
+    against the true EFs (mean absolute error and bias; its correlation is undefined)."""
+    return {"value": float(value)} | {k: v for k, v in agreement(truths, [value] * len(truths)).items()
+                                      if k != "correlation"}
 
 
 def pseudo_video_reads(judge, clips, efs, es_frame: float, histogram) -> list[dict]:
@@ -146,6 +153,7 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
                          ef_area_proxy(camus_from_five(result.label_maps))})
         write_text_atomically(out_json, json.dumps({"settings": settings, "videos": rows}, indent=1) + "\n")
     floor = real_floor(judge, [test.clip(i) for i in range(len(test))])
+    train_ef = float(np.nanmean([ef for i in range(len(train)) if (ef := labels_ef(train.clip(i))) is not None]))
     pseudo = pseudo_video_reads(judge, clips, config.efs, es_frame, histogram)
     pseudo_ef = {(r["map"], r["target_ef"]): r["pseudo_ef"] for r in pseudo}
     summary = {}
@@ -172,10 +180,14 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
                                                or [np.nan]))}
     report = {"settings": settings, "videos": rows, "summary": summary, "segmenter": judge_info,
               "real_floor": {"clips": floor, **agreement([f["labels_ef"] for f in floor],
-                                                         [f["segmenter_ef"] for f in floor])},
+                                                         [f["segmenter_ef"] for f in floor]),
+                             # A reader that answers the TRAIN clips' mean EF whatever it is shown.
+                             "ignoring_input": constant_reading([f["labels_ef"] for f in floor], train_ef)},
               # The reader on the pseudo video against the exact EF proxy of the label maps it was made from.
               "pseudo_video": {"rows": pseudo, **agreement([r["maps_ef"] for r in pseudo],
-                                                          [r["pseudo_ef"] for r in pseudo])},
+                                                          [r["pseudo_ef"] for r in pseudo]),
+                               "ignoring_input": constant_reading([r["maps_ef"] for r in pseudo],
+                                                                  float(np.mean(config.efs)))},
               "code_version": code_version()}
     write_text_atomically(out_json, json.dumps(report, indent=1) + "\n")
     return report
@@ -193,9 +205,10 @@ def summary_lines(report: dict) -> list[str]:
                      f"Dice LV at ED {row['dice_lv_ed_beating']:.3f} (still {row['dice_lv_ed_still']:.3f})")
     pseudo, floor = report["pseudo_video"], report["real_floor"]
     lines.append(f"the beating pseudo video itself: r {pseudo['correlation']:.2f}, MAE {pseudo['mae']:.3f}, "
-                 f"bias {pseudo['bias']:+.3f}")
+                 f"bias {pseudo['bias']:+.3f} (a reader that ignores the video: MAE {pseudo['ignoring_input']['mae']:.3f})")
     lines.append(f"real TEST clips, segmenter vs labels: MAE {floor['mae']:.3f}, bias {floor['bias']:+.3f} "
-                 f"({floor['n']} clips)")
+                 f"({floor['n']} clips; a reader that answers the TRAIN clips' mean EF "
+                 f"{floor['ignoring_input']['value']:.2f}: MAE {floor['ignoring_input']['mae']:.3f})")
     return lines
 
 
@@ -205,8 +218,8 @@ SUMMARY_COLUMNS = ("t_i", "pseudo video", "correlation", "MAE", "bias", "Dice LV
 
 def summary_rows(report: dict) -> list[dict]:
     """The study's table (`SUMMARY_COLUMNS`): per t_i the beating and the still videos' EF proxy against the
-    targets, then the two floors of the reader: the beating pseudo video read before any noise, and the real
-    TEST clips."""
+    targets, then the floors of the reader: the beating pseudo video read before any noise, the real TEST clips,
+    and what a reader that ignores its input scores on each."""
     rows = []
     for t_i, s in report["summary"].items():
         kept = s["beating_vs_pseudo_video"]
@@ -222,6 +235,11 @@ def summary_rows(report: dict) -> list[dict]:
                  "Dice LV at ED": None})
     rows.append({"t_i": "-", "pseudo video": "real TEST clips (the floor)", "correlation": floor["correlation"],
                  "MAE": floor["mae"], "bias": floor["bias"], "Dice LV at ED": None})
+    for name, reads in (("beating pseudo videos", pseudo), ("real TEST clips", floor)):
+        if "ignoring_input" in reads:  # a study stored before this floor was recorded has none
+            ignoring = reads["ignoring_input"]
+            rows.append({"t_i": "-", "pseudo video": f"{name}, read as {ignoring['value']:.2f} whatever they show",
+                         "correlation": None, "MAE": ignoring["mae"], "bias": ignoring["bias"], "Dice LV at ED": None})
     return rows
 
 

@@ -119,5 +119,6 @@ def summary_lines(report: dict) -> list[str]:
                      f"bias {number(r['EF bias'], '+.3f')}, {r['NFE']} NFE, {r['seconds per video']:.1f} s/video")
     for name, error in (report["reader"] or {}).items():
         lines.append(f"the EF reader on {name}: r {error['correlation']:.2f}, MAE {error['mae']:.3f}, "
-                     f"bias {error['bias']:+.3f} (n {error['n']})")
+                     f"bias {error['bias']:+.3f} (n {error['n']}; ignoring the video: MAE "
+                     f"{error['ignoring_input']['mae']:.3f})")
     return lines
