@@ -360,7 +360,8 @@ def log_row(path: Path, number: int, line: str) -> tuple[int, float]:
 
 def read_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The columns of a training log.csv as arrays."""
-    rows = list(csv.DictReader(Path(path).open()))
+    with Path(path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{path}: no training steps logged")
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}

@@ -1,5 +1,7 @@
 """The anatomy metrics (issue 7): Dice, the area-length EF proxy, roughness, segmenter features, and the
 segmenter that reads generated videos."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,8 @@ from freeecho_core.data.make_dataset import make_phantom_dataset
 from freeecho_core.data.phantom import PhantomConfig, make_case
 from freeecho_core.study.anatomy import (clip_features, feature_distances, frame_features, map_scores, map_specificity,
                                          roughness, seed_correlations, specificity_from_labels)
-from freeecho_core.study.segmenter import (SegConfig, SegUNet, blend_renderings, labelled_frames, load_segmenter, segment,
-                                         train_segmenter)
+from freeecho_core.study.segmenter import (SegConfig, SegUNet, blend_renderings, judge_hearts, labelled_frames,
+                                         load_segmenter, segment, train_segmenter)
 
 SEG = SegConfig(frames=4, size=32, steps=150, batch_size=16)
 
@@ -193,3 +195,29 @@ def test_flat_renderings_paint_each_frames_labels_with_the_ed_maps_grey_levels(p
 def test_the_pseudo_share_is_a_checked_setting():
     with pytest.raises(ValueError, match="pseudo_share"):
         SegConfig(pseudo_share=1.5)
+
+
+def test_a_judge_with_phantom_hearts_learns_from_other_hearts_and_is_scored_on_the_studys_val(phantom, tmp_path):
+    own = load_segmenter(train_segmenter(SegConfig(frames=4, size=32, steps=1), phantom, tmp_path / "own.pt",
+                                         progress=False))[1]
+    config = SegConfig(frames=4, size=32, steps=1, phantom_hearts=8, phantom_seed=5)
+    extra = load_segmenter(train_segmenter(config, phantom, tmp_path / "extra.pt", progress=False))[1]
+    with judge_hearts(config, phantom, progress=False) as root:
+        hearts = labelled_frames(EchoClips(root, "TRAIN", ClipConfig(frames=4, size=32)))[0]
+        rendered = json.loads((root / "phantom.json").read_text())
+    assert not root.exists()  # the extra hearts are temporary
+    assert rendered["count"] == 8 and rendered["seed"] == 5 and rendered["config"]["height"] == 48
+    assert extra["train_frames"] == len(hearts) > own["train_frames"]
+    assert extra["val_dice"].keys() == own["val_dice"].keys() and extra["data_root"] == str(phantom)
+
+
+def test_phantom_hearts_need_a_phantom_and_a_seed_of_their_own(phantom, tmp_path):
+    with pytest.raises(ValueError, match="seed of"):
+        train_segmenter(SegConfig(frames=4, size=32, steps=1, phantom_hearts=2, phantom_seed=0), phantom,
+                        tmp_path / "s.pt", progress=False)
+    (tmp_path / "real").mkdir()
+    with pytest.raises(ValueError, match="no phantom.json"):
+        train_segmenter(SegConfig(frames=4, size=32, steps=1, phantom_hearts=2), tmp_path / "real",
+                        tmp_path / "s.pt", progress=False)
+    with pytest.raises(ValueError, match="phantom_hearts"):
+        SegConfig(phantom_hearts=-1)

@@ -22,7 +22,7 @@ def test_every_cell_is_scored_and_a_rerun_generates_nothing(trained, tmp_path, m
         assert -1 <= row["SSIM"] <= 1 and 0 <= row["Dice LV"] <= 1 and np.isfinite(row["map margin"])
         assert row["NFE"] == 13 and row["seconds per video"] > 0
     assert report["rows"][2]["guide"] == {"ilvr": True, "calibration": 0, "factor": 2, "until": 55, "mask": 0}
-    assert set(report["reader"]) == {"real TEST clips", "beating pseudo videos"}
+    assert set(report["reader"]) == {"recorded VAL and TEST clips", "beating pseudo videos"}
     assert json.loads((tmp_path / "study" / "guided-study.json").read_text())["rows"] == json.loads(
         json.dumps(report["rows"]))
     assert cell_name(Guide(calibration=1, factor=4, until=40)) == "ilvr-nc f4 until 40"

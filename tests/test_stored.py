@@ -1,10 +1,11 @@
 """Reading the numbers that stored (papermill-executed) notebooks glued."""
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
 
-from freeecho_core.stored import glued_values, stored_runs
+from freeecho_core.stored import WEIGHTS_KEY, glued_values, runs_on_other_weights, stored_runs, weights_used
 
 
 def glue_output(name, text, prefix="application/papermill.record/"):
@@ -74,3 +75,23 @@ def test_columns_are_picked_from_a_markdown_table_by_name():
 
     table = "| a | b | c |\n|---|---|---|\n| 1 | *2* | 3 |"
     assert markdown_columns(table, ["a", "c", "missing"]) == "| a | c |\n| --- | --- |\n| 1 | 3 |"
+
+
+def test_a_stored_run_says_when_the_weights_it_ran_have_changed_since(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    model, judge = tmp_path / "ckpt" / "ema.pt", tmp_path / "ckpt" / "segmenter.pt"
+    model.write_bytes(b"weights a")
+    judge.write_bytes(b"judge")
+    used = {str(Path(k).relative_to(tmp_path)): v for k, v in weights_used(model, judge).items()}
+    runs = {"04_ablation_ti": {WEIGHTS_KEY: used}, "05_evaluation": {"ssim": 0.5}, "00_edm_core": {}}
+    assert runs_on_other_weights(runs, tmp_path) == {
+        "05_evaluation": "made before notebooks recorded the weights they ran"}
+    model.write_bytes(b"weights b")  # trained further in place
+    assert runs_on_other_weights(runs, tmp_path)["04_ablation_ti"] == \
+        "ran on other weights than those stored now at `ckpt/ema.pt`"
+    model.write_bytes(b"weights a")
+    judge.unlink()
+    assert "`ckpt/segmenter.pt`" in runs_on_other_weights(runs, tmp_path)["04_ablation_ti"]
+    glue_record = tmp_path / "04.ipynb"  # a glued dict is read back as a dict
+    write_notebook(glue_record, [glue_output(WEIGHTS_KEY, repr(used))])
+    assert glued_values(glue_record)[WEIGHTS_KEY] == used

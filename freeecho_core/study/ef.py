@@ -5,7 +5,8 @@ For each TEST map and each target EF, Free-Echo generates videos from a beating 
 of the generated video (`data.lv.ef_area_proxy`, area-length, ES the smallest volume) against the target, and
 the Dice LV of its ED frame against the input map. Beside it: the still pseudo video of the paper (its EF is
 whatever the model invents, compared with the same targets) and the floor, the EF proxy error of the same
-segmenter on the real TEST clips against their own annotated ED and ES labels; and the segmenter's reading of
+segmenter on the recorded VAL and TEST clips (held out from the models and the judge) against their own annotated
+ED and ES labels; and the segmenter's reading of
 the beating pseudo video itself, before any noise, which separates what the model loses from what the reading
 does: the generated video's EF proxy against its own pseudo video's, both read by the same segmenter, is what
 the model keeps of the motion. The same seeds serve every target of a map, so the targets differ only in the
@@ -59,7 +60,7 @@ def labels_ef(clip) -> float | None:
 
 
 def real_floor(judge, clips) -> list[dict]:
-    """Per TEST clip with an annotated frame after ED: the EF proxy of its labels (`labels_ef`) and of the
+    """Per recorded clip with an annotated frame after ED: the EF proxy of its labels (`labels_ef`) and of the
     segmenter's reading of its video."""
     return [{"clip": f"{clip.case_id}_{clip.view}", "labels_ef": truth, "segmenter_ef": ef_area_proxy(segment(judge, clip.video))}
             for clip in clips if (truth := labels_ef(clip)) is not None]
@@ -152,7 +153,8 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
                          "maps_ef": None if result.label_maps is None else
                          ef_area_proxy(camus_from_five(result.label_maps))})
         write_text_atomically(out_json, json.dumps({"settings": settings, "videos": rows}, indent=1) + "\n")
-    floor = real_floor(judge, [test.clip(i) for i in range(len(test))])
+    val = EchoClips(data_root, "VAL", model.clip, seed=model.seed)
+    floor = real_floor(judge, [split.clip(i) for split in (val, test) for i in range(len(split))])
     train_ef = float(np.nanmean([ef for i in range(len(train)) if (ef := labels_ef(train.clip(i))) is not None]))
     pseudo = pseudo_video_reads(judge, clips, config.efs, es_frame, histogram)
     pseudo_ef = {(r["map"], r["target_ef"]): r["pseudo_ef"] for r in pseudo}
@@ -206,8 +208,8 @@ def summary_lines(report: dict) -> list[str]:
     pseudo, floor = report["pseudo_video"], report["real_floor"]
     lines.append(f"the beating pseudo video itself: r {pseudo['correlation']:.2f}, MAE {pseudo['mae']:.3f}, "
                  f"bias {pseudo['bias']:+.3f} (a reader that ignores the video: MAE {pseudo['ignoring_input']['mae']:.3f})")
-    lines.append(f"real TEST clips, segmenter vs labels: MAE {floor['mae']:.3f}, bias {floor['bias']:+.3f} "
-                 f"({floor['n']} clips; a reader that answers the TRAIN clips' mean EF "
+    lines.append(f"recorded VAL and TEST clips, segmenter vs labels: r {floor['correlation']:.2f}, "
+                 f"MAE {floor['mae']:.3f}, bias {floor['bias']:+.3f} ({floor['n']} clips; a reader that answers the TRAIN clips' mean EF "
                  f"{floor['ignoring_input']['value']:.2f}: MAE {floor['ignoring_input']['mae']:.3f})")
     return lines
 
@@ -218,7 +220,7 @@ SUMMARY_COLUMNS = ("t_i", "pseudo video", "correlation", "MAE", "bias", "Dice LV
 
 def summary_rows(report: dict) -> list[dict]:
     """The study's table (`SUMMARY_COLUMNS`): per t_i the beating and the still videos' EF proxy against the
-    targets, then the floors of the reader: the beating pseudo video read before any noise, the real TEST clips,
+    targets, then the floors of the reader: the beating pseudo video read before any noise, the recorded VAL and TEST clips,
     and what a reader that ignores its input scores on each."""
     rows = []
     for t_i, s in report["summary"].items():
@@ -233,9 +235,9 @@ def summary_rows(report: dict) -> list[dict]:
     rows.append({"t_i": "-", "pseudo video": "beating, read before any noise (no model)",
                  "correlation": pseudo["correlation"], "MAE": pseudo["mae"], "bias": pseudo["bias"],
                  "Dice LV at ED": None})
-    rows.append({"t_i": "-", "pseudo video": "real TEST clips (the floor)", "correlation": floor["correlation"],
+    rows.append({"t_i": "-", "pseudo video": "recorded VAL and TEST clips (the floor)", "correlation": floor["correlation"],
                  "MAE": floor["mae"], "bias": floor["bias"], "Dice LV at ED": None})
-    for name, reads in (("beating pseudo videos", pseudo), ("real TEST clips", floor)):
+    for name, reads in (("beating pseudo videos", pseudo), ("recorded VAL and TEST clips", floor)):
         if "ignoring_input" in reads:  # a study stored before this floor was recorded has none
             ignoring = reads["ignoring_input"]
             rows.append({"t_i": "-", "pseudo video": f"{name}, read as {ignoring['value']:.2f} whatever they show",

@@ -88,7 +88,7 @@ def run_guided_study(data_root, checkpoint, segmenter, out, config: GuidedStudyC
         ef = run_ef_study(data_root, checkpoint, segmenter, folder / "ef.json", ef_config, sampler=sampler,
                           guide=guide, device=device, progress=False)
         summary = ef["summary"][str(t_i)]
-        reader = {"real TEST clips": {k: v for k, v in ef["real_floor"].items() if k != "clips"},
+        reader = {"recorded VAL and TEST clips": {k: v for k, v in ef["real_floor"].items() if k != "clips"},
                   "beating pseudo videos": {k: v for k, v in ef["pseudo_video"].items() if k != "rows"}}
         rows.append({"t_i": t_i, "method": cell_name(guide), "guide": None if guide is None else asdict(guide),
                      **quality_row(metrics), "EF r": summary["beating"]["correlation"],

@@ -2,14 +2,18 @@
 
 `SegUNet` labels each frame with the CAMUS classes (0 background, 1 LV cavity, 2 myocardium, 3 left atrium).
 It is trained on the labelled frames of a dataset's TRAIN split (phantom and real CAMUS: every annotated frame;
-EchoNet-Dynamic: the two traced frames, LV only) and scored by Dice on the VAL split, so that its own accuracy
-is known before it measures anything. Its bottleneck features (global average pooled) are the feature space
+EchoNet-Dynamic: the two traced frames, LV only), or for a phantom study on more phantom hearts than the study's
+own (`judge_hearts`), and scored by Dice on the dataset's VAL split, so that its own accuracy is known before it
+measures anything. Its bottleneck features (global average pooled) are the feature space
 of the `FD-seg` and `FVD-seg` distances in `study.anatomy`.
 """
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +27,8 @@ from freeecho_core.data.case import CAMUS_LABELS, to_five_labels
 from freeecho_core.data.clips import UNLABELLED, ClipConfig
 from freeecho_core.data.dataset import SPLITS, EchoClips
 from freeecho_core.data.lv import dice
+from freeecho_core.data.make_dataset import make_phantom_dataset
+from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.motion import beating_pseudo_video
 from freeecho_core.progress import progress_bar
 from freeecho_core.validate import as_bool, as_float, as_int, check_known, first_reason
@@ -44,10 +50,16 @@ class SegConfig:
     # Share of the training frames shown as a blend of the frame and its flat pseudo rendering (`flat_renderings`),
     # so that the segmenter also reads pseudo videos and the half-denoised videos between them and echo.
     pseudo_share: float = 0.0
+    # 0: learn from the dataset's TRAIN split. N (a phantom dataset only): learn from the TRAIN split of N other
+    # phantom hearts, rendered with the dataset's own phantom settings and seed `phantom_seed` (`judge_hearts`).
+    # A study's phantom holds few hearts; a judge that has seen more of them reads ES shapes and EF far better.
+    phantom_hearts: int = 0
+    phantom_seed: int = 1000
 
     def __post_init__(self):
         """Coerce numeric text and check every field: one ValueError naming it."""
-        ints = {"frames": 1, "size": 8, "dim": 1, "levels": 1, "steps": 1, "batch_size": 1, "seed": 0}
+        ints = {"frames": 1, "size": 8, "dim": 1, "levels": 1, "steps": 1, "batch_size": 1, "seed": 0,
+                "phantom_hearts": 0, "phantom_seed": 0}
         for name, low in ints.items():
             object.__setattr__(self, name, as_int(name, getattr(self, name), low))
         object.__setattr__(self, "lr", as_float("lr", self.lr, above=0))
@@ -192,17 +204,41 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) 
     return (2 * grey.clamp(0, 1) - 1), y
 
 
+@contextmanager
+def judge_hearts(config: SegConfig, data_root: str | os.PathLike, progress: bool = True):
+    """The dataset a segmenter learns from: `data_root` itself, or (`config.phantom_hearts` > 0) a temporary
+    phantom of that many other hearts, rendered like `data_root`'s phantom (its phantom.json) but with seed
+    `config.phantom_seed`, so that none of them is one of the study's hearts."""
+    if not config.phantom_hearts:
+        yield Path(data_root)
+        return
+    manifest_path = Path(data_root) / "phantom.json"
+    if not manifest_path.is_file():
+        raise ValueError(f"phantom_hearts: {data_root} is not a phantom dataset (no phantom.json); set "
+                         f"phantom_hearts to 0 to learn from its own TRAIN split")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest["seed"] == config.phantom_seed:
+        raise ValueError(f"phantom_seed {config.phantom_seed} is the seed of {data_root}'s phantom: its hearts would "
+                         f"include the study's TEST hearts; pick another seed")
+    known = set(PhantomConfig.__dataclass_fields__)
+    phantom = PhantomConfig(**{k: v for k, v in manifest["config"].items() if k in known})
+    with tempfile.TemporaryDirectory(prefix="judge-hearts-") as tmp:
+        yield make_phantom_dataset(Path(tmp) / "phantom", manifest["format"], config.phantom_hearts,
+                                   config.phantom_seed, phantom, progress=progress)
+
+
 def train_segmenter(config: SegConfig, data_root: str | os.PathLike, out: str | os.PathLike, *,
                     device="cpu", progress: bool = True) -> Path:
-    """Train on the TRAIN split's labelled frames (cross-entropy, Adam, seeded order), score Dice on VAL and
-    write `out` (a weights-only checkpoint holding the config, weights, the VAL Dice and the code version)."""
+    """Train on the labelled frames of a TRAIN split (`data_root`'s, or that of the extra phantom hearts of
+    `judge_hearts`; cross-entropy, Adam, seeded order), score Dice on `data_root`'s VAL split and write `out` (a weights-only checkpoint holding the config, weights, the VAL Dice and the code version)."""
     clip = ClipConfig(frames=config.frames, size=config.size)
-    train_data = EchoClips(data_root, "TRAIN", clip, seed=config.seed)
-    if config.pseudo_share:
-        frames, labels, flat = labelled_frames(train_data, renderings=True)
-        flat_all = torch.from_numpy(flat)[:, None]
-    else:
-        frames, labels = labelled_frames(train_data)
+    with judge_hearts(config, data_root, progress) as train_root:
+        train_data = EchoClips(train_root, "TRAIN", clip, seed=config.seed)
+        if config.pseudo_share:
+            frames, labels, flat = labelled_frames(train_data, renderings=True)
+            flat_all = torch.from_numpy(flat)[:, None]
+        else:
+            frames, labels = labelled_frames(train_data)
     torch.manual_seed(config.seed)
     net = SegUNet(config).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
