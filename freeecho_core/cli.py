@@ -31,7 +31,7 @@ from freeecho_core.data.maps import CONVENTIONS
 from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.data.stats import folder_statistics, summary_rows
 from freeecho_core.edm import karras_sigmas
-from freeecho_core.files import check_output_folder, folder_lock
+from freeecho_core.files import check_output_folder, folder_lock, write_text_atomically
 from freeecho_core.generate import VIDEO_FORMATS, GenerateConfig, generate_from_map
 from freeecho_core.guidance import GUIDES, Guide
 from freeecho_core.motion import EF_RANGE
@@ -39,7 +39,8 @@ from freeecho_core.options import add_options, at_least, config_values
 from freeecho_core.profiles import load_profile, profile_file, profile_section
 from freeecho_core.progress import clear_bars
 from freeecho_core.sampler import DEFAULT_SAMPLER, SOLVERS, SamplerConfig
-from freeecho_core.study.ef import EFStudyConfig, run_ef_study, summary_lines as ef_summary_lines
+from freeecho_core.study.ef import (STUDY_EFS, EFStudyConfig, check_reader, reader_lines as ef_reader_lines, run_ef_study,
+                                   summary_lines as ef_summary_lines)
 from freeecho_core.study.guided import GuidedStudyConfig, run_guided_study, summary_lines as guided_summary_lines
 from freeecho_core.study.model_card import (held_out_scores, record_held_out_scores, write_model_card,
                                             write_segmenter_card)
@@ -332,6 +333,17 @@ def check_ef_study_inputs(args: argparse.Namespace, reads: str) -> None:
         raise ValueError(f"--efs must lie in [{EF_RANGE[0]}, {EF_RANGE[1]}], got {args.efs}")
 
 
+def cmd_ef_reader(args: argparse.Namespace) -> None:
+    check_ef_study_inputs(args, "the EF of recorded clips and pseudo videos")
+    report = check_reader(args.data, args.segmenter, tuple(args.efs), args.max_maps, args.seed,
+                          resolve_device(args.device))
+    print("\n".join(ef_reader_lines(report)))
+    if args.out:
+        check_output_folder(args.out.parent, "--out")
+        write_text_atomically(args.out, json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.out}")
+
+
 def cmd_ef_study(args: argparse.Namespace) -> None:
     check_ef_study_inputs(args, "the EF with the stored segmenter")
     report = run_ef_study(args.data, args.checkpoint, args.segmenter, args.out,
@@ -463,6 +475,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_guide_options(efs)
     efs.add_argument("--device", default="auto")
     efs.set_defaults(func=cmd_ef_study)
+    er = sub.add_parser("ef-reader", help="the EF reader's own error, no model needed: a segmenter's area-length EF "
+                        "on the recorded VAL and TEST clips and on beating pseudo videos of known EF")
+    er.add_argument("--data", required=True, type=Path, help="a CAMUS or EchoNet-Dynamic folder")
+    er.add_argument("--segmenter", required=True, type=Path, help="the segmenter that reads the EF")
+    er.add_argument("--efs", type=float, nargs="+", default=list(STUDY_EFS), help="the pseudo videos' target EFs")
+    er.add_argument("--max-maps", type=at_least(1), default=8, help="pseudo videos of the first N TEST maps")
+    er.add_argument("--seed", type=at_least(0), default=0, help="the split seed (the judged models' training seed)")
+    er.add_argument("--out", type=Path, help="also write the readings to this JSON")
+    er.add_argument("--device", default="auto")
+    er.set_defaults(func=cmd_ef_reader)
     gs = sub.add_parser("guided-study", help="ILVR against plain Free-Echo over t_i x guide settings: Table 1's "
                         "scores, the map margin and the EF read back")
     gs.add_argument("--data", required=True, type=Path, help="the dataset whose TEST maps are used")

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from freeecho_core.cli import main
+from freeecho_core.data.clips import ClipConfig
+from freeecho_core.data.dataset import EchoClips
 from freeecho_core.study.ef import EFStudyConfig, agreement, run_ef_study, summary_rows
 from freeecho_core.study.segmenter import SegConfig, train_segmenter
 from freeecho_core.synthesis import FreeEcho
@@ -77,4 +79,26 @@ def test_the_command_refuses_targets_out_of_range_in_one_line(trained, tmp_path,
     assert main(args) == 2
     assert "--efs must lie in [0.05, 0.85]" in capsys.readouterr().err and not (tmp_path / "ef.json").exists()
     assert main(args[:5] + ["--segmenter", str(tmp_path / "no.pt")] + args[7:9]) == 2
+    assert "--segmenter" in capsys.readouterr().err
+
+
+def test_the_reader_check_needs_no_model_and_gives_the_studys_own_reader_error(trained, tmp_path, capsys):
+    data, unconditional, _ = trained
+    segmenter = train_segmenter(SegConfig(frames=4, size=16, steps=2, batch_size=8), data, tmp_path / "seg.pt",
+                                progress=False)
+    args = ["ef-reader", "--data", str(data), "--segmenter", str(segmenter), "--efs", "0.3", "0.6",
+            "--out", str(tmp_path / "reader.json")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "the beating pseudo video itself: r" in printed and "recorded VAL and TEST clips" in printed
+    reader = json.loads((tmp_path / "reader.json").read_text())
+    val, test = (EchoClips(data, split, ClipConfig(frames=4, size=16)) for split in ("VAL", "TEST"))
+    assert reader["real_floor"]["n"] == len(val) + len(test) > 0
+    assert len(reader["pseudo_video"]["rows"]) == 2 * len(test)  # every TEST map at both targets
+    study = run_ef_study(data, unconditional, segmenter, tmp_path / "ef.json",
+                         EFStudyConfig(efs=(0.3, 0.6), start_steps=(55,), samples=1, max_maps=8), progress=False)
+    for key in ("real_floor", "pseudo_video"):
+        assert [study[key][k] for k in ("n", "mae", "bias")] == pytest.approx([reader[key][k] for k in ("n", "mae", "bias")])
+        assert study[key]["ignoring_input"] == pytest.approx(reader[key]["ignoring_input"])
+    assert main(args[:3] + ["--segmenter", str(tmp_path / "none.pt")]) == 2
     assert "--segmenter" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from freeecho_core.checkpoint import code_version, load_model
-from freeecho_core.data.clips import PREPARATION_VERSION, UNLABELLED, unit_from_grey
+from freeecho_core.data.clips import PREPARATION_VERSION, UNLABELLED, ClipConfig, unit_from_grey
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.lv import camus_from_five, dice, ef_area_proxy
 from freeecho_core.files import read_json, write_text_atomically
@@ -32,7 +32,7 @@ from freeecho_core.options import at_least, finite_number, option, start_step
 from freeecho_core.progress import progress_bar
 from freeecho_core.sampler import DEFAULT_SAMPLER, SamplerConfig
 from freeecho_core.study.scoring import load_judge
-from freeecho_core.study.segmenter import segment
+from freeecho_core.study.segmenter import load_segmenter, segment
 from freeecho_core.study.videos import file_digest
 from freeecho_core.synthesis import FreeEcho
 
@@ -86,6 +86,49 @@ def pseudo_video_reads(judge, clips, efs, es_frame: float, histogram) -> list[di
     return rows
 
 
+def reader_error(judge, train: EchoClips, val: EchoClips, test: EchoClips, maps, efs, es_frame: float,
+                 histogram) -> dict:
+    """The EF reader's own error, with no model in the way: `real_floor`, its reading of the recorded VAL and
+    TEST clips against their labels, and `pseudo_video`, its reading of the beating pseudo videos of `maps` (TEST
+    clips) at targets `efs` against the exact EF proxy of their label maps; each beside what a reader that
+    ignores its input scores (the TRAIN clips' mean EF; the mean target)."""
+    floor = real_floor(judge, [split.clip(i) for split in (val, test) for i in range(len(split))])
+    train_ef = float(np.nanmean([ef for i in range(len(train)) if (ef := labels_ef(train.clip(i))) is not None]))
+    pseudo = pseudo_video_reads(judge, maps, efs, es_frame, histogram)
+    return {"real_floor": {"clips": floor, **agreement([f["labels_ef"] for f in floor],
+                                                       [f["segmenter_ef"] for f in floor]),
+                           "ignoring_input": constant_reading([f["labels_ef"] for f in floor], train_ef)},
+            "pseudo_video": {"rows": pseudo, **agreement([r["maps_ef"] for r in pseudo],
+                                                        [r["pseudo_ef"] for r in pseudo]),
+                             "ignoring_input": constant_reading([r["maps_ef"] for r in pseudo],
+                                                                float(np.mean(efs)))}}
+
+
+def check_reader(data_root, segmenter, efs=STUDY_EFS, max_maps: int = 8, seed: int = 0, device="cpu") -> dict:
+    """`reader_error` of a segmenter on a dataset, at the clips it judges (its own frames and size), no model
+    needed: the error that every EF figure read with it carries. `seed`: the split seed of the models it judges
+    (their training seed; 0 for the stored ones)."""
+    config = load_segmenter(segmenter)[1]["config"]
+    clip = ClipConfig(frames=config["frames"], size=config["size"])
+    judge, judge_info = load_judge(segmenter, clip, device)
+    train, val, test = (EchoClips(data_root, split, clip, seed=seed) for split in ("TRAIN", "VAL", "TEST"))
+    es_frame = es_frame_of_clips(train.clip(i) for i in range(len(train)))
+    maps = [test.clip(i) for i in range(min(len(test), max_maps))]
+    reader = reader_error(judge, train, val, test, maps, efs, es_frame, train.intensity_histogram())
+    return {"data": str(data_root), "segmenter": judge_info, "efs": list(efs), "es_frame": es_frame, **reader}
+
+
+def reader_lines(reader: dict) -> list[str]:
+    """The printed reader error (`reader_error`): the beating pseudo videos, then the recorded clips."""
+    pseudo, floor = reader["pseudo_video"], reader["real_floor"]
+    return [f"the beating pseudo video itself: r {pseudo['correlation']:.2f}, MAE {pseudo['mae']:.3f}, bias "
+            f"{pseudo['bias']:+.3f} ({pseudo['n']} videos; a reader that ignores the video: MAE "
+            f"{pseudo['ignoring_input']['mae']:.3f})",
+            f"recorded VAL and TEST clips, segmenter vs labels: r {floor['correlation']:.2f}, MAE {floor['mae']:.3f}, "
+            f"bias {floor['bias']:+.3f} ({floor['n']} clips; a reader that answers the TRAIN clips' mean EF "
+            f"{floor['ignoring_input']['value']:.2f}: MAE {floor['ignoring_input']['mae']:.3f})"]
+
+
 def agreement(targets, measured) -> dict:
     """Correlation, mean absolute error and bias (measured - target) of paired EFs."""
     t, m = np.asarray(targets, dtype=np.float64), np.asarray(measured, dtype=np.float64)
@@ -115,7 +158,7 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
     out_json = Path(out_json)
     model = load_model(checkpoint, device, "unconditional")
     train = EchoClips(data_root, "TRAIN", model.clip, seed=model.seed)
-    test = EchoClips(data_root, "TEST", model.clip, seed=model.seed)
+    val, test = (EchoClips(data_root, split, model.clip, seed=model.seed) for split in ("VAL", "TEST"))
     judge, judge_info = load_judge(segmenter, model.clip, device)
     pipe = FreeEcho.from_model(model, data=data_root)
     histogram = pipe.target
@@ -153,11 +196,8 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
                          "maps_ef": None if result.label_maps is None else
                          ef_area_proxy(camus_from_five(result.label_maps))})
         write_text_atomically(out_json, json.dumps({"settings": settings, "videos": rows}, indent=1) + "\n")
-    val = EchoClips(data_root, "VAL", model.clip, seed=model.seed)
-    floor = real_floor(judge, [split.clip(i) for split in (val, test) for i in range(len(split))])
-    train_ef = float(np.nanmean([ef for i in range(len(train)) if (ef := labels_ef(train.clip(i))) is not None]))
-    pseudo = pseudo_video_reads(judge, clips, config.efs, es_frame, histogram)
-    pseudo_ef = {(r["map"], r["target_ef"]): r["pseudo_ef"] for r in pseudo}
+    reader = reader_error(judge, train, val, test, clips, config.efs, es_frame, histogram)
+    pseudo_ef = {(r["map"], r["target_ef"]): r["pseudo_ef"] for r in reader["pseudo_video"]["rows"]}
     summary = {}
     for t_i in config.start_steps:
         beating = [r for r in rows if r["start_step"] == t_i and r["target_ef"] is not None]
@@ -180,16 +220,7 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
             "network_evaluations": sampler.network_evaluations(t_i) + (guide.extra_evaluations() if guide else 0),
             "seconds_per_video": float(np.mean([r["seconds"] for r in rows if r["start_step"] == t_i and "seconds" in r]
                                                or [np.nan]))}
-    report = {"settings": settings, "videos": rows, "summary": summary, "segmenter": judge_info,
-              "real_floor": {"clips": floor, **agreement([f["labels_ef"] for f in floor],
-                                                         [f["segmenter_ef"] for f in floor]),
-                             # A reader that answers the TRAIN clips' mean EF whatever it is shown.
-                             "ignoring_input": constant_reading([f["labels_ef"] for f in floor], train_ef)},
-              # The reader on the pseudo video against the exact EF proxy of the label maps it was made from.
-              "pseudo_video": {"rows": pseudo, **agreement([r["maps_ef"] for r in pseudo],
-                                                          [r["pseudo_ef"] for r in pseudo]),
-                               "ignoring_input": constant_reading([r["maps_ef"] for r in pseudo],
-                                                                  float(np.mean(config.efs)))},
+    report = {"settings": settings, "videos": rows, "summary": summary, "segmenter": judge_info, **reader,
               "code_version": code_version()}
     write_text_atomically(out_json, json.dumps(report, indent=1) + "\n")
     return report
@@ -205,13 +236,7 @@ def summary_lines(report: dict) -> list[str]:
                      f"{b['bias']:+.3f}; vs its pseudo video's: r {kept['correlation']:.2f}, MAE {kept['mae']:.3f}; "
                      f"still: MAE {row['still']['mae']:.3f} (its EF {row['still_ef_mean']:.2f}); "
                      f"Dice LV at ED {row['dice_lv_ed_beating']:.3f} (still {row['dice_lv_ed_still']:.3f})")
-    pseudo, floor = report["pseudo_video"], report["real_floor"]
-    lines.append(f"the beating pseudo video itself: r {pseudo['correlation']:.2f}, MAE {pseudo['mae']:.3f}, "
-                 f"bias {pseudo['bias']:+.3f} (a reader that ignores the video: MAE {pseudo['ignoring_input']['mae']:.3f})")
-    lines.append(f"recorded VAL and TEST clips, segmenter vs labels: r {floor['correlation']:.2f}, "
-                 f"MAE {floor['mae']:.3f}, bias {floor['bias']:+.3f} ({floor['n']} clips; a reader that answers the TRAIN clips' mean EF "
-                 f"{floor['ignoring_input']['value']:.2f}: MAE {floor['ignoring_input']['mae']:.3f})")
-    return lines
+    return lines + reader_lines(report)
 
 
 SUMMARY_COLUMNS = ("t_i", "pseudo video", "correlation", "MAE", "bias", "Dice LV at ED", "r with its pseudo video",
