@@ -112,7 +112,7 @@ def test_table_and_ordering_read_the_report():
     quality, anatomy = (markdown_table(stored, paper={"x": "CAMUS"}, part=part) for part in ("quality", "anatomy"))
     assert "Dice LV" not in quality and "*paper, real CAMUS*" in quality and "| x | free-echo | 35 | 8×4 | 0.300" in quality
     assert anatomy.splitlines()[0] == "| dataset | method | t_i | n | Dice LV | FD-seg |"
-    assert "| x | free-echo | 35 | 8×4 | 0.8 | n/a |" in anatomy and "paper" not in anatomy
+    assert "| x | free-echo | 35 | 8×4 | 0.800 | n/a |" in anatomy and "paper" not in anatomy
 
 
 def test_the_paper_claims_are_checked_on_the_paper_table_first():

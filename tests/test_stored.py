@@ -62,7 +62,7 @@ def test_the_headline_and_table1_are_drawn_from_what_the_study_glued(tmp_path):
     assert has_table1(values) and not has_table1({"table1_table": "| a |"}) and study_values({}) == {}
     quality, anatomy = table1_parts(values)
     assert "*paper, real CAMUS*" in quality and "Dice LV" not in quality
-    assert "| phantom CAMUS | free-echo | 15 | 8×4 | 0.8 | 0.1 |" in anatomy
+    assert "| phantom CAMUS | free-echo | 15 | 8×4 | 0.800 | 0.100 |" in anatomy
     text = headline(values)
     assert "(8 maps × 4 samples each), Free-Echo from $t_i$ = 15 scores an SSIM of 0.500" in text
     assert "a Dice of 0.800 (Cls-Free 0.900), +0.100 ± 0.020 above what a video of another heart scores" in text

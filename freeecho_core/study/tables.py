@@ -61,7 +61,7 @@ def markdown_table(reports: dict[str, dict], paper: dict[str, str] | None = None
             if quality:
                 cells += [mean_cell(row["SSIM"], row["SSIM_std"], n, 3), mean_cell(row["PSNR"], row["PSNR_std"], n, 2),
                           *(f"{row[m]:.2f}" if m in row else "n/a" for m in ("FID", "FVD"))]
-            cells += [f"{row[c]:.3g}" if c in row else "n/a" for c in anatomy]
+            cells += [f"{row[c]:.3f}" if c in row else "n/a" for c in anatomy]
             lines.append("| " + " | ".join(cells) + " |")
         real = (paper or {}).get(label) if quality else None
         for name, values in PAPER_TABLE1.get(real, {}).items():
