@@ -39,8 +39,8 @@ from freeecho_core.options import add_options, at_least, config_values
 from freeecho_core.profiles import load_profile, profile_file, profile_section
 from freeecho_core.progress import clear_bars
 from freeecho_core.sampler import DEFAULT_SAMPLER, SOLVERS, SamplerConfig
-from freeecho_core.study.ef import (STUDY_EFS, EFStudyConfig, check_reader, reader_lines as ef_reader_lines, run_ef_study,
-                                   summary_lines as ef_summary_lines)
+from freeecho_core.study.ef import (STUDY_EFS, EFStudyConfig, check_reader, reader_lines as ef_reader_lines,
+                                   run_ef_study, summary_lines as ef_summary_lines)
 from freeecho_core.study.guided import GuidedStudyConfig, run_guided_study, summary_lines as guided_summary_lines
 from freeecho_core.study.model_card import (held_out_scores, record_held_out_scores, write_model_card,
                                             write_segmenter_card)

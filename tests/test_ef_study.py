@@ -98,7 +98,8 @@ def test_the_reader_check_needs_no_model_and_gives_the_studys_own_reader_error(t
     study = run_ef_study(data, unconditional, segmenter, tmp_path / "ef.json",
                          EFStudyConfig(efs=(0.3, 0.6), start_steps=(55,), samples=1, max_maps=8), progress=False)
     for key in ("real_floor", "pseudo_video"):
-        assert [study[key][k] for k in ("n", "mae", "bias")] == pytest.approx([reader[key][k] for k in ("n", "mae", "bias")])
+        fields = ("n", "mae", "bias")
+        assert [study[key][k] for k in fields] == pytest.approx([reader[key][k] for k in fields])
         assert study[key]["ignoring_input"] == pytest.approx(reader[key]["ignoring_input"])
     assert main(args[:3] + ["--segmenter", str(tmp_path / "none.pt")]) == 2
     assert "--segmenter" in capsys.readouterr().err

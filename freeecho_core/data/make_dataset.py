@@ -125,15 +125,22 @@ def profile_phantom(root: str | os.PathLike, fmt: str, profile: str, progress: b
     return root
 
 
+def phantom_manifest(root: str | os.PathLike, needed_for: str) -> dict:
+    """The phantom.json of a phantom dataset: what it was rendered with (format, count, seed, `PhantomConfig`);
+    a one-line error saying what it is `needed_for` when `root` has none (a real dataset)."""
+    manifest_path = Path(root) / "phantom.json"
+    if not manifest_path.is_file():
+        raise ValueError(f"{root}: no phantom.json; {needed_for}")
+    return json.loads(manifest_path.read_text())
+
+
 def rescan_clip(root: str | os.PathLike, case_id: str, view: str, clip: ClipConfig, scan: int = 1) -> Clip:
     """A second scan of one recording of a CAMUS-format phantom dataset, prepared like the dataset's clips:
     the same heart, beat and labels recorded with new scatterers, tissue texture and noise (`make_case`'s
     `scan`). What a generator that got everything right but the speckle would produce: the ceiling of a
     pixel-wise comparison (SSIM, PSNR) with the recording."""
     manifest_path = Path(root) / "phantom.json"
-    if not manifest_path.is_file():
-        raise ValueError(f"{root}: no phantom.json; a second scan exists only for phantom datasets")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = phantom_manifest(root, "a second scan exists only for phantom datasets")
     if not manifest["format"].startswith("camus"):
         raise ValueError(f"{manifest_path}: a {manifest['format']} phantom; second scans are made for the CAMUS "
                          f"formats only")

@@ -245,8 +245,8 @@ SUMMARY_COLUMNS = ("t_i", "pseudo video", "correlation", "MAE", "bias", "Dice LV
 
 def summary_rows(report: dict) -> list[dict]:
     """The study's table (`SUMMARY_COLUMNS`): per t_i the beating and the still videos' EF proxy against the
-    targets, then the floors of the reader: the beating pseudo video read before any noise, the recorded VAL and TEST clips,
-    and what a reader that ignores its input scores on each."""
+    targets, then the floors of the reader: the beating pseudo video read before any noise, the recorded VAL and
+    TEST clips, and what a reader that ignores its input scores on each."""
     rows = []
     for t_i, s in report["summary"].items():
         kept = s["beating_vs_pseudo_video"]
@@ -260,8 +260,8 @@ def summary_rows(report: dict) -> list[dict]:
     rows.append({"t_i": "-", "pseudo video": "beating, read before any noise (no model)",
                  "correlation": pseudo["correlation"], "MAE": pseudo["mae"], "bias": pseudo["bias"],
                  "Dice LV at ED": None})
-    rows.append({"t_i": "-", "pseudo video": "recorded VAL and TEST clips (the floor)", "correlation": floor["correlation"],
-                 "MAE": floor["mae"], "bias": floor["bias"], "Dice LV at ED": None})
+    rows.append({"t_i": "-", "pseudo video": "recorded VAL and TEST clips (the floor)",
+                 "correlation": floor["correlation"], "MAE": floor["mae"], "bias": floor["bias"], "Dice LV at ED": None})
     for name, reads in (("beating pseudo videos", pseudo), ("recorded VAL and TEST clips", floor)):
         if "ignoring_input" in reads:  # a study stored before this floor was recorded has none
             ignoring = reads["ignoring_input"]

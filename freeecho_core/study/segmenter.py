@@ -9,7 +9,6 @@ of the `FD-seg` and `FVD-seg` distances in `study.anatomy`.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -27,7 +26,7 @@ from freeecho_core.data.case import CAMUS_LABELS, to_five_labels
 from freeecho_core.data.clips import UNLABELLED, ClipConfig
 from freeecho_core.data.dataset import SPLITS, EchoClips
 from freeecho_core.data.lv import dice
-from freeecho_core.data.make_dataset import make_phantom_dataset
+from freeecho_core.data.make_dataset import make_phantom_dataset, phantom_manifest
 from freeecho_core.data.phantom import PhantomConfig
 from freeecho_core.motion import beating_pseudo_video
 from freeecho_core.progress import progress_bar
@@ -212,25 +211,21 @@ def judge_hearts(config: SegConfig, data_root: str | os.PathLike, progress: bool
     if not config.phantom_hearts:
         yield Path(data_root)
         return
-    manifest_path = Path(data_root) / "phantom.json"
-    if not manifest_path.is_file():
-        raise ValueError(f"phantom_hearts: {data_root} is not a phantom dataset (no phantom.json); set "
-                         f"phantom_hearts to 0 to learn from its own TRAIN split")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = phantom_manifest(data_root, "phantom_hearts needs a phantom dataset (set phantom_hearts to 0 to "
+                                           "learn from its own TRAIN split)")
     if manifest["seed"] == config.phantom_seed:
         raise ValueError(f"phantom_seed {config.phantom_seed} is the seed of {data_root}'s phantom: its hearts would "
                          f"include the study's TEST hearts; pick another seed")
-    known = set(PhantomConfig.__dataclass_fields__)
-    phantom = PhantomConfig(**{k: v for k, v in manifest["config"].items() if k in known})
     with tempfile.TemporaryDirectory(prefix="judge-hearts-") as tmp:
         yield make_phantom_dataset(Path(tmp) / "phantom", manifest["format"], config.phantom_hearts,
-                                   config.phantom_seed, phantom, progress=progress)
+                                   config.phantom_seed, PhantomConfig(**manifest["config"]), progress=progress)
 
 
 def train_segmenter(config: SegConfig, data_root: str | os.PathLike, out: str | os.PathLike, *,
                     device="cpu", progress: bool = True) -> Path:
     """Train on the labelled frames of a TRAIN split (`data_root`'s, or that of the extra phantom hearts of
-    `judge_hearts`; cross-entropy, Adam, seeded order), score Dice on `data_root`'s VAL split and write `out` (a weights-only checkpoint holding the config, weights, the VAL Dice and the code version)."""
+    `judge_hearts`; cross-entropy, Adam, seeded order), score Dice on `data_root`'s VAL split and write `out` (a
+    weights-only checkpoint holding the config, weights, the VAL Dice and the code version)."""
     clip = ClipConfig(frames=config.frames, size=config.size)
     with judge_hearts(config, data_root, progress) as train_root:
         train_data = EchoClips(train_root, "TRAIN", clip, seed=config.seed)
