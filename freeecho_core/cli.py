@@ -359,9 +359,10 @@ def cmd_guided_study(args: argparse.Namespace) -> None:
     with folder_lock(args.out, "--out"):
         report = run_guided_study(args.data, args.checkpoint, args.segmenter, args.out,
                                   GuidedStudyConfig(**config_values(args, GuidedStudyConfig)),
-                                  sampler=sampler_from(args, cap_steps=False), device=resolve_device(args.device))
+                                  sampler=sampler_from(args, cap_steps=False), device=resolve_device(args.device),
+                                  json_path=args.json)
     print("\n".join(guided_summary_lines(report)))
-    print(f"wrote {Path(args.out) / 'guided-study.json'}")
+    print(f"wrote {args.json or Path(args.out) / 'guided-study.json'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -491,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     gs.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="ema.pt of the unconditional model")
     gs.add_argument("--segmenter", required=True, type=Path, help="the judge that reads Dice LV, FD-seg and the EF")
     gs.add_argument("--out", required=True, type=Path, help="the study's folder (its cells and guided-study.json)")
+    gs.add_argument("--json", type=Path, help="also write the study here (e.g. results/cpu/guided-study.json)")
     add_options(gs, GuidedStudyConfig)
     add_options(gs, SamplerConfig, ["solver", "churn", "steps"], defaults=DEFAULT_SAMPLER)
     gs.add_argument("--device", default="auto")

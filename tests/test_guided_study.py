@@ -6,6 +6,7 @@ import numpy as np
 from freeecho_core.cli import main
 from freeecho_core.study.guided import GuidedStudyConfig, cell_name, run_guided_study
 from freeecho_core.study.segmenter import SegConfig, train_segmenter
+from freeecho_core.study.videos import file_digest
 from freeecho_core.guidance import Guide
 
 
@@ -32,7 +33,36 @@ def test_every_cell_is_scored_and_a_rerun_generates_nothing(trained, tmp_path, m
     args = ["guided-study", "--data", str(data), "--checkpoint", str(unconditional), "--segmenter", str(segmenter),
             "--out", str(tmp_path / "study"), "--start-steps", "50", "58", "--factors", "2", "--untils", "55",
             "--efs", "0.3", "0.6", "--samples", "1", "--max-maps", "2", "--device", "cpu"]
-    assert main(args) == 0
+    assert main(args + ["--json", str(tmp_path / "stored.json")]) == 0
     assert "ilvr f2 until 55" in capsys.readouterr().out
+    stored = json.loads((tmp_path / "stored.json").read_text())
+    assert stored["rows"] == json.loads(json.dumps(report["rows"]))
+    assert stored["checkpoint_sha256"] == file_digest(unconditional) and stored["segmenter_sha256"] == file_digest(segmenter)
     assert main(args[:-2] + ["--efs", "0.01", "--device", "cpu"]) == 2
     assert "--efs must lie in [0.05, 0.85]" in capsys.readouterr().err
+
+
+def _row(t_i, method, ef_r, ef_mae, dice=0.8, margin=0.2, fd=0.1, guide=None):
+    return {"t_i": t_i, "method": method, "guide": guide, "SSIM": 0.6, "PSNR": 20.0, "Dice LV": dice,
+            "Dice LV s.e.": 0.01, "map margin": margin, "map margin s.e.": 0.02, "FD-seg": fd, "FD-seg s.e.": 0.02,
+            "EF r": ef_r, "EF MAE": ef_mae, "EF bias": -0.01, "NFE": 13, "seconds per video": 9.0}
+
+
+def test_the_verdict_names_every_shortfall_and_recommends_the_closest_cell():
+    from freeecho_core.study.guided import recommended_guide, table_rows, verdicts
+    f2 = {"ilvr": True, "calibration": 0, "factor": 2, "until": 40, "mask": 0}
+    f4 = f2 | {"factor": 4}
+    report = {"rows": [_row(15, "plain", 0.1, 0.2), _row(15, "ilvr f2 until 40", 0.9, 0.05, 0.9, 0.4, 0.11, f2),
+                       _row(15, "ilvr f4 until 40", 0.85, 0.07, 0.9, 0.1, 0.2, f4),
+                       _row(35, "plain", 0.5, 0.1), _row(35, "ilvr f2 until 40", 0.95, 0.04, 0.9, 0.4, 0.1, f2)]}
+    cells = verdicts(report)
+    assert [(c["row"]["t_i"], c["row"]["method"]) for c in cells][0] == (15, "ilvr f2 until 40")
+    assert cells[0]["shortfalls"] == []  # FD-seg 0.11 is within plain's 0.10 + its s.e. 0.02
+    by_cell = {(c["row"]["t_i"], c["row"]["method"]): c["shortfalls"] for c in cells}
+    assert by_cell[15, "ilvr f4 until 40"] == ["map margin 0.100 below plain's 0.200",
+                                              "FD-seg 0.200 above plain's 0.100 by more than its s.e."]
+    assert by_cell[35, "ilvr f2 until 40"] == ["t_i 35 > 30"]
+    assert recommended_guide(report).factor == 2
+    rows = table_rows(report)
+    assert [r["method"] for r in rows[:3]] == ["plain", "ilvr f2 until 40", "ilvr f4 until 40"]
+    assert rows[1]["map margin"] == "+0.400 ± 0.020" and rows[1]["EF MAE"] == "0.050"

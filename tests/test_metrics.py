@@ -94,3 +94,17 @@ def test_an_i3d_torchscript_file_is_loaded_and_fed_clips_in_its_format(tmp_path)
     same = frechet_metric(net, real, real)
     brighter = frechet_metric(net, (real + 0.3).clamp(0, 1), real)
     assert abs(same) < 1e-9 and brighter > 0.1
+
+
+def test_texture_in_sector_is_zero_for_a_flat_pseudo_video_and_the_noise_level_of_speckle():
+    from freeecho_core.study.metrics import texture_in_sector
+    labels = np.zeros((8, 32, 32), dtype=int)
+    labels[:, 4:, 4:28] = 1
+    labels[:, 10:20, 10:20] = 2
+    flat = np.choose(labels, [0.0, 120.0, 20.0, 0.0, 0.0])
+    assert texture_in_sector(flat, labels) == 0.0
+    speckled = flat + np.random.default_rng(0).normal(0, 7.0, flat.shape)
+    assert abs(texture_in_sector(speckled, labels) - 7.0) < 0.2  # outside the sector (label 0) does not count
+    assert texture_in_sector(speckled, labels[0]) == texture_in_sector(speckled, labels)
+    with pytest.raises(ValueError, match="no sector pixel"):
+        texture_in_sector(flat, np.zeros_like(labels))

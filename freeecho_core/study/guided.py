@@ -23,9 +23,9 @@ from freeecho_core.progress import progress_bar
 from freeecho_core.sampler import DEFAULT_SAMPLER, SamplerConfig
 from freeecho_core.study.ef import EFStudyConfig, run_ef_study
 from freeecho_core.study.scoring import evaluate, load_models
-from freeecho_core.study.videos import EvalConfig
+from freeecho_core.study.videos import EvalConfig, file_digest
 
-# The columns of `study_rows` taken from Table 1's scoring.
+# The columns of a cell's row taken from Table 1's scoring (`quality_row`).
 QUALITY = ("SSIM", "PSNR", "Dice LV", "map margin", "map margin s.e.", "FD-seg", "FD-seg s.e.")
 
 
@@ -68,9 +68,11 @@ def quality_row(metrics: dict) -> dict:
 
 
 def run_guided_study(data_root, checkpoint, segmenter, out, config: GuidedStudyConfig = GuidedStudyConfig(), *,
-                     sampler: SamplerConfig | None = None, device="cpu", progress: bool = True) -> dict:
-    """Score every cell of `config` (resumably, in <out>/<cell>/) and write <out>/guided-study.json: one row per
-    (t_i, guide setting), the reader's own EF error and the settings."""
+                     sampler: SamplerConfig | None = None, device="cpu", progress: bool = True,
+                     json_path=None) -> dict:
+    """Score every cell of `config` (resumably, in <out>/<cell>/) and write <out>/guided-study.json (and
+    `json_path`, e.g. the stored study's results/cpu/guided-study.json): one row per (t_i, guide setting), the
+    reader's own EF error, the settings and the sha256 of the weights that made it."""
     out = Path(out)
     sampler = sampler or replace(DEFAULT_SAMPLER, cap_steps=False)  # the same steps from every t_i
     models = load_models(checkpoint, None, device)
@@ -96,12 +98,66 @@ def run_guided_study(data_root, checkpoint, segmenter, out, config: GuidedStudyC
                      "EF r with its pseudo video": summary["beating_vs_pseudo_video"]["correlation"],
                      "NFE": summary["network_evaluations"], "seconds per video": summary["seconds_per_video"]})
     report = {"config": asdict(config), "sampler": asdict(sampler), "checkpoint": str(checkpoint),
-              "segmenter": str(segmenter), "data": str(data_root), "rows": rows, "reader": reader}
-    write_text_atomically(out / "guided-study.json", json.dumps(report, indent=1) + "\n")
+              "checkpoint_sha256": file_digest(checkpoint), "segmenter": str(segmenter),
+              "segmenter_sha256": file_digest(segmenter), "data": str(data_root), "rows": rows, "reader": reader}
+    for path in [out / "guided-study.json"] + ([Path(json_path)] if json_path else []):
+        write_text_atomically(path, json.dumps(report, indent=1) + "\n")
     return report
 
 
-GOAL = {"EF r": 0.8, "EF MAE": 0.08}  # the issue's goal for a guided method at some t_i <= 30
+GOAL = {"EF r": 0.8, "EF MAE": 0.08}  # what a guided method must reach at some t_i <= GOAL_LATEST_START
+GOAL_LATEST_START = 30
+# The columns of `table_rows`: each cell's scores, formatted, with their standard errors over maps.
+TABLE_COLUMNS = ("t_i", "method", "Dice LV", "map margin", "SSIM", "FD-seg", "EF r", "EF MAE", "EF bias", "NFE",
+                 "s/video")
+
+
+def table_rows(report: dict) -> list[dict]:
+    """One row per cell of the study, for `viz.rows_table`: plain Free-Echo first at each t_i."""
+    def with_se(value, se, spec):
+        return number(value, spec) + ("" if se is None else f" ± {number(se, spec.lstrip('+'))}")
+
+    rows = sorted(report["rows"], key=lambda r: (r["t_i"], r["method"] != "plain", r["method"]))
+    return [{"t_i": r["t_i"], "method": r["method"], "Dice LV": with_se(r["Dice LV"], r.get("Dice LV s.e."), ".3f"),
+             "map margin": with_se(r["map margin"], r.get("map margin s.e."), "+.3f"), "SSIM": number(r["SSIM"], ".3f"),
+             "FD-seg": with_se(r["FD-seg"], r.get("FD-seg s.e."), ".3f"), "EF r": number(r["EF r"], ".2f"),
+             "EF MAE": number(r["EF MAE"], ".3f"), "EF bias": number(r["EF bias"], "+.3f"), "NFE": r["NFE"],
+             "s/video": number(r["seconds per video"], ".1f")} for r in rows]
+
+
+def shortfalls(row: dict, plain: dict) -> list[str]:
+    """What keeps a guided cell from the goal, in words (empty: it meets it): EF r and MAE against `GOAL`, the
+    start step, Dice LV and map margin at least plain Free-Echo's at the same t_i (`plain`), FD-seg no worse
+    than plain's by more than its standard error."""
+    misses = []
+    if row["t_i"] > GOAL_LATEST_START:
+        misses.append(f"t_i {row['t_i']} > {GOAL_LATEST_START}")
+    if not row["EF r"] >= GOAL["EF r"]:
+        misses.append(f"EF r {number(row['EF r'], '.2f')} < {GOAL['EF r']}")
+    if not row["EF MAE"] <= GOAL["EF MAE"]:
+        misses.append(f"EF MAE {number(row['EF MAE'], '.3f')} > {GOAL['EF MAE']}")
+    for name in ("Dice LV", "map margin"):
+        if not row[name] >= plain[name]:
+            misses.append(f"{name} {number(row[name], '.3f')} below plain's {number(plain[name], '.3f')}")
+    allowed = plain["FD-seg"] + (row.get("FD-seg s.e.") or 0.0)
+    if not row["FD-seg"] <= allowed:
+        misses.append(f"FD-seg {number(row['FD-seg'], '.3f')} above plain's {number(plain['FD-seg'], '.3f')} "
+                      f"by more than its s.e.")
+    return misses
+
+
+def verdicts(report: dict) -> list[dict]:
+    """Per guided cell: its row, plain Free-Echo's at the same t_i and its `shortfalls`, the closest to the goal
+    first (fewest shortfalls, then the smallest EF MAE)."""
+    plain = {r["t_i"]: r for r in report["rows"] if r["method"] == "plain"}
+    cells = [{"row": r, "plain": plain[r["t_i"]], "shortfalls": shortfalls(r, plain[r["t_i"]])}
+             for r in report["rows"] if r["method"] != "plain" and r["t_i"] in plain]
+    return sorted(cells, key=lambda c: (len(c["shortfalls"]), c["row"]["EF MAE"]))
+
+
+def recommended_guide(report: dict) -> Guide:
+    """The guide settings of the cell closest to the goal (`verdicts`), the one generate should be run with."""
+    return Guide(**verdicts(report)[0]["row"]["guide"])
 
 
 def number(value, spec: str) -> str:

@@ -94,6 +94,23 @@ def region_means(maps: dict, mask: torch.Tensor | None = None) -> dict:
     return {name: float(value[:, region].mean()) for name, value in maps.items()}
 
 
+def texture_in_sector(video, label_maps) -> float:
+    """The speckle a video keeps: the grey-level standard deviation about each labelled region's own mean inside
+    the sector (labels 1-4 of the 5-label convention), pooled over the regions of every frame. A pseudo video,
+    flat per label, scores 0. video (K, H, W); label_maps (K, H, W), or one (H, W) map for every frame."""
+    video = np.asarray(video, dtype=np.float64)
+    maps = np.broadcast_to(np.asarray(label_maps), video.shape)
+    squares, count = 0.0, 0
+    for frame, labels in zip(video, maps):
+        for label in range(1, 5):
+            values = frame[labels == label]
+            squares += float(((values - values.mean()) ** 2).sum()) if values.size else 0.0
+            count += values.size
+    if not count:
+        raise ValueError("the label maps hold no sector pixel (labels 1-4)")
+    return float(np.sqrt(squares / count))
+
+
 def ssim_terms(generated: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
     """SSIM split into its three factors (`ssim_maps`), each averaged like `ssim_psnr` (over pixels, frames and
     samples): SSIM is the mean of the per-pixel product l c s, so the mean factors show which one a method loses
