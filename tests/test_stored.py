@@ -70,13 +70,6 @@ def test_the_headline_and_table1_are_drawn_from_what_the_study_glued(tmp_path):
     assert "claims about Table 1 (orderings of SSIM and PSNR), on phantom CAMUS, 4 hold and 2 are not significant" in text
 
 
-def test_columns_are_picked_from_a_markdown_table_by_name():
-    from freeecho_core.study.headline import markdown_columns
-
-    table = "| a | b | c |\n|---|---|---|\n| 1 | *2* | 3 |"
-    assert markdown_columns(table, ["a", "c", "missing"]) == "| a | c |\n| --- | --- |\n| 1 | 3 |"
-
-
 def test_a_stored_run_says_when_the_weights_it_ran_have_changed_since(tmp_path):
     (tmp_path / "ckpt").mkdir()
     model, judge = tmp_path / "ckpt" / "ema.pt", tmp_path / "ckpt" / "segmenter.pt"

@@ -33,14 +33,6 @@ def table1_parts(values: dict) -> tuple[str, str]:
             markdown_table(reports, part="anatomy"))
 
 
-def markdown_columns(table: str, columns: list[str]) -> str:
-    """The named columns of a Markdown pipe table (a stored Table 1 rendered before its scores were glued is
-    split this way into the two tables of `table1_parts`)."""
-    lines = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.strip().splitlines()]
-    keep = [lines[0].index(c) for c in columns if c in lines[0]]
-    return "\n".join("| " + " | ".join(cells[k] for k in keep) + " |" for cells in lines)
-
-
 def claim_counts(claims: list[dict]) -> dict[str, Counter]:
     """Per column of ours in a claims table (`tables.claims_table`): how many claims hold, fail or are not
     significant."""
