@@ -37,6 +37,9 @@ from freeecho_core.study.videos import file_digest
 from freeecho_core.synthesis import FreeEcho
 
 STUDY_EFS = (0.3, 0.4, 0.5, 0.6, 0.7)
+# The EF reader's largest acceptable error on beating pseudo videos of known EF (no model in the way): a reader
+# this close can judge how well a generator keeps its pseudo video's beat.
+PSEUDO_VIDEO_READER_GOAL = 0.05
 LV = 1  # CAMUS label of the LV cavity
 
 

@@ -100,8 +100,9 @@ def run_guided_study(data_root, checkpoint, segmenter, out, config: GuidedStudyC
     report = {"config": asdict(config), "sampler": asdict(sampler), "checkpoint": str(checkpoint),
               "checkpoint_sha256": file_digest(checkpoint), "segmenter": str(segmenter),
               "segmenter_sha256": file_digest(segmenter), "data": str(data_root), "rows": rows, "reader": reader}
+    text = json.dumps(report, indent=1) + "\n"
     for path in [out / "guided-study.json"] + ([Path(json_path)] if json_path else []):
-        write_text_atomically(path, json.dumps(report, indent=1) + "\n")
+        write_text_atomically(path, text)
     return report
 
 
@@ -125,6 +126,11 @@ def table_rows(report: dict) -> list[dict]:
              "s/video": number(r["seconds per video"], ".1f")} for r in rows]
 
 
+def fd_seg_worse(row: dict, plain: dict) -> bool:
+    """Whether a cell's FD-seg is above plain Free-Echo's by more than the cell's standard error."""
+    return not row["FD-seg"] <= plain["FD-seg"] + (row.get("FD-seg s.e.") or 0.0)
+
+
 def shortfalls(row: dict, plain: dict) -> list[str]:
     """What keeps a guided cell from the goal, in words (empty: it meets it): EF r and MAE against `GOAL`, the
     start step, Dice LV and map margin at least plain Free-Echo's at the same t_i (`plain`), FD-seg no worse
@@ -139,8 +145,7 @@ def shortfalls(row: dict, plain: dict) -> list[str]:
     for name in ("Dice LV", "map margin"):
         if not row[name] >= plain[name]:
             misses.append(f"{name} {number(row[name], '.3f')} below plain's {number(plain[name], '.3f')}")
-    allowed = plain["FD-seg"] + (row.get("FD-seg s.e.") or 0.0)
-    if not row["FD-seg"] <= allowed:
+    if fd_seg_worse(row, plain):
         misses.append(f"FD-seg {number(row['FD-seg'], '.3f')} above plain's {number(plain['FD-seg'], '.3f')} "
                       f"by more than its s.e.")
     return misses

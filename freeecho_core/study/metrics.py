@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from freeecho_core.data.case import FIVE_LABELS
 from freeecho_core.validate import first_reason
 
 
@@ -94,6 +95,9 @@ def region_means(maps: dict, mask: torch.Tensor | None = None) -> dict:
     return {name: float(value[:, region].mean()) for name, value in maps.items()}
 
 
+SECTOR_LABELS = [label for label in FIVE_LABELS if label]  # every label but "outside sector"
+
+
 def texture_in_sector(video, label_maps) -> float:
     """The speckle a video keeps: the grey-level standard deviation about each labelled region's own mean inside
     the sector (labels 1-4 of the 5-label convention), pooled over the regions of every frame. A pseudo video,
@@ -102,7 +106,7 @@ def texture_in_sector(video, label_maps) -> float:
     maps = np.broadcast_to(np.asarray(label_maps), video.shape)
     squares, count = 0.0, 0
     for frame, labels in zip(video, maps):
-        for label in range(1, 5):
+        for label in SECTOR_LABELS:
             values = frame[labels == label]
             squares += float(((values - values.mean()) ** 2).sum()) if values.size else 0.0
             count += values.size
