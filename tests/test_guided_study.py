@@ -27,6 +27,9 @@ def test_every_cell_is_scored_and_a_rerun_generates_nothing(trained, tmp_path, m
     assert json.loads((tmp_path / "study" / "guided-study.json").read_text())["rows"] == json.loads(
         json.dumps(report["rows"]))
     assert cell_name(Guide(calibration=1, factor=4, until=40)) == "ilvr-nc f4 until 40"
+    assert cell_name(Guide(calibration=0, factor=2, until=60, mask=4)) == "ilvr f2 until 60 mask 4"
+    grid = GuidedStudyConfig(factors=(2,), untils=(55, 60), masks=(0, 4)).guides()
+    assert grid[0] is None and [(g.until, g.mask) for g in grid[1:]] == [(55, 0), (55, 4), (60, 0), (60, 4)]
     # The command resumes the same study: every video is on disk, nothing is sampled again.
     from freeecho_core import synthesis
     monkeypatch.setattr(synthesis, "sdedit_sample", lambda *a, **k: (_ for _ in ()).throw(AssertionError("sampled")))

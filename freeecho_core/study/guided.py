@@ -1,6 +1,6 @@
 """The guided-sampling study: does ILVR (`guidance`) keep the map and the motion that plain Free-Echo loses?
 
-A grid of start steps t_i x guide settings (the low band's block size, the step ILVR stops at) on the TEST maps,
+A grid of start steps t_i x guide settings (the low band's block size, the step ILVR stops at, the mask) on the TEST maps,
 beside plain Free-Echo at the same t_i. Each cell is scored twice, with the study's own code: `scoring.evaluate`
 on still pseudo videos (SSIM/PSNR against the real clip, Dice LV of the judge's reading, the map margin, FD-seg),
 and `ef.run_ef_study` on beating pseudo videos (the EF the judge reads back against the target, the network
@@ -37,6 +37,9 @@ class GuidedStudyConfig:
         "ILVR's block sizes (each must divide the frame size)", at_least(1), many=True))
     untils: tuple[int, ...] = field(default=(40, 55), metadata=option(
         "the steps ILVR stops at", at_least(1), many=True))
+    masks: tuple[int, ...] = field(default=(0,), metadata=option(
+        "ILVR's mask dilations (0: the whole frame; PX: only the LV and LA dilated by PX pixels)", at_least(0),
+        many=True))
     calibration: int = field(default=0, metadata=option(
         "noise-calibration refinements added to every guided cell (0: ILVR alone)", at_least(0)))
     efs: tuple[float, ...] = field(default=(0.3, 0.5, 0.7), metadata=option(
@@ -46,14 +49,17 @@ class GuidedStudyConfig:
     seed: int = field(default=0, metadata=option("seed of the sample streams", at_least(0)))
 
     def guides(self) -> list[Guide | None]:
-        """None (plain Free-Echo), then every (factor, until) of the grid."""
-        return [None] + [Guide(ilvr=True, calibration=self.calibration, factor=f, until=u)
-                         for f in self.factors for u in self.untils]
+        """None (plain Free-Echo), then every (factor, until, mask) of the grid."""
+        return [None] + [Guide(ilvr=True, calibration=self.calibration, factor=f, until=u, mask=m)
+                         for f in self.factors for u in self.untils for m in self.masks]
 
 
 def cell_name(guide: Guide | None) -> str:
-    """The folder and row label of a guide setting: "plain" or e.g. "ilvr f4 until 40" ("ilvr-nc ..." with NC)."""
-    return "plain" if guide is None else f"{guide.name} f{guide.factor} until {guide.until}"
+    """The folder and row label of a guide setting: "plain" or e.g. "ilvr f4 until 40" ("ilvr-nc ..." with NC,
+    "... mask 4" when only the dilated LV and LA are guided)."""
+    if guide is None:
+        return "plain"
+    return f"{guide.name} f{guide.factor} until {guide.until}" + (f" mask {guide.mask}" if guide.mask else "")
 
 
 def quality_row(metrics: dict) -> dict:
