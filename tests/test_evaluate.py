@@ -60,6 +60,10 @@ def test_the_ssim_breakdown_splits_the_frame_into_the_regions_of_the_map():
     whole = inside * parts["SSIM in sector"] + (1 - inside) * parts["SSIM outside sector"]
     assert whole == pytest.approx(ssim_psnr(generated, real)[0])
     assert "SSIM myocardium" not in parts and set(parts) >= {"luminance", "contrast", "structure", "SSIM LV cavity"}
+    tissue = (ed_map == 1).sum() / (ed_map != 0).sum()  # outside the LV, in the sector: here the tissue alone
+    assert parts["SSIM outside the LV"] == pytest.approx(parts["SSIM sector tissue"])
+    assert parts["SSIM in sector"] == pytest.approx(tissue * parts["SSIM outside the LV"]
+                                                     + (1 - tissue) * parts["SSIM LV cavity"])
 
 
 def test_a_second_scan_of_the_test_hearts_is_scored_like_a_method(trained):
@@ -139,6 +143,9 @@ def test_anatomy_columns_join_the_report_and_the_table(trained, tmp_path):
     assert set(SPECIFICITY_COLUMNS) - {"corr across maps, same seed", "corr across seeds, same map"} <= set(
         report["real_specificity"])  # the real clips: one per map, no seeds to compare
     assert set(report["segmenter"]["val_dice"]) == {"LV cavity", "myocardium", "left atrium"}
+    # The cone: each video's fan against its own map's sector and the others'; the recordings' own fans beside.
+    assert 0 <= row["fan IoU"] <= 1 and 0 <= row["fan IoU, other maps"] <= 1
+    assert set(report["real_cone"]) == {"fan IoU", "fan IoU, other maps"} and report["real_cone"]["fan IoU"] > 0.5
     table = markdown_table({"phantom CAMUS": report}, paper={"phantom CAMUS": "CAMUS"})
     columns = "| Dice LV | Dice myo | Dice LA | map margin | EF proxy error | LV area roughness | FD-seg | FVD-seg |"
     assert columns in table

@@ -65,7 +65,7 @@ def test_a_study_scores_every_setting_on_the_same_maps_and_resumes(trained, tmp_
     for r in study["rows"]:
         assert r["SSIM"]["n"] == r["Dice LV"]["n"] == 2 * len(study["maps"]) and 0 <= r["Dice LV"]["mean"] <= 1
         assert r["steps"] == steps_for_nfe(r["solver"], r["nfe"]) and r["SSIM"]["se"] >= 0
-    assert study["default"]["methods"] == ["free-echo@35"]
+    assert study["default"]["methods"] == ["free-echo@35"] and study["clsfree_default"]["methods"] == ["clsfree"]
     # A second run finds every video on disk and generates none.
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "study").rglob("*.npy")}
     run_study(data, unconditional, clsfree, segmenter, tmp_path / "study", config, progress=False, log=lambda line: None)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from freeecho_core.data.case import FIVE_LABELS
+from freeecho_core.data.clips import sector_from_frames
 from freeecho_core.validate import first_reason
 
 
@@ -113,6 +114,25 @@ def texture_in_sector(video, label_maps) -> float:
     if not count:
         raise ValueError("the label maps hold no sector pixel (labels 1-4)")
     return float(np.sqrt(squares / count))
+
+
+def fan_iou(videos: torch.Tensor, sector: np.ndarray) -> list[float]:
+    """The cone a video draws against a map's scan sector (the paper's claim that a map holding only the LV
+    leaves Cls-Free's cone inconsistent): per video of videos (n, K, H, W) in [0, 1], the intersection over union
+    of its fan, found as a recording's fan is (`clips.sector_from_frames`: lit in some frame, largest component,
+    convex hull), with the (H, W) bool `sector`. A video without any lit pixel scores 0."""
+    sector = np.asarray(sector, dtype=bool)
+    if videos.ndim != 4 or videos.shape[-2:] != sector.shape:
+        raise ValueError(f"videos (n, K, H, W) {tuple(videos.shape)} must match the sector {sector.shape}")
+    scores = []
+    for video in (videos.clamp(0, 1) * 255).round().to(torch.uint8).numpy():
+        try:
+            fan = sector_from_frames(video)
+        except ValueError:  # a black video draws no fan
+            scores.append(0.0)
+            continue
+        scores.append(float((fan & sector).sum() / (fan | sector).sum()))
+    return scores
 
 
 def ssim_terms(generated: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor | None = None) -> dict:

@@ -9,7 +9,8 @@ the discretisation alone. All runs integrate the deterministic probability-flow 
 Scores per video (SSIM and PSNR against the real clip, Dice LV of the generated ED frame against the input map)
 give a mean and its standard error over the maps x samples; FD-seg is pooled over all videos of a setting (no
 standard error). `choose_default` applies the issue's rule: the fewest NFE whose Dice LV and SSIM stay within
-one standard error of the reference (Heun at 97 NFE: for Free-Echo at t_i = 15, the paper's own 49 steps).
+one standard error of the reference (Heun at 97 NFE: for Free-Echo at t_i = 15, the paper's own 49 steps), once
+for Free-Echo at every t_i (`generate`'s default) and once for Cls-Free (Table 1's Cls-Free row).
 """
 from __future__ import annotations
 
@@ -143,6 +144,7 @@ def run_study(data_root, unconditional: str | os.PathLike, clsfree: str | os.Pat
              "checkpoints": {"unconditional": str(unconditional), "clsfree": str(clsfree) if clsfree else None,
                              "segmenter": str(segmenter)}, "segmenter": judge_info, "rows": rows,
              "default": choose_default(rows, fe_methods) if fe_methods else None,
+             "clsfree_default": choose_default(rows, ["clsfree"]) if clsfree else None,
              "code_version": code_version()}
     for path in [out / "study.json"] + ([Path(json_path)] if json_path else []):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,12 +188,15 @@ def study_table_rows(study: dict) -> list[dict]:
 
 
 def summary_lines(study: dict) -> list[str]:
-    """The printed verdict of a study (`run_study`): the cheapest setting within one standard error of the
-    reference, or that none is."""
-    default = study["default"]
-    if default and default["solver"]:
-        return [f"fewest evaluations within one standard error of {REFERENCE[0]} at {REFERENCE[1]} NFE: "
-                f"{default['solver']} at {default['nfe']} NFE ({default['steps']} steps)"]
-    if default:
-        return [f"no setting but the reference stays within one standard error of {REFERENCE[0]} at {REFERENCE[1]} NFE"]
-    return []
+    """The printed verdicts of a study (`run_study`): per rule (Free-Echo, Cls-Free), the cheapest setting within
+    one standard error of the reference, or that none is."""
+    lines = []
+    for key, who in (("default", "Free-Echo"), ("clsfree_default", "Cls-Free")):
+        choice = study.get(key)
+        if choice and choice["solver"]:
+            lines.append(f"{who}: fewest evaluations within one standard error of {REFERENCE[0]} at {REFERENCE[1]} "
+                         f"NFE: {choice['solver']} at {choice['nfe']} NFE ({choice['steps']} steps)")
+        elif choice:
+            lines.append(f"{who}: no setting but the reference stays within one standard error of {REFERENCE[0]} at "
+                         f"{REFERENCE[1]} NFE")
+    return lines

@@ -22,12 +22,15 @@ from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.make_dataset import rescan_clip
 from freeecho_core.files import check_output_folder, write_text_atomically
 from freeecho_core.study.anatomy import feature_distances, finite_mean, map_scores, map_specificity
-from freeecho_core.study.metrics import (FEATURE_NETWORKS, SSIM_TERMS, MetricUnavailable, frechet_metric,
+from freeecho_core.study.metrics import (FEATURE_NETWORKS, SSIM_TERMS, MetricUnavailable, fan_iou, frechet_metric,
                                          load_feature_network, region_means, ssim_maps, ssim_psnr, to_unit)
 from freeecho_core.study.segmenter import SegUNet, load_segmenter
 from freeecho_core.study.videos import (EvalConfig, claim_video_folder, data_key, file_digest, generate_all,
                                         load_videos, method_specs, video_key, video_path)
 from freeecho_core.synthesis import Method
+
+
+FIVE_LV = 2  # the LV cavity in the 5-label convention (FIVE_LABELS)
 
 
 def load_judge(segmenter: str | os.PathLike | None, clip: ClipConfig, device) -> tuple[SegUNet | None, dict]:
@@ -74,7 +77,8 @@ def ssim_breakdown(generated: list[torch.Tensor], real: torch.Tensor, clips: lis
     per_map = []
     for g, r, c in zip(generated, real, clips):
         labels = torch.from_numpy(c.ed_map)
-        regions = {"in sector": labels != 0} | {name: labels == k for k, name in FIVE_LABELS.items()}
+        regions = ({"in sector": labels != 0, "outside the LV": (labels != 0) & (labels != FIVE_LV)}
+                   | {name: labels == k for k, name in FIVE_LABELS.items()})
         maps = ssim_maps(g, r)  # the windows once; then a mean per region
         whole = region_means(maps)
         per_map.append({name: whole[name] for name in SSIM_TERMS}
@@ -82,6 +86,18 @@ def ssim_breakdown(generated: list[torch.Tensor], real: torch.Tensor, clips: lis
                           if mask.any()})
     names = dict.fromkeys(name for entry in per_map for name in entry)
     return {name: finite_mean([entry.get(name, float("nan")) for entry in per_map]) for name in names}
+
+
+def cone_row(generated: list[torch.Tensor], clips: list) -> dict:
+    """The cone columns of one method (`metrics.fan_iou`): the fan IoU of each video against its own map's sector,
+    averaged over videos and maps, and, with two or more maps, against the other maps' sectors: what a video
+    whose cone ignores its map scores."""
+    own = [float(np.mean(fan_iou(g, c.sector))) for g, c in zip(generated, clips)]
+    row = {"fan IoU": float(np.mean(own))}
+    if len(clips) > 1:
+        row["fan IoU, other maps"] = float(np.mean([np.mean(fan_iou(g, other.sector)) for i, g in enumerate(generated)
+                                                    for j, other in enumerate(clips) if i != j]))
+    return row
 
 
 def method_row(generated: list[torch.Tensor], clips: list, real: torch.Tensor, networks: dict,
@@ -95,7 +111,7 @@ def method_row(generated: list[torch.Tensor], clips: list, real: torch.Tensor, n
            "PSNR_std": float(psnr.std()), "maps": len(clips), "samples_per_map": int(generated[0].shape[0]),
            "per_map": {f"{c.case_id}_{c.view}": {"SSIM": float(s), "PSNR": float(p)}
                        for c, s, p in zip(clips, ssim, psnr)},
-           "SSIM_breakdown": ssim_breakdown(generated, real, clips)}
+           "SSIM_breakdown": ssim_breakdown(generated, real, clips), **cone_row(generated, clips)}
     for name, net in networks.items():
         row[FEATURE_NETWORKS[name]] = frechet_metric(net, torch.cat(generated), real)
     if judge is not None:
@@ -122,6 +138,7 @@ def score(data: EchoClips, out: Path, methods: list[Method], feature_weights: di
         unavailable["anatomy"] = "anatomy metrics: no segmenter checkpoint given"
     elif len(clips) > 1:  # the ceiling: the judge reading the real clips of the maps
         report["real_specificity"] = map_specificity(judge, [r[None] for r in real], [c.ed_map for c in clips])
+    report["real_cone"] = cone_row([r[None] for r in real], clips)  # the recordings' own fans at the clip size
     return report
 
 
