@@ -10,7 +10,7 @@ import sys
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import cv2
@@ -272,8 +272,10 @@ def local_rank() -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     # Steps re-spaced at every t_i: the start is all that differs between the Free-Echo rows.
-    config = EvalConfig(**config_values(args, EvalConfig), sampler=sampler_from(args, cap_steps=False),
-                        guide=Guide(**config_values(args, Guide)))
+    sampler = sampler_from(args, cap_steps=False)
+    own = {k: v for k, v in (("solver", args.clsfree_solver), ("steps", args.clsfree_sampler_steps)) if v is not None}
+    config = EvalConfig(**config_values(args, EvalConfig), sampler=sampler, guide=Guide(**config_values(args, Guide)),
+                        clsfree_sampler=replace(sampler, **own) if own else None)
     device = resolve_device(args.device, local_rank())  # under torchrun the maps are sharded
     if args.segmenter is not None and not args.segmenter.is_file():
         raise ValueError(f"--segmenter {args.segmenter}: no such file; expected a checkpoint of freeecho segmenter")
@@ -439,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(ev, EvalConfig)
     add_options(ev, SamplerConfig, SAMPLER_OPTIONS, defaults=EvalConfig.sampler)
     add_guide_options(ev, flag=False)
+    ev.add_argument("--clsfree-solver", choices=sorted(SOLVERS), help="Cls-Free's own solver (default: --solver's; "
+                    "the benchmark page's quality study chooses one for it)")
+    ev.add_argument("--clsfree-sampler-steps", type=at_least(2), metavar="N",
+                    help="Cls-Free's own steps over its whole noise range (default: --sampler-steps)")
     ev.add_argument("--model-cards", action="store_true",
                     help="add the scores to the model cards (model_card.json) beside the checkpoints")
     ev.add_argument("--compile", action="store_true",

@@ -189,6 +189,12 @@ CASES = [
     ("evaluate-clsfree-without-its-model", lambda f, t: [
         "evaluate", "--data", f["camus"], "--unconditional", f["unconditional"], "--out", t / "e", "--methods",
         "clsfree"], "needs its model, --clsfree"),
+    ("evaluate-clsfree-steps-1", lambda f, t: [
+        "evaluate", "--data", f["camus"], "--unconditional", f["unconditional"], "--out", t / "e",
+        "--clsfree-sampler-steps", "1"], "--clsfree-sampler-steps"),
+    ("evaluate-clsfree-dpmpp2m-churn", lambda f, t: [
+        "evaluate", "--data", f["camus"], "--unconditional", f["unconditional"], "--out", t / "e", "--solver", "euler",
+        "--sampler", "churn", "--clsfree-solver", "dpmpp2m"], "dpmpp2m solver integrates the deterministic ODE only"),
     ("evaluate-dpmpp2m-churn", lambda f, t: [
         "evaluate", "--data", f["camus"], "--unconditional", f["unconditional"], "--out", t / "e", "--solver",
         "dpmpp2m", "--sampler", "churn"], "dpmpp2m solver integrates the deterministic ODE only"),

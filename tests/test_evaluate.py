@@ -232,3 +232,15 @@ def test_the_specificity_table_and_verdict_say_when_a_method_ignores_its_map():
     assert "it follows its map" in specificity_verdict("clsfree", follows)
     assert "the map decides more" in specificity_verdict("clsfree", follows)
     assert "2 maps are too few to judge" in specificity_verdict("clsfree", follows | {"maps": 2})
+
+
+def test_cls_free_can_have_its_own_sampler_and_only_its_videos_key_changes():
+    from freeecho_core.study.videos import video_key
+    dpm = SamplerConfig.named("dpmpp2m", "ode", 13, cap_steps=False)
+    config = EvalConfig(samples=2, sampler=dpm, start_steps=(15,), methods=("sdedit", "clsfree", "free-echo"))
+    own = replace(config, clsfree_sampler=replace(dpm, steps=25))
+    digests = {"unconditional": "u", "clsfree": "c"}
+    for method in method_specs(config):
+        same = video_key(method, config, digests, {}) == video_key(method, own, digests, {})
+        assert same == (method.kind != "clsfree"), method.name
+        assert own.sampler_for(method).steps == (25 if method.kind == "clsfree" else 13)

@@ -89,3 +89,17 @@ def test_generates_default_sampler_is_the_stored_studys_choice():
     choice, default = study["default"], GenerateConfig().sampler
     assert (default.solver, default.steps, default.churn) == (choice["solver"], choice["steps"], None)
     assert FreeEcho.__call__.__kwdefaults__["sampler"] == default  # the Python API samples as the command does
+
+
+def test_table_1s_cls_free_sampler_is_the_stored_studys_choice_for_cls_free():
+    """The cpu study's Table 1 (notebook 05 at params/cpu.yaml, and the smoke profile that the book builds) samples
+    Cls-Free with what the committed quality study's rule chose for Cls-Free (`clsfree_default`)."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    choice = json.loads((root / "results" / "bench" / "nfe-quality.json").read_text())["clsfree_default"]
+    for profile in ("cpu", "smoke"):
+        table_1 = yaml.safe_load((root / "params" / f"{profile}.yaml").read_text())["05_evaluation"]
+        assert (table_1["clsfree_solver"], table_1["clsfree_sampler_steps"]) == (choice["solver"], choice["steps"])

@@ -45,6 +45,9 @@ class EvalConfig:
     # The paper's sampler. A study that sets steps re-spaces them at every t_i (cap_steps False), so that the
     # start is all that differs between the Free-Echo rows.
     sampler: SamplerConfig = PAPER_SAMPLER
+    # Cls-Free's own sampler (None: `sampler`): it integrates the whole noise range, and the quality-against-NFE
+    # study's rule may pick other steps for it than for Free-Echo (`nfe.choose_default`).
+    clsfree_sampler: SamplerConfig | None = None
     batch: int = field(default=10, metadata=option("videos per network batch", at_least(1)))
     seed: int = field(default=0, metadata=option("seed of the sample streams (`sample_seeds`)", at_least(0)))
     methods: tuple[str, ...] = field(default=DEFAULT_KINDS, metadata=option(
@@ -59,6 +62,11 @@ class EvalConfig:
         if {"free-echo-ilvr", "free-echo-ilvr-nc"} & set(self.methods) and self.guide.until <= self.guided_step:
             raise ValueError(f"guide until {self.guide.until} must come after the guided rows' start step "
                              f"t_i = {self.guided_step}")
+
+    def sampler_for(self, method: Method) -> SamplerConfig:
+        """The sampler that makes `method`'s videos."""
+        return self.clsfree_sampler if method.kind == "clsfree" and self.clsfree_sampler else self.sampler
+
 
 def guided(guide: Guide, kind: str) -> Guide:
     """The settings of `guide` for a guided method kind ("free-echo-<guide name>"; a calibration of 0 takes the
@@ -116,7 +124,7 @@ def video_key(method: Method, config: EvalConfig, digests: dict, data: dict) -> 
     seed, the method and sampler settings, and the data (`data_key`)."""
     role = "clsfree" if method.kind == "clsfree" else "unconditional"
     return {"method": asdict(method), "checkpoint_sha256": digests[role], "seed": config.seed, "seeding": SEEDING,
-            "samples": config.samples, "sampler": asdict(config.sampler), "bins": config.bins, "data": data}
+            "samples": config.samples, "sampler": asdict(config.sampler_for(method)), "bins": config.bins, "data": data}
 
 
 def claim_video_folder(out: Path, method: Method, key: dict) -> None:
@@ -165,7 +173,7 @@ def generate_all(data: EchoClips, models: dict, out: Path, config: EvalConfig, d
             continue
         seeds = sample_seeds(config.seed, method.name, config.samples)
         videos = torch.cat([generate(method, clip.ed_map, seeds[b : b + config.batch], models, target,
-                                     data.config.frames, config.sampler, device)
+                                     data.config.frames, config.sampler_for(method), device)
                             for b in range(0, len(seeds), config.batch)])
         save_videos(path, videos)
         made += 1
