@@ -10,7 +10,7 @@ import sys
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -49,7 +49,7 @@ from freeecho_core.study.nfe import (REFERENCE, STUDY_NFE, STUDY_SOLVERS, StudyC
 from freeecho_core.study.scoring import evaluate
 from freeecho_core.study.segmenter import load_segmenter, seg_config_from_profile, train_segmenter, transfer_report
 from freeecho_core.study.tables import evaluation_lines
-from freeecho_core.study.videos import EvalConfig
+from freeecho_core.study.videos import EvalConfig, own_clsfree_sampler
 from freeecho_core.synthesis import DEFAULT_CHECKPOINT, EXAMPLE_MAP
 from freeecho_core.train import MODEL_KINDS, config_from_profile, train
 from freeecho_core.unet3d import PRESETS, UNet3D, count_parameters
@@ -273,9 +273,8 @@ def local_rank() -> int:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     # Steps re-spaced at every t_i: the start is all that differs between the Free-Echo rows.
     sampler = sampler_from(args, cap_steps=False)
-    own = {k: v for k, v in (("solver", args.clsfree_solver), ("steps", args.clsfree_sampler_steps)) if v is not None}
     config = EvalConfig(**config_values(args, EvalConfig), sampler=sampler, guide=Guide(**config_values(args, Guide)),
-                        clsfree_sampler=replace(sampler, **own) if own else None)
+                        clsfree_sampler=own_clsfree_sampler(sampler, args.clsfree_solver, args.clsfree_sampler_steps))
     device = resolve_device(args.device, local_rank())  # under torchrun the maps are sharded
     if args.segmenter is not None and not args.segmenter.is_file():
         raise ValueError(f"--segmenter {args.segmenter}: no such file; expected a checkpoint of freeecho segmenter")

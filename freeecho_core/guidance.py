@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import binary_dilation
 
+from freeecho_core.data.case import FIVE_LA, FIVE_LV
 from freeecho_core.edm import Generators, karras_sigmas, randn_per_sample
 from freeecho_core.options import SCHEDULE_STEPS, at_least, option
 
 GUIDES = ("ilvr", "nc", "ilvr-nc")  # the names of `Guide`s in options, method kinds and records
-LV, LA = 2, 4  # the 5-label convention (data.case.FIVE_LABELS)
 
 
 def guide_named(name: str) -> tuple[bool, bool]:
@@ -105,7 +105,7 @@ def guide_mask(label_maps: np.ndarray, dilation: int) -> torch.Tensor:
     """(K, S, S) 5-label maps -> (K, S, S) float64 weights: 1 on each frame's LV and LA dilated by `dilation`
     pixels, 0 elsewhere."""
     maps = np.asarray(label_maps)
-    heart = (maps == LV) | (maps == LA)
+    heart = (maps == FIVE_LV) | (maps == FIVE_LA)
     disk = np.hypot(*np.mgrid[-dilation : dilation + 1, -dilation : dilation + 1]) <= dilation
     return torch.from_numpy(np.stack([binary_dilation(frame, disk) for frame in heart]).astype(np.float64))
 

@@ -244,3 +244,8 @@ def test_cls_free_can_have_its_own_sampler_and_only_its_videos_key_changes():
         same = video_key(method, config, digests, {}) == video_key(method, own, digests, {})
         assert same == (method.kind != "clsfree"), method.name
         assert own.sampler_for(method).steps == (25 if method.kind == "clsfree" else 13)
+    # From the options (notebook 05, evaluate): unset values keep the shared sampler's; none set, no own sampler.
+    from freeecho_core.study.videos import own_clsfree_sampler
+    assert own_clsfree_sampler(dpm, "", 0) is None and own_clsfree_sampler(dpm) is None
+    assert own_clsfree_sampler(dpm, None, 25) == own.clsfree_sampler
+    assert own_clsfree_sampler(dpm, "euler", 7) == replace(dpm, solver="euler", steps=7)

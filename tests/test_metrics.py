@@ -112,7 +112,7 @@ def test_texture_in_sector_is_zero_for_a_flat_pseudo_video_and_the_noise_level_o
 
 def test_fan_iou_is_one_for_a_video_lit_on_its_sector_and_falls_with_a_shifted_or_black_cone():
     from freeecho_core.data.maps import fan_sector
-    from freeecho_core.study.metrics import fan_iou
+    from freeecho_core.study.metrics import fan_iou, video_fans
     lv = np.zeros((64, 64), dtype=bool)
     lv[20:40, 26:38] = True
     sector = fan_sector((64, 64), lv)
@@ -120,7 +120,10 @@ def test_fan_iou_is_one_for_a_video_lit_on_its_sector_and_falls_with_a_shifted_o
     video = np.where(sector, rng.uniform(0.3, 0.9, (16, 64, 64)), 0.0)
     video[:, lv] = 0.02  # a dark cavity inside the fan: the hull closes it
     videos = torch.from_numpy(np.stack([video, np.roll(video, 16, axis=-1), np.zeros_like(video)]))
-    own, shifted, black = fan_iou(videos, sector)
-    assert own > 0.97 and shifted < own - 0.15 and black == 0.0
+    fans = video_fans(videos)
+    own, shifted, black = fan_iou(fans, sector)
+    assert own > 0.97 and shifted < own - 0.15 and black == 0.0 and fans[2] is None
+    with pytest.raises(ValueError, match="must be"):
+        video_fans(videos[0])
     with pytest.raises(ValueError, match="must match the sector"):
-        fan_iou(videos[0], sector)
+        fan_iou(fans, sector[:32])

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 CAMUS_LABELS = {0: "background", 1: "LV cavity", 2: "myocardium", 3: "left atrium"}
 FIVE_LABELS = {0: "outside sector", 1: "sector tissue", 2: "LV cavity", 3: "myocardium", 4: "left atrium"}
+FIVE_LV, FIVE_LA = 2, 4  # the LV cavity and the left atrium in FIVE_LABELS
 
 
 @dataclass

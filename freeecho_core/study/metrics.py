@@ -116,23 +116,29 @@ def texture_in_sector(video, label_maps) -> float:
     return float(np.sqrt(squares / count))
 
 
-def fan_iou(videos: torch.Tensor, sector: np.ndarray) -> list[float]:
-    """The cone a video draws against a map's scan sector (the paper's claim that a map holding only the LV
-    leaves Cls-Free's cone inconsistent): per video of videos (n, K, H, W) in [0, 1], the intersection over union
-    of its fan, found as a recording's fan is (`clips.sector_from_frames`: lit in some frame, largest component,
-    convex hull), with the (H, W) bool `sector`. A video without any lit pixel scores 0."""
-    sector = np.asarray(sector, dtype=bool)
-    if videos.ndim != 4 or videos.shape[-2:] != sector.shape:
-        raise ValueError(f"videos (n, K, H, W) {tuple(videos.shape)} must match the sector {sector.shape}")
-    scores = []
+def video_fans(videos: torch.Tensor) -> list[np.ndarray | None]:
+    """The cone each video of videos (n, K, H, W) in [0, 1] draws, found as a recording's fan is
+    (`clips.sector_from_frames`: lit in some frame, largest component, convex hull): (H, W) bool, None for a
+    video without any lit pixel."""
+    if videos.ndim != 4:
+        raise ValueError(f"videos must be (n, K, H, W), got {tuple(videos.shape)}")
+    fans = []
     for video in (videos.clamp(0, 1) * 255).round().to(torch.uint8).numpy():
         try:
-            fan = sector_from_frames(video)
+            fans.append(sector_from_frames(video))
         except ValueError:  # a black video draws no fan
-            scores.append(0.0)
-            continue
-        scores.append(float((fan & sector).sum() / (fan | sector).sum()))
-    return scores
+            fans.append(None)
+    return fans
+
+
+def fan_iou(fans: list[np.ndarray | None], sector: np.ndarray) -> list[float]:
+    """The cone a video draws against a map's scan sector (the paper's claim that a map holding only the LV
+    leaves Cls-Free's cone inconsistent): per fan of `video_fans`, the intersection over union with the (H, W)
+    bool `sector`; a video that draws no fan scores 0."""
+    sector = np.asarray(sector, dtype=bool)
+    if any(fan is not None and fan.shape != sector.shape for fan in fans):
+        raise ValueError(f"the fans must match the sector {sector.shape}")
+    return [0.0 if fan is None else float((fan & sector).sum() / (fan | sector).sum()) for fan in fans]
 
 
 def ssim_terms(generated: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor | None = None) -> dict:

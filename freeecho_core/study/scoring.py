@@ -16,21 +16,19 @@ import torch
 import torch.distributed as dist
 
 from freeecho_core.checkpoint import LoadedModel, code_version, load_model
-from freeecho_core.data.case import FIVE_LABELS
+from freeecho_core.data.case import FIVE_LABELS, FIVE_LV
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.make_dataset import rescan_clip
 from freeecho_core.files import check_output_folder, write_text_atomically
 from freeecho_core.study.anatomy import feature_distances, finite_mean, map_scores, map_specificity
 from freeecho_core.study.metrics import (FEATURE_NETWORKS, SSIM_TERMS, MetricUnavailable, fan_iou, frechet_metric,
-                                         load_feature_network, region_means, ssim_maps, ssim_psnr, to_unit)
+                                         load_feature_network, region_means, ssim_maps, ssim_psnr, to_unit,
+                                         video_fans)
 from freeecho_core.study.segmenter import SegUNet, load_segmenter
 from freeecho_core.study.videos import (EvalConfig, claim_video_folder, data_key, file_digest, generate_all,
                                         load_videos, method_specs, video_key, video_path)
 from freeecho_core.synthesis import Method
-
-
-FIVE_LV = 2  # the LV cavity in the 5-label convention (FIVE_LABELS)
 
 
 def load_judge(segmenter: str | os.PathLike | None, clip: ClipConfig, device) -> tuple[SegUNet | None, dict]:
@@ -91,11 +89,12 @@ def ssim_breakdown(generated: list[torch.Tensor], real: torch.Tensor, clips: lis
 def cone_row(generated: list[torch.Tensor], clips: list) -> dict:
     """The cone columns of one method (`metrics.fan_iou`): the fan IoU of each video against its own map's sector,
     averaged over videos and maps, and, with two or more maps, against the other maps' sectors: what a video
-    whose cone ignores its map scores."""
-    own = [float(np.mean(fan_iou(g, c.sector))) for g, c in zip(generated, clips)]
+    whose cone ignores its map scores. Each video's fan is found once."""
+    fans = [video_fans(g) for g in generated]
+    own = [np.mean(fan_iou(f, c.sector)) for f, c in zip(fans, clips)]
     row = {"fan IoU": float(np.mean(own))}
     if len(clips) > 1:
-        row["fan IoU, other maps"] = float(np.mean([np.mean(fan_iou(g, other.sector)) for i, g in enumerate(generated)
+        row["fan IoU, other maps"] = float(np.mean([np.mean(fan_iou(f, other.sector)) for i, f in enumerate(fans)
                                                     for j, other in enumerate(clips) if i != j]))
     return row
 

@@ -18,7 +18,7 @@ import json
 import os
 import warnings
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +66,14 @@ class EvalConfig:
     def sampler_for(self, method: Method) -> SamplerConfig:
         """The sampler that makes `method`'s videos."""
         return self.clsfree_sampler if method.kind == "clsfree" and self.clsfree_sampler else self.sampler
+
+
+def own_clsfree_sampler(sampler: SamplerConfig, solver: str | None = None,
+                        steps: int | None = None) -> SamplerConfig | None:
+    """`EvalConfig.clsfree_sampler` from options: `sampler` with Cls-Free's own solver and/or steps (None, "" or 0:
+    keep `sampler`'s); None when neither is given, so that Cls-Free samples as the other methods do."""
+    own = {name: value for name, value in (("solver", solver), ("steps", steps)) if value}
+    return replace(sampler, **own) if own else None
 
 
 def guided(guide: Guide, kind: str) -> Guide:
