@@ -18,7 +18,7 @@ import torch
 from freeecho_core import __version__
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.edm import EDMPrecond
-from freeecho_core.files import atomic_write_all
+from freeecho_core.files import atomic_write_all, read_json
 from freeecho_core.unet3d import UNet3D, UNet3DConfig
 from freeecho_core.validate import first_reason
 
@@ -142,6 +142,19 @@ def clip_config(train_config: dict) -> ClipConfig:
     """The clips a model was trained on, from its stored training config (older checkpoints: the paper's size)."""
     return ClipConfig(frames=train_config.get("frames", 24), size=train_config.get("size", 128),
                       fps=train_config.get("clip_fps"))
+
+
+MODEL_CARD = "model_card.json"  # what a stored model is, written beside its checkpoint (`study.model_card`)
+
+
+def trained_look(path: str | os.PathLike) -> str:
+    """The phantom look ("camus" or "echonet") of the data the model at `path` was trained on, as its model card
+    records it; "camus" for a model without a card or trained on other data than the phantom."""
+    card = Path(path).parent / MODEL_CARD
+    if not card.is_file():
+        return "camus"
+    phantom = read_json(card, "model card").get("data", {}).get("phantom") or {}
+    return phantom.get("config", {}).get("look", "camus")
 
 
 @dataclass

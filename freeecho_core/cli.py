@@ -504,9 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     gs.set_defaults(func=cmd_guided_study)
     gen = sub.add_parser("generate", help="videos from your own ED map (PNG or NIfTI; CAMUS, 5-label or LV-only)")
     gen.add_argument("--map", required=True, type=Path, help="the ED label map: .png, .nii or .nii.gz, any size")
-    gen.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
-                     help="ema.pt of an unconditional model (default: the stored CPU model, "
-                          "checkpoints/cpu/phantom-camus/unconditional/ema.pt)")
+    gen.add_argument("--checkpoint", type=Path,
+                     help="ema.pt of an unconditional model (default: the stored CPU model for the map: "
+                          "checkpoints/cpu/phantom-camus/unconditional/ema.pt, for an LV-only map "
+                          "checkpoints/cpu/phantom-echonet/unconditional/ema.pt)")
     add_options(gen, GenerateConfig)
     add_options(gen, SamplerConfig, ["solver", "churn", "steps"], defaults=GenerateConfig.sampler)
     add_guide_options(gen)

@@ -20,14 +20,14 @@ import numpy as np
 
 from freeecho_core.checkpoint import code_version, load_model
 from freeecho_core.data.dataset import EchoClips
-from freeecho_core.data.maps import map_stem
+from freeecho_core.data.maps import camus_labels_and_sector, map_stem, read_map
 from freeecho_core.guidance import Guide
 from freeecho_core.files import (check_output_folder, remove_abandoned_staging, save_array_atomically, shared_mode,
                                  write_text_atomically)
 from freeecho_core.motion import EF_RANGE, es_frame_of_clips
 from freeecho_core.options import at_least, finite_number, option, positive_number, start_step
 from freeecho_core.sampler import DEFAULT_SAMPLER, SamplerConfig
-from freeecho_core.synthesis import DEFAULT_CHECKPOINT, FreeEcho
+from freeecho_core.synthesis import DEFAULT_CHECKPOINT, ECHONET_CHECKPOINT, FreeEcho
 from freeecho_core.validate import as_float
 
 VIDEO_FORMATS = {"avi": "MJPG", "mp4": "mp4v"}  # container -> OpenCV fourcc
@@ -127,11 +127,27 @@ def video_bytes(video: np.ndarray, fps: float, container: str = "avi") -> bytes:
         return write_video(Path(folder) / f"video.{container}", video, fps).read_bytes()
 
 
-def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config: GenerateConfig = GenerateConfig(),
+def model_for_map(map_path, convention: str = "auto") -> Path:
+    """The stored unconditional model for a map given without a checkpoint: for an LV-only map (what
+    EchoNet-Dynamic's tracings give) the model trained on the EchoNet look (`synthesis.ECHONET_CHECKPOINT`), for a
+    map with more structures the CAMUS-look one (`synthesis.DEFAULT_CHECKPOINT`); a ValueError naming the map when
+    the model it needs is not stored."""
+    _, _, read_as = camus_labels_and_sector(read_map(map_path), convention, str(map_path))
+    if read_as != "lv":
+        return DEFAULT_CHECKPOINT
+    if not ECHONET_CHECKPOINT.is_file():
+        raise ValueError(f"{map_path}: an LV-only map takes the model trained on the EchoNet look, and none is stored "
+                         f"at {os.path.relpath(ECHONET_CHECKPOINT)}; give --checkpoint (e.g. "
+                         f"{os.path.relpath(DEFAULT_CHECKPOINT)}, the CAMUS-look model, which reads the map with a "
+                         f"myocardium ring grown around the LV)")
+    return ECHONET_CHECKPOINT
+
+
+def generate_from_map(map_path, checkpoint=None, out=None, config: GenerateConfig = GenerateConfig(),
                       *, convention: str = "auto", data=None, target=None, video_format: str = "avi",
                       device="cpu", progress: bool = False, es_map_path=None) -> dict:
     """Generate `config.samples` videos from the ED map at `map_path` with the unconditional model at
-    `checkpoint`. The OT target (centres, weights): `target`, else that of `data`, the model's training dataset
+    `checkpoint` (default: the stored model for the map, `model_for_map`). The OT target (centres, weights): `target`, else that of `data`, the model's training dataset
     (`synthesis.ot_target`; its clips also give a beating video's ES frame), else the phantom's
     (`synthesis.phantom_target`). progress: a bar over the sampling steps. With `out`,
     writes <stem>_<k>.<video_format>, <stem>.npy (uint8 (n, K, h, w)) and <stem>.json; returns {"map": (S, S)
@@ -151,6 +167,7 @@ def generate_from_map(map_path, checkpoint=DEFAULT_CHECKPOINT, out=None, config:
         raise ValueError("give a target EF or an ES map (which sets the EF), one of the two")
     if out is not None:
         check_output_folder(out, "--out")
+    checkpoint = model_for_map(map_path, convention) if checkpoint is None else checkpoint
     model = load_model(checkpoint, device)
     if model.role == "clsfree":
         raise ValueError(f"{checkpoint} is a conditional (Cls-Free) model; Free-Echo samples the unconditional one")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from freeecho_core.checkpoint import DEFAULT_FPS, LoadedModel, load_model
+from freeecho_core.checkpoint import DEFAULT_FPS, LoadedModel, load_model, trained_look
 from freeecho_core.data.case import one_hot_maps
 from freeecho_core.data.clips import ClipConfig, crop_to_aspect, resize_frames, resize_labels_nearest
 from freeecho_core.data.dataset import EchoClips
@@ -42,8 +42,10 @@ GUIDED_KINDS = tuple(f"free-echo-{name}" for name in GUIDES)
 METHOD_KINDS = ("sdedit", "clsfree", "free-echo", "free-echo-stochastic", *GUIDED_KINDS)
 DEFAULT_KINDS = METHOD_KINDS[:5]  # the study's rows: the paper's Table 1, our stochastic OT, and ILVR
 # The stored model trained on a 2-core CPU (the cpu profile: 16 frames x 64 x 64, phantom CAMUS data).
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "cpu" / "phantom-camus" / \
-    "unconditional" / "ema.pt"
+STORED_MODELS = Path(__file__).resolve().parents[1] / "checkpoints" / "cpu"
+DEFAULT_CHECKPOINT = STORED_MODELS / "phantom-camus" / "unconditional" / "ema.pt"
+# Its sibling on the EchoNet look, for LV-only maps (EchoNet-Dynamic's tracings hold only the LV).
+ECHONET_CHECKPOINT = STORED_MODELS / "phantom-echonet" / "unconditional" / "ema.pt"
 # The ED map that ships with the repository (a phantom 2CH view): the README's first `generate` command.
 EXAMPLE_MAP = Path(__file__).resolve().parents[1] / "examples" / "ed_map_2ch.png"
 
@@ -73,12 +75,13 @@ def ot_target(data_root: str | os.PathLike, clip: ClipConfig, seed: int = 0, bin
     return EchoClips(data_root, "TRAIN", clip, seed=seed).intensity_histogram(bins)
 
 
-def phantom_target(size: int, frames: int, cases: int = 4, bins: int = 256):
-    """The OT target when no dataset is given: the grey-level histogram of a few phantom recordings at the
-    model's size (the embedded default data), (centres, weights)."""
+def phantom_target(size: int, frames: int, cases: int = 4, bins: int = 256, look: str = "camus"):
+    """The OT target when no dataset is given: the grey-level histogram of a few phantom recordings of a look
+    ("camus" or "echonet": the scanner settings the model was trained on) at the model's size (the embedded
+    default data), (centres, weights)."""
     pooled = 0.0
     for index in range(cases):
-        case = make_case(0, index, ("2CH", "4CH")[index % 2], PhantomConfig(height=size, frames=frames))
+        case = make_case(0, index, ("2CH", "4CH")[index % 2], PhantomConfig(height=size, frames=frames, look=look))
         video = (resize_frames(case.frames, size) / 255.0).clip(0, 1)  # frame by frame: OpenCV takes <= 4 channels
         sector = resize_labels_nearest(case.sector, size).astype(bool)
         centres, weights = intensity_histogram(video, sector, bins)
@@ -181,9 +184,12 @@ class FreeEcho:
 
     @classmethod
     def from_model(cls, model: LoadedModel, *, data: str | os.PathLike | None = None, target=None):
-        """The pipeline of a loaded model (`checkpoint.load_model`), its OT target as in `from_checkpoint`."""
+        """The pipeline of a loaded model (`checkpoint.load_model`), its OT target as in `from_checkpoint` (the
+        phantom's of the look the model was trained on, `checkpoint.trained_look`)."""
         if target is None and data is not None:
             target = ot_target(data, model.clip, model.seed)
+        elif target is None and model.role == "unconditional":
+            target = phantom_target(model.clip.size, model.clip.frames, look=trained_look(model.path))
         device = next(model.denoiser.parameters()).device
         return cls(model.denoiser, model.clip.frames, model.clip.size, target=target, fps=model.fps, device=device,
                    source=str(model.path))

@@ -121,3 +121,46 @@ def test_video_bytes_are_a_playable_file(tmp_path):
     path.write_bytes(video_bytes(video, 10.0))
     capture = cv2.VideoCapture(str(path))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5 and capture.get(cv2.CAP_PROP_FPS) == 10.0
+
+
+def test_an_lv_only_map_takes_the_echonet_look_model_and_says_so_when_none_is_stored(trained, camus_map, tmp_path,
+                                                                                     monkeypatch, capsys):
+    import freeecho_core.generate as generate
+    from freeecho_core.synthesis import DEFAULT_CHECKPOINT, ECHONET_CHECKPOINT
+
+    _, unconditional, _ = trained
+    cv2.imwrite(str(tmp_path / "ed.png"), camus_map)
+    cv2.imwrite(str(tmp_path / "lv.png"), (camus_map == 1).astype(np.uint8) * 255)  # an EchoNet-style tracing
+    assert generate.model_for_map(tmp_path / "ed.png") == DEFAULT_CHECKPOINT
+    assert "phantom-echonet" in str(ECHONET_CHECKPOINT)
+    monkeypatch.setattr(generate, "ECHONET_CHECKPOINT", unconditional)
+    assert generate.model_for_map(tmp_path / "lv.png") == unconditional
+    cv2.imwrite(str(tmp_path / "lv01.png"), (camus_map == 1).astype(np.uint8))
+    assert generate.model_for_map(tmp_path / "lv01.png", "camus") == DEFAULT_CHECKPOINT  # told: CAMUS labels
+    monkeypatch.setattr(generate, "ECHONET_CHECKPOINT", tmp_path / "none" / "ema.pt")
+    args = ["generate", "--map", str(tmp_path / "lv.png"), "--samples", "1", "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "lv.png: an LV-only map takes the model trained on the EchoNet look, and none is stored at" in err
+    assert "none/ema.pt; give --checkpoint (e.g. " in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_the_default_ot_target_is_the_phantom_look_the_model_was_trained_on(trained, tmp_path):
+    import shutil
+
+    from freeecho_core.checkpoint import MODEL_CARD, load_model, trained_look
+    from freeecho_core.synthesis import FreeEcho, phantom_target
+
+    _, unconditional, _ = trained
+    model_dir = tmp_path / "echonet-model"
+    model_dir.mkdir()
+    shutil.copy(unconditional, model_dir / "ema.pt")
+    assert trained_look(model_dir / "ema.pt") == "camus"  # no card: the default look
+    (model_dir / MODEL_CARD).write_text(json.dumps({"data": {"phantom": {"config": {"look": "echonet"}}}}))
+    assert trained_look(model_dir / "ema.pt") == "echonet"
+    model = load_model(model_dir / "ema.pt")
+    pipe = FreeEcho.from_model(model)
+    echonet = phantom_target(model.clip.size, model.clip.frames, look="echonet")
+    camus = phantom_target(model.clip.size, model.clip.frames)
+    assert np.allclose(pipe.target[1], echonet[1]) and not np.allclose(echonet[1], camus[1])

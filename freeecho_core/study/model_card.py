@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from freeecho_core.bench.timing import cpu_model
-from freeecho_core.checkpoint import code_version, load_checkpoint
+from freeecho_core.checkpoint import MODEL_CARD, code_version, load_checkpoint
 from freeecho_core.files import read_json, write_text_atomically
 from freeecho_core.train import read_log
 
-CARD_NAME = "model_card.json"
+CARD_NAME = MODEL_CARD
 
 
 def training_seconds(log_path: str | os.PathLike) -> float:
