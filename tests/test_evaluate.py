@@ -15,8 +15,8 @@ from freeecho_core.study.anatomy import ANATOMY_COLUMNS, SPECIFICITY_COLUMNS
 from freeecho_core.study.metrics import ssim_psnr
 from freeecho_core.study.scoring import evaluate, second_scan_row, ssim_breakdown
 from freeecho_core.study.segmenter import SegConfig, train_segmenter
-from freeecho_core.study.tables import (claims_table, markdown_table, paper_ordering, specificity_rows,
-                                        specificity_verdict, table_reports)
+from freeecho_core.study.tables import (claims_table, cone_claim_rows, cone_verdict, markdown_table, paper_ordering,
+                                        specificity_rows, specificity_verdict, standard_error, table_reports)
 from freeecho_core.study.videos import EvalConfig, method_specs, sample_seeds
 from freeecho_core.synthesis import METHOD_KINDS
 
@@ -55,7 +55,7 @@ def test_the_ssim_breakdown_splits_the_frame_into_the_regions_of_the_map():
     generated, real = torch.rand(2, 3, 16, 16, generator=g), torch.rand(3, 16, 16, generator=g)
     ed_map = np.zeros((16, 16), dtype=np.int64)
     ed_map[3:13, 2:14], ed_map[6:10, 6:10] = 1, 2
-    parts = ssim_breakdown([generated], real[None], [SimpleNamespace(ed_map=ed_map)])
+    parts, = ssim_breakdown([generated], real[None], [SimpleNamespace(ed_map=ed_map)])  # one map
     inside = (ed_map != 0).mean()  # SSIM is the mean of a per-pixel map: the regions' means weighted by area
     whole = inside * parts["SSIM in sector"] + (1 - inside) * parts["SSIM outside sector"]
     assert whole == pytest.approx(ssim_psnr(generated, real)[0])
@@ -146,6 +146,10 @@ def test_anatomy_columns_join_the_report_and_the_table(trained, tmp_path):
     # The cone: each video's fan against its own map's sector and the others'; the recordings' own fans beside.
     assert 0 <= row["fan IoU"] <= 1 and 0 <= row["fan IoU, other maps"] <= 1
     assert set(report["real_cone"]) == {"fan IoU", "fan IoU, other maps"} and report["real_cone"]["fan IoU"] > 0.5
+    per_map = list(row["per_map"].values())  # per map too, for the cone claim's paired test
+    assert np.mean([m["fan IoU"] for m in per_map]) == pytest.approx(row["fan IoU"])
+    assert np.mean([m["SSIM outside the LV"] for m in per_map]) == pytest.approx(
+        row["SSIM_breakdown"]["SSIM outside the LV"])
     table = markdown_table({"phantom CAMUS": report}, paper={"phantom CAMUS": "CAMUS"})
     columns = "| Dice LV | Dice myo | Dice LA | map margin | EF proxy error | LV area roughness | FD-seg | FVD-seg |"
     assert columns in table
@@ -249,3 +253,28 @@ def test_cls_free_can_have_its_own_sampler_and_only_its_videos_key_changes():
     assert own_clsfree_sampler(dpm, "", 0) is None and own_clsfree_sampler(dpm) is None
     assert own_clsfree_sampler(dpm, None, 25) == own.clsfree_sampler
     assert own_clsfree_sampler(dpm, "euler", 7) == replace(dpm, solver="euler", steps=7)
+
+
+def test_the_cone_claim_is_judged_per_metric_with_a_paired_test_over_maps():
+    def row(fan, outside):
+        per_map = {f"case{k}_4CH": {"SSIM": 0.5, "PSNR": 20.0, "fan IoU": fan + 0.01 * k,
+                                    "SSIM outside the LV": outside + 0.01 * (-1) ** k} for k in range(8)}
+        return {"fan IoU": fan + 0.035, "SSIM_breakdown": {"SSIM outside the LV": outside}, "per_map": per_map}
+
+    report = {"methods": {"free-echo@15": row(0.95, 0.60), "clsfree": row(0.85, 0.60), "sdedit@15": row(0.9, 0.5)},
+              "real_cone": {"fan IoU": 0.96, "fan IoU, other maps": 0.9}}
+    fan, outside = cone_claim_rows(report)
+    assert fan["metric"] == "fan IoU" and fan["free-echo@15"] == pytest.approx(0.985) and fan["recordings"] == 0.96
+    assert fan["free-echo@15 above clsfree"] == "holds: +0.100 [+0.100, +0.100] (n = 8)"
+    assert outside["free-echo@15 above clsfree"].startswith("not significant: +0.000")
+    assert outside["recordings"] == "-"
+    assert cone_verdict("phantom EchoNet", [fan, outside]) == (
+        "On phantom EchoNet, the paper's cone claim (Free-Echo@15 above Cls-Free) is not significant: fan IoU (holds: "
+        f"+0.100 [+0.100, +0.100] (n = 8)); SSIM outside the LV ({outside['free-echo@15 above clsfree']}).")
+    assert " holds: " in cone_verdict("x", [fan]) and "claim (Free-Echo@15 above Cls-Free) holds" in cone_verdict("x", [fan])
+    assert standard_error(report["methods"]["free-echo@15"], "fan IoU") == pytest.approx(
+        np.std([0.01 * k for k in range(8)], ddof=1) / np.sqrt(8))
+    del report["methods"]["clsfree"]["per_map"]["case0_4CH"]["fan IoU"]  # a report stored before per-map fans
+    assert [r["metric"] for r in cone_claim_rows(report)] == ["SSIM outside the LV"]
+    del report["methods"]["clsfree"]
+    assert cone_claim_rows(report) == []

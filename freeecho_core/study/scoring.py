@@ -69,9 +69,9 @@ def feature_networks(feature_weights: dict, device) -> tuple[dict, dict]:
     return networks, unavailable
 
 
-def ssim_breakdown(generated: list[torch.Tensor], real: torch.Tensor, clips: list) -> dict:
-    """Where a method's SSIM comes from, averaged over maps: its three factors (`metrics.ssim_terms`) and its
-    mean over each region of the ED map (inside the scan sector, and each of the five labels)."""
+def ssim_breakdown(generated: list[torch.Tensor], real: torch.Tensor, clips: list) -> list[dict]:
+    """Where a method's SSIM comes from, per map: its three factors (`metrics.ssim_terms`) and its mean over each
+    region of the ED map (inside the scan sector, outside the LV, and each of the five labels)."""
     per_map = []
     for g, r, c in zip(generated, real, clips):
         labels = torch.from_numpy(c.ed_map)
@@ -82,17 +82,22 @@ def ssim_breakdown(generated: list[torch.Tensor], real: torch.Tensor, clips: lis
         per_map.append({name: whole[name] for name in SSIM_TERMS}
                        | {f"SSIM {region}": region_means(maps, mask)["SSIM"] for region, mask in regions.items()
                           if mask.any()})
+    return per_map
+
+
+def mean_over_maps(per_map: list[dict]) -> dict:
+    """The mean over maps of every entry of per-map scores (NaN-free entries only; a map may lack a region)."""
     names = dict.fromkeys(name for entry in per_map for name in entry)
     return {name: finite_mean([entry.get(name, float("nan")) for entry in per_map]) for name in names}
 
 
 def cone_row(generated: list[torch.Tensor], clips: list) -> dict:
     """The cone columns of one method (`metrics.fan_iou`): the fan IoU of each video against its own map's sector,
-    averaged over videos and maps, and, with two or more maps, against the other maps' sectors: what a video
-    whose cone ignores its map scores. Each video's fan is found once."""
+    averaged over videos and maps (and per map, `fan IoU per map`), and, with two or more maps, against the other
+    maps' sectors: what a video whose cone ignores its map scores. Each video's fan is found once."""
     fans = [video_fans(g) for g in generated]
-    own = [np.mean(fan_iou(f, c.sector)) for f, c in zip(fans, clips)]
-    row = {"fan IoU": float(np.mean(own))}
+    own = [float(np.mean(fan_iou(f, c.sector))) for f, c in zip(fans, clips)]
+    row = {"fan IoU": float(np.mean(own)), "fan IoU per map": own}
     if len(clips) > 1:
         row["fan IoU, other maps"] = float(np.mean([np.mean(fan_iou(f, other.sector)) for i, f in enumerate(fans)
                                                     for j, other in enumerate(clips) if i != j]))
@@ -104,13 +109,15 @@ def method_row(generated: list[torch.Tensor], clips: list, real: torch.Tensor, n
     """The scores of one method's videos (`generated`: (n, K, S, S) in [0, 1] per clip): SSIM/PSNR per map
     (mean over frames and samples) and their spread over maps, SSIM's breakdown, FID/FVD for the loaded
     `networks`, and the anatomy metrics when a segmenter (`judge`) is given."""
-    per_map = [ssim_psnr(g, r) for g, r in zip(generated, real)]
-    ssim, psnr = np.array(per_map).T
+    ssim, psnr = np.array([ssim_psnr(g, r) for g, r in zip(generated, real)]).T
+    breakdown, cone = ssim_breakdown(generated, real, clips), cone_row(generated, clips)
+    fans = cone.pop("fan IoU per map")
     row = {"SSIM": float(ssim.mean()), "SSIM_std": float(ssim.std()), "PSNR": float(psnr.mean()),
            "PSNR_std": float(psnr.std()), "maps": len(clips), "samples_per_map": int(generated[0].shape[0]),
-           "per_map": {f"{c.case_id}_{c.view}": {"SSIM": float(s), "PSNR": float(p)}
-                       for c, s, p in zip(clips, ssim, psnr)},
-           "SSIM_breakdown": ssim_breakdown(generated, real, clips), **cone_row(generated, clips)}
+           "per_map": {f"{c.case_id}_{c.view}": {"SSIM": float(s), "PSNR": float(p), "fan IoU": f,
+                                                 "SSIM outside the LV": b.get("SSIM outside the LV", float("nan"))}
+                       for c, s, p, f, b in zip(clips, ssim, psnr, fans, breakdown)},
+           "SSIM_breakdown": mean_over_maps(breakdown), **cone}
     for name, net in networks.items():
         row[FEATURE_NETWORKS[name]] = frechet_metric(net, torch.cat(generated), real)
     if judge is not None:
@@ -138,6 +145,7 @@ def score(data: EchoClips, out: Path, methods: list[Method], feature_weights: di
     elif len(clips) > 1:  # the ceiling: the judge reading the real clips of the maps
         report["real_specificity"] = map_specificity(judge, [r[None] for r in real], [c.ed_map for c in clips])
     report["real_cone"] = cone_row([r[None] for r in real], clips)  # the recordings' own fans at the clip size
+    report["real_cone"].pop("fan IoU per map")
     return report
 
 
