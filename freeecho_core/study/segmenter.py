@@ -221,26 +221,20 @@ def judge_hearts(config: SegConfig, data_root: str | os.PathLike, progress: bool
                                    config.phantom_seed, PhantomConfig(**manifest["config"]), progress=progress)
 
 
-def train_segmenter(config: SegConfig, data_root: str | os.PathLike, out: str | os.PathLike, *,
-                    device="cpu", progress: bool = True) -> Path:
-    """Train on the labelled frames of a TRAIN split (`data_root`'s, or that of the extra phantom hearts of
-    `judge_hearts`; cross-entropy, Adam, seeded order), score Dice on `data_root`'s VAL split and write `out` (a
-    weights-only checkpoint holding the config, weights, the VAL Dice and the code version)."""
-    clip = ClipConfig(frames=config.frames, size=config.size)
-    with judge_hearts(config, data_root, progress) as train_root:
-        train_data = EchoClips(train_root, "TRAIN", clip, seed=config.seed)
-        if config.pseudo_share:
-            frames, labels, flat = labelled_frames(train_data, renderings=True)
-            flat_all = torch.from_numpy(flat)[:, None]
-        else:
-            frames, labels = labelled_frames(train_data)
+def fit_segmenter(config: SegConfig, frames: np.ndarray, labels: np.ndarray, flat: np.ndarray | None = None, *,
+                  device="cpu", progress: bool = True) -> SegUNet:
+    """The training loop (cross-entropy, Adam, seeded order) on frames in memory: (N, S, S) grey in [-1, 1] and
+    their (N, S, S) CAMUS labels (UNLABELLED pixels ignored); `flat`, the frames' flat pseudo renderings, when
+    `config.pseudo_share` blends them in. Returns the network in eval mode."""
+    if config.pseudo_share and flat is None:
+        raise ValueError("pseudo_share needs the frames' flat renderings (flat)")
     torch.manual_seed(config.seed)
     net = SegUNet(config).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     x_all, y_all = torch.from_numpy(frames)[:, None], torch.from_numpy(labels)
-    started = time.perf_counter()
+    flat_all = torch.from_numpy(flat)[:, None] if config.pseudo_share else None
     for _ in progress_bar(range(config.steps), disable=not progress, desc="train segmenter", unit="step"):
         idx = torch.from_numpy(rng.integers(0, len(frames), config.batch_size))
         x, y = x_all[idx], y_all[idx]
@@ -252,7 +246,20 @@ def train_segmenter(config: SegConfig, data_root: str | os.PathLike, out: str | 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    net.eval()
+    return net.eval()
+
+
+def train_segmenter(config: SegConfig, data_root: str | os.PathLike, out: str | os.PathLike, *,
+                    device="cpu", progress: bool = True) -> Path:
+    """Train on the labelled frames of a TRAIN split (`data_root`'s, or that of the extra phantom hearts of
+    `judge_hearts`; cross-entropy, Adam, seeded order), score Dice on `data_root`'s VAL split and write `out` (a
+    weights-only checkpoint holding the config, weights, the VAL Dice and the code version)."""
+    clip = ClipConfig(frames=config.frames, size=config.size)
+    with judge_hearts(config, data_root, progress) as train_root:
+        train_data = EchoClips(train_root, "TRAIN", clip, seed=config.seed)
+        frames, labels, *flat = labelled_frames(train_data, renderings=bool(config.pseudo_share))
+    started = time.perf_counter()
+    net = fit_segmenter(config, frames, labels, *flat, device=device, progress=progress)
     val = EchoClips(data_root, "VAL", clip, seed=config.seed)
     report = dice_report(net, val) if len(val) else {}
     payload = {"config": asdict(config), "model": net.state_dict(), "val_dice": report, "train_frames": len(frames),
