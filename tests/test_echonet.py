@@ -299,3 +299,16 @@ def test_a_full_size_filelist_with_missing_tracings_loads_with_one_summary(tmp_p
     skipped = len(train.skipped)
     assert skipped == sum(1 for i in range(7465) if i % 1000 == 3 or i % 2000 == 501) and len(train) == 7465 - skipped
     assert f"skipped {skipped} of 7465 TRAIN videos" in str(caught[0].message)
+
+
+def test_a_traced_frame_outside_the_clip_is_still_an_annotated_frame(dataset):
+    """A clip holds the K frames from ED; the ES tracing beyond them (often before ED, or later, on real
+    EchoNet-Dynamic) is kept by `annotated_frames`, which the sim-to-real report scores."""
+    root, cases = dataset
+    data = EchoClips(root, "TRAIN", ClipConfig(frames=2, size=16))  # NAMES[0]: ES at frame 4, outside the clip
+    clip = data.clip(0)
+    assert [(f >= 0).all() for f in clip.frame_labels] == [True, False]
+    frames, labels = data.annotated_frames(0)
+    assert frames.shape == labels.shape == (2, 16, 16) and frames.dtype == np.float32 and labels.dtype == np.int64
+    assert np.array_equal(frames[0], clip.video[0]) and np.array_equal(labels[0], clip.frame_labels[0])
+    assert labels[1].sum() < labels[0].sum()  # the ES cavity, smaller than the ED one

@@ -170,6 +170,17 @@ def ed_map_from_labels(camus_labels: np.ndarray, sector: np.ndarray, size: int) 
     return to_five_labels(resize_labels_nearest(pad_to_square(camus_labels), size), sector)
 
 
+def annotated_at_size(frames: np.ndarray, labels: dict[int, np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every annotated frame of a recording, wherever it lies (a clip holds only the K frames from ED, and an
+    EchoNet-Dynamic ES tracing often lies before ED or beyond them), prepared as a clip's frames are: (M, S, S)
+    float32 grey in [-1, 1] and (M, S, S) int64 CAMUS labels, in frame order. frames: (T, H, W) uint8; labels:
+    {frame index: (H, W) CAMUS labels}."""
+    order = sorted(labels)
+    grey = resize_frames(pad_to_square(frames[order]).astype(np.float32), size)
+    masks = resize_labels_nearest(pad_to_square(np.stack([labels[k] for k in order])), size)
+    return unit_from_grey(np.rint(grey).clip(0, 255).astype(np.uint8)), masks.astype(np.int64)
+
+
 def prepare_clip(case_id: str, view: str, frames: np.ndarray, labels: dict[int, np.ndarray], ed_index: int,
                  config: ClipConfig, fps: float, sector: np.ndarray | None = None, ed_labels: np.ndarray | None = None,
                  where: str = "") -> Clip:

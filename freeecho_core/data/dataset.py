@@ -19,8 +19,8 @@ from torch.utils.data import Dataset
 
 from freeecho_core.data.camus import (ed_first, list_camus_patients, read_camus_frame, read_camus_info,
                                       read_camus_sequence)
-from freeecho_core.data.clips import (PREPARATION_VERSION, Clip, ClipConfig, myocardium_ring, prepare_clip,
-                                      sector_from_frames)
+from freeecho_core.data.clips import (PREPARATION_VERSION, Clip, ClipConfig, annotated_at_size, myocardium_ring,
+                                      prepare_clip, sector_from_frames)
 from freeecho_core.data.echonet import (lv_tracings, method_of_disks_volume, read_echonet_video, read_filelist,
                                         read_tracings, skipped_message, traced_videos)
 from freeecho_core.data.histogram import intensity_histogram
@@ -132,6 +132,17 @@ class EchoClips(Dataset):
         """Clip i prepared from its source files (what the store holds)."""
         return self._load_camus(*self.items[i]) if self.format == "camus" else self._load_echonet(self.items[i])
 
+    def annotated_frames(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every annotated frame of recording i at the clip size, from its source files, also those outside its
+        clip of K frames from ED (`clips.annotated_at_size`): (M, S, S) grey in [-1, 1] and CAMUS labels."""
+        if self.format == "camus":
+            patient_dir, view = self.items[i]
+            frames, labels, _ = ed_first(read_camus_sequence(patient_dir, view))
+        else:
+            record = read_echonet_video(self.root, self.items[i], self._filelist, self._tracings)
+            frames, labels = record.frames, traced_labels(record)
+        return annotated_at_size(frames, labels, self.config.size)
+
     def prepare(self) -> ClipStore | None:
         """Open this split's store, building it first where it is missing or outdated (`data.store`); None
         when the default cache folder cannot be written, after a warning (clips are then decoded on every
@@ -234,10 +245,14 @@ class EchoClips(Dataset):
     def _load_echonet(self, name: str) -> Clip:
         record = read_echonet_video(self.root, name, self._filelist, self._tracings)
         sector = sector_from_frames(record.frames)
-        labels = {record.ed_index: record.ed_mask.astype(np.uint8), record.es_index: record.es_mask.astype(np.uint8)}
         ring = myocardium_ring(record.ed_mask, sector)
-        return prepare_clip(name, "4CH", record.frames, labels, record.ed_index, self.config, record.fps,
+        return prepare_clip(name, "4CH", record.frames, traced_labels(record), record.ed_index, self.config, record.fps,
                             sector=sector, ed_labels=ring, where=str(self.root / "Videos" / f"{name}.avi"))
+
+
+def traced_labels(record) -> dict[int, np.ndarray]:
+    """The CAMUS labels of an EchoNet-Dynamic video's two traced frames (LV only): {ED index: mask, ES index: mask}."""
+    return {record.ed_index: record.ed_mask.astype(np.uint8), record.es_index: record.es_mask.astype(np.uint8)}
 
 
 def ejection_fractions(root: str | Path) -> list[dict]:

@@ -153,18 +153,16 @@ def dice_report(net: SegUNet, data: EchoClips) -> dict[str, float]:
 
 
 def transfer_report(net: SegUNet, root: str | os.PathLike, clip: ClipConfig) -> dict:
-    """How a segmenter trained on one dataset (the phantom) reads another (real echo): Dice LV on every labelled
-    frame of every split of `root` (EchoNet-Dynamic: the two traced frames of each video), as median, range and
-    mean over the frames, and per recording."""
+    """How a segmenter trained on one dataset (the phantom) reads another (real echo): Dice LV on every annotated
+    frame of every split of `root` (EchoNet-Dynamic: the two traced frames of each video, wherever they lie in
+    it; `EchoClips.annotated_frames`), as median, range and mean over the frames, and per recording."""
     per_recording = {}
     for split in SPLITS:
         data = EchoClips(root, split, clip)
         for i in range(len(data)):
-            c = data.clip(i)
-            keep = (c.frame_labels >= 0).all(axis=(1, 2))
-            if keep.any():
-                pred = segment(net, c.video[keep])
-                per_recording[c.case_id] = [dice(p, t, 1) for p, t in zip(pred, c.frame_labels[keep])]
+            frames, labels = data.annotated_frames(i)
+            name = data.items[i] if data.format == "echonet" else f"{data.items[i][0].name}_{data.items[i][1]}"
+            per_recording[name] = [dice(p, t, 1) for p, t in zip(segment(net, frames), labels)]
     scores = np.array([d for values in per_recording.values() for d in values])
     if not len(scores):
         raise ValueError(f"{root}: no labelled frames to test the segmenter on")
