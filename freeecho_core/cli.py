@@ -39,6 +39,7 @@ from freeecho_core.options import add_options, at_least, config_values
 from freeecho_core.profiles import load_profile, profile_file, profile_section
 from freeecho_core.progress import clear_bars
 from freeecho_core.sampler import DEFAULT_SAMPLER, SOLVERS, SamplerConfig
+from freeecho_core.study.augment import AugmentStudyConfig, run_augment_study, summary_lines as augment_summary_lines
 from freeecho_core.study.ef import (STUDY_EFS, EFStudyConfig, check_reader, reader_lines as ef_reader_lines,
                                    run_ef_study, summary_lines as ef_summary_lines)
 from freeecho_core.study.guided import GuidedStudyConfig, run_guided_study, summary_lines as guided_summary_lines
@@ -366,6 +367,29 @@ def cmd_guided_study(args: argparse.Namespace) -> None:
     print(f"wrote {args.json or Path(args.out) / 'guided-study.json'}")
 
 
+def cmd_augment_study(args: argparse.Namespace) -> None:
+    for flag, path in (("--segmenter", args.segmenter), ("--unconditional", args.unconditional),
+                       ("--clsfree", args.clsfree)):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{flag} {path}: no such file")
+    if args.test_on:
+        try:
+            detect_format(args.test_on)
+        except ValueError as error:
+            raise ValueError(f"--test-on {error}") from None
+    sampler = sampler_from(args, cap_steps=False)
+    check_output_folder(args.out, "--out")
+    with folder_lock(args.out, "--out"):
+        report = run_augment_study(
+            args.data, args.unconditional, args.clsfree, args.segmenter, args.out,
+            AugmentStudyConfig(**config_values(args, AugmentStudyConfig)),
+            seg_config_from_profile(load_profile(args.profile)), sampler=sampler,
+            clsfree_sampler=own_clsfree_sampler(sampler, args.clsfree_solver, args.clsfree_sampler_steps),
+            real_root=args.test_on, device=resolve_device(args.device), json_path=args.json)
+    print("\n".join(augment_summary_lines(report)))
+    print(f"wrote {args.json or Path(args.out) / 'augment-study.json'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="freeecho", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="print Python tracebacks instead of one-line errors")
@@ -502,6 +526,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(gs, SamplerConfig, ["solver", "churn", "steps"], defaults=DEFAULT_SAMPLER)
     gs.add_argument("--device", default="auto")
     gs.set_defaults(func=cmd_guided_study)
+    aug = sub.add_parser("augment-study", help="are the synthetic videos useful? segmenters trained on k labelled "
+                         "TRAIN clips with and without synthetic videos of the other TRAIN maps, tested on TEST")
+    aug.add_argument("--data", required=True, type=Path, help="the dataset the models were trained on")
+    aug.add_argument("--unconditional", type=Path, default=DEFAULT_CHECKPOINT, help="ema.pt of the unconditional model")
+    aug.add_argument("--clsfree", type=Path, help="ema.pt of the Cls-Free model (for --methods clsfree)")
+    aug.add_argument("--segmenter", required=True, type=Path,
+                     help="the judge, whose features the memorisation check compares")
+    aug.add_argument("--profile", default="cpu", help="its `segment` section sets the segmenters (at its clip size)")
+    aug.add_argument("--out", required=True, type=Path,
+                     help="the study's folder (videos, segmenter results; resumable)")
+    aug.add_argument("--json", type=Path, help="also write the study here (e.g. results/cpu/augment-study.json)")
+    aug.add_argument("--test-on", type=Path, metavar="DIR",
+                     help="also test every segmenter on a real EchoNet-Dynamic or CAMUS folder (its annotated frames)")
+    add_options(aug, AugmentStudyConfig)
+    add_options(aug, SamplerConfig, ["solver", "churn", "steps"], defaults=DEFAULT_SAMPLER)
+    aug.add_argument("--clsfree-solver", choices=sorted(SOLVERS), help="Cls-Free's own solver (default: --solver's)")
+    aug.add_argument("--clsfree-sampler-steps", type=at_least(2), metavar="N",
+                     help="Cls-Free's own steps over its whole noise range (default: --sampler-steps)")
+    aug.add_argument("--device", default="auto")
+    aug.set_defaults(func=cmd_augment_study)
     gen = sub.add_parser("generate", help="videos from your own ED map (PNG or NIfTI; CAMUS, 5-label or LV-only)")
     gen.add_argument("--map", required=True, type=Path, help="the ED label map: .png, .nii or .nii.gz, any size")
     gen.add_argument("--checkpoint", type=Path,

@@ -84,7 +84,8 @@ def specificity_finding(values: dict, sweep: dict | None = None) -> str:
                        (("clsfree", "Cls-Free"), ("sdedit@15", "SDEdit@15")) if "map margin" in methods.get(key, {}))
     strength = "only weakly" if fe["map margin"] < WEAK_MARGIN else "clearly"
     text = (f"On {label}, Free-Echo from the paper's $t_i$ = 15 follows its map {strength}: a map margin of "
-            f"{fe['map margin']:+.3f} ± {fe['map margin s.e.']:.3f} ({others}; a method that ignores its map scores 0).")
+            f"{fe['map margin']:+.3f} ± {fe['map margin s.e.']:.3f} ({others}; a method that ignores its map "
+            f"scores 0).")
     across_maps, across_seeds = fe.get("corr across maps, same seed"), fe.get("corr across seeds, same map")
     if across_maps is not None and across_seeds is not None:
         decides = "the seed more than the map decides" if across_maps > across_seeds else "the map decides"

@@ -1,11 +1,11 @@
 """A compact 2-D segmentation network that judges generated videos (not part of the paper's method).
 
 `SegUNet` labels each frame with the CAMUS classes (0 background, 1 LV cavity, 2 myocardium, 3 left atrium).
-It is trained on the labelled frames of a dataset's TRAIN split (phantom and real CAMUS: every annotated frame;
-EchoNet-Dynamic: the two traced frames, LV only), or for a phantom study on more phantom hearts than the study's
-own (`judge_hearts`), and scored by Dice on the dataset's VAL split, so that its own accuracy is known before it
-measures anything. Its bottleneck features (global average pooled) are the feature space
-of the `FD-seg` and `FVD-seg` distances in `study.anatomy`.
+It is trained on the labelled frames of a dataset's TRAIN split clips (phantom and real CAMUS: every annotated
+frame; EchoNet-Dynamic: the traced frames that lie in the clip of K frames from ED, LV only), or for a phantom
+study on more phantom hearts than the study's own (`judge_hearts`), and scored by Dice on the dataset's VAL
+split, so that its own accuracy is known before it measures anything. Its bottleneck features (global average
+pooled) are the feature space of the `FD-seg` and `FVD-seg` distances in `study.anatomy`.
 """
 from __future__ import annotations
 
@@ -105,14 +105,15 @@ class SegUNet(nn.Module):
         return self.encode(x)[-1].mean(dim=(-2, -1))
 
 
-def labelled_frames(data: EchoClips, renderings: bool = False):
-    """Every annotated frame of a split: (N, S, S) float32 grey in [-1, 1] and (N, S, S) int64 CAMUS labels; with
+def labelled_frames(data: EchoClips, renderings: bool = False, indices=None):
+    """Every annotated frame of a split's clips (of the clips `indices` only, when given): (N, S, S) float32 grey
+    in [-1, 1] and (N, S, S) int64 CAMUS labels; with
     `renderings`, also each frame's flat pseudo rendering (N, S, S) float32: its labels painted with the grey
     levels that eq. (3) gives its clip's ED map against the split's histogram (`motion.beating_pseudo_video`),
     the pseudo video that Free-Echo starts from when its map beats like this clip."""
     target = data.intensity_histogram() if renderings else None
     frames, labels, flat = [], [], []
-    for i in range(len(data)):
+    for i in range(len(data)) if indices is None else indices:
         clip = data.clip(i)
         keep = (clip.frame_labels >= 0).all(axis=(1, 2))
         frames.append(clip.video[keep])

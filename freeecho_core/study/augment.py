@@ -1,0 +1,342 @@
+"""Are the synthetic videos useful? Segmenters trained with and without them (beyond the paper).
+
+The paper proposes Free-Echo for data augmentation and leaves it untested. Here the study's segmenter
+(`segmenter.SegUNet`, the judge's architecture and settings) learns from k labelled TRAIN clips (`real`), from the
+same k plus the synthetic videos of one method made from the other TRAIN maps (`real + <method>`), and from the
+synthetic videos alone (`<method> only`), for several training seeds (each draws its own k clips and initial
+weights), and is tested on the annotated frames of the TEST split: Dice per structure and the error of the
+area-length EF proxy against the labels'. A synthetic video is labelled by its map on its first (ED) frame only:
+from the start steps studied here the generated motion does not follow a prescribed beat (the guided-sampling
+study), so no later frame has a known label.
+
+Leakage is guarded twice: synthetic videos come from TRAIN maps only, and each one's ED frame is compared with
+every TRAIN clip's (SSIM, and the distance of the judge's bottleneck features): a video closer to a TRAIN clip
+than any TEST clip (a real other heart) comes to its nearest TRAIN clip counts as memorised.
+
+Everything is stored under the study's folder (the videos by `videos.generate_all`, one JSON per trained
+segmenter), so an interrupted study resumes; the report goes to <out>/augment-study.json.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from freeecho_core.data.dataset import EchoClips
+from freeecho_core.data.lv import camus_from_five, dice, ef_area_proxy
+from freeecho_core.files import read_json, write_text_atomically
+from freeecho_core.options import at_least, option, start_step
+from freeecho_core.progress import progress_bar
+from freeecho_core.sampler import DEFAULT_SAMPLER, SamplerConfig
+from freeecho_core.study.ef import labels_ef
+from freeecho_core.study.scoring import load_models
+from freeecho_core.study.segmenter import (SegConfig, fit_segmenter, labelled_frames, load_segmenter, segment,
+                                           transfer_report)
+from freeecho_core.study.significance import paired_bootstrap, verdict_cell
+from freeecho_core.study.videos import (EvalConfig, claim_video_folder, data_key, file_digest, generate_all,
+                                        load_videos, method_specs, video_key, video_path)
+
+AUGMENT_METHODS = ("free-echo", "clsfree", "sdedit")  # the sources of synthetic videos
+STRUCTURES = {1: "Dice LV", 2: "Dice myo", 3: "Dice LA"}  # CAMUS label -> column
+
+
+@dataclass(frozen=True)
+class AugmentStudyConfig:
+    ks: tuple[int, ...] = field(default=(4, 8, 16, 0), metadata=option(
+        "labelled TRAIN clips per segmenter (0: all of them)", at_least(0), many=True))
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=option(
+        "training seeds: each draws its own k clips and initial weights", at_least(0), many=True))
+    methods: tuple[str, ...] = field(default=AUGMENT_METHODS, metadata=option(
+        "the methods whose synthetic videos are added", many=True, choices=AUGMENT_METHODS))
+    start_step: int = field(default=30, metadata=option(
+        "t_i of Free-Echo and SDEdit (the t_i sweep's best SSIM on the stored study)", start_step))
+    synthetic_maps: int = field(default=32, metadata=option(
+        "the first N TRAIN maps that synthetic videos are made from", at_least(1)))
+    samples: int = field(default=2, metadata=option("synthetic videos per map and method", at_least(1)))
+    segmenter_steps: int = field(default=1500, metadata=option("optimizer steps of every segmenter", at_least(1)))
+    video_seed: int = field(default=0, metadata=option("seed of the synthetic videos' sample streams", at_least(0)))
+
+    def __post_init__(self):
+        for name in ("ks", "seeds", "methods"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must hold at least one value")
+
+
+def synthetic_methods(config: AugmentStudyConfig):
+    """The `videos.Method` of every source of synthetic videos, SDEdit and Free-Echo from `config.start_step`."""
+    eval_config = EvalConfig(methods=config.methods, start_steps=(config.start_step,), sdedit_step=config.start_step)
+    return {m.kind: m for m in method_specs(eval_config)}
+
+
+def make_synthetic_videos(train: EchoClips, models: dict, out: Path, config: AugmentStudyConfig,
+                          sampler: SamplerConfig, clsfree_sampler: SamplerConfig | None, digests: dict, device,
+                          progress: bool) -> dict:
+    """Generate (resumably) `config.samples` videos per method for the first `config.synthetic_maps` TRAIN maps;
+    return the CPU seconds per video of each method, measured when its videos were made (stored beside them)."""
+    eval_config = EvalConfig(samples=config.samples, batch=config.samples, sampler=sampler,
+                             clsfree_sampler=clsfree_sampler, seed=config.video_seed, methods=config.methods,
+                             start_steps=(config.start_step,), sdedit_step=config.start_step)
+    denoisers = {role: m.denoiser for role, m in models.items()}
+    cost = {}
+    for kind, method in synthetic_methods(config).items():
+        claim_video_folder(out, method, video_key(method, eval_config, digests, data_key(train)))
+        cost_path = out / "videos" / method.name / "cost.json"
+        started = time.process_time()
+        made = generate_all(train, denoisers, out, eval_config, device, [method], max_maps=config.synthetic_maps,
+                            progress=progress)
+        if made:
+            seconds = (time.process_time() - started) / (made * config.samples)
+            write_text_atomically(cost_path, json.dumps({"cpu_seconds_per_video": seconds}) + "\n")
+        stored = read_json(cost_path, "cost of the videos") if cost_path.is_file() else {}
+        cost[kind] = stored.get("cpu_seconds_per_video")
+    return cost
+
+
+def synthetic_frames(train: EchoClips, out: Path, method, maps: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The ED frames of a method's synthetic videos of TRAIN clips `maps` ((N, S, S) grey in [-1, 1]) and their
+    labels, the CAMUS labels of each clip's map."""
+    frames, labels = [], []
+    for i in maps:
+        clip = train.clip(i)
+        videos = load_videos(video_path(out, method, clip.case_id, clip.view)).numpy()
+        frames.append(videos[:, 0] * 2 - 1)
+        labels.append(np.repeat(camus_from_five(clip.ed_map)[None].astype(np.int64), len(videos), axis=0))
+    return np.concatenate(frames).astype(np.float32), np.concatenate(labels)
+
+
+def test_scores(net, test: EchoClips) -> dict[str, dict]:
+    """Per TEST recording: Dice per structure on its annotated frames (mean over them) and the error of the
+    area-length EF proxy of the segmenter's reading of the whole clip against that of the labels."""
+    scores = {}
+    for i in range(len(test)):
+        clip = test.clip(i)
+        keep = (clip.frame_labels >= 0).all(axis=(1, 2))
+        if not keep.any():
+            continue
+        pred = segment(net, clip.video)
+        row = {name: float(np.mean([dice(p, t, k) for p, t in zip(pred[keep], clip.frame_labels[keep])]))
+               for k, name in STRUCTURES.items() if (clip.frame_labels[keep] == k).any()}
+        truth = labels_ef(clip)
+        if truth is not None:
+            row["EF error"] = abs(ef_area_proxy(pred) - truth)
+        scores[f"{clip.case_id}_{clip.view}"] = row
+    return scores
+
+
+def labelled_clips(n_train: int, k: int, seed: int) -> list[int]:
+    """The k labelled TRAIN clips of a training seed (0: all), nested: seed s's first 4 are among its first 8."""
+    if k > n_train:
+        raise ValueError(f"--ks {k}: the TRAIN split holds only {n_train} clips")
+    order = np.random.default_rng([seed, 39]).permutation(n_train)
+    return sorted(order[: k or n_train].tolist())
+
+
+def conditions(config: AugmentStudyConfig) -> list[tuple[int, int, str]]:
+    """(k, seed, condition) of every segmenter: per k and seed `real` and `real + <method>`, per seed
+    `<method> only` (k = None: no real clip)."""
+    cells = [(k, s, c) for k in config.ks for s in config.seeds
+             for c in ("real", *(f"real + {m}" for m in config.methods))]
+    return cells + [(None, s, f"{m} only") for s in config.seeds for m in config.methods]
+
+
+def condition_method(condition: str) -> str | None:
+    """The method whose synthetic videos a condition trains on: None for `real`, X for `real + X` and `X only`."""
+    if condition == "real":
+        return None
+    return condition.removeprefix("real + ").removesuffix(" only")
+
+
+def train_and_test(seg_config: SegConfig, frames, labels, test: EchoClips, real_root, device) -> dict:
+    net = fit_segmenter(seg_config, frames, labels, device=device, progress=False)
+    result = {"train_frames": int(len(frames)), "test": test_scores(net, test)}
+    if real_root:
+        report = transfer_report(net, real_root, test.config)
+        result["real"] = {k: report[k] for k in ("frames", "dice_lv_median", "dice_lv_mean", "per_recording")}
+    return result
+
+
+def nearest_train(queries: np.ndarray, train: np.ndarray, judge, batch: int = 512) -> dict:
+    """For each query ED frame ((Q, S, S) in [-1, 1]): its highest SSIM against the TRAIN ED frames and its
+    smallest distance to them in the judge's bottleneck feature space."""
+    q, r = torch.from_numpy((queries + 1) / 2).double(), torch.from_numpy((train + 1) / 2).double()
+    pairs_q, pairs_r = q.repeat_interleave(len(r), 0), r.repeat(len(q), 1, 1)
+    ssim = torch.cat([structural_similarity_index_measure(pairs_q[i : i + batch, None], pairs_r[i : i + batch, None],
+                                                          data_range=1.0, reduction="none")
+                      for i in range(0, len(pairs_q), batch)]).reshape(len(q), len(r))
+    fq, fr = (judge.features(torch.from_numpy(x)[:, None].float()) for x in (queries, train))
+    return {"ssim": ssim.max(1).values.numpy(), "distance": torch.cdist(fq, fr).min(1).values.numpy()}
+
+
+def memorisation(train: EchoClips, test: EchoClips, synthetic: dict[str, np.ndarray], judge) -> dict:
+    """The memorisation rate of each method's synthetic videos: the share whose ED frame is more like a TRAIN
+    clip's than any TEST clip's ever is (SSIM above the TEST clips' highest nearest-TRAIN SSIM, or a feature
+    distance below their smallest)."""
+    train_ed = np.stack([train.clip(i).video[0] for i in range(len(train))])
+    test_ed = np.stack([test.clip(i).video[0] for i in range(len(test))])
+    real = nearest_train(test_ed, train_ed, judge)
+    thresholds = {"ssim": float(real["ssim"].max()), "distance": float(real["distance"].min())}
+    rates = {}
+    for name, frames in synthetic.items():
+        near = nearest_train(frames, train_ed, judge)
+        close = (near["ssim"] > thresholds["ssim"]) | (near["distance"] < thresholds["distance"])
+        rates[name] = {"videos": int(len(frames)), "memorised": int(close.sum()), "rate": float(close.mean()),
+                       "nearest_ssim_median": float(np.median(near["ssim"])),
+                       "nearest_distance_median": float(np.median(near["distance"]))}
+    return {"thresholds (TEST clips against TRAIN)": thresholds | {
+        "nearest_ssim_median": float(np.median(real["ssim"])),
+        "nearest_distance_median": float(np.median(real["distance"]))}, "methods": rates}
+
+
+def run_augment_study(data_root, unconditional, clsfree, segmenter, out, config: AugmentStudyConfig,
+                      seg_config: SegConfig, *, sampler: SamplerConfig | None = None,
+                      clsfree_sampler: SamplerConfig | None = None, real_root=None, device="cpu",
+                      progress: bool = True, json_path=None) -> dict:
+    """Make the synthetic videos, train and test every segmenter of `conditions` (each stored in
+    <out>/segmenters/), check memorisation with the judge `segmenter`, and write <out>/augment-study.json (and
+    `json_path`). `seg_config`: the segmenters' settings (the profile's `segment` section; its steps and seed are
+    the study's); `real_root`: a real EchoNet-Dynamic-format folder every segmenter is also tested on."""
+    out = Path(out)
+    if "clsfree" in config.methods and not clsfree:
+        raise ValueError("--methods clsfree needs the Cls-Free model (--clsfree <ema.pt>)")
+    sampler = sampler or replace(DEFAULT_SAMPLER, cap_steps=False)
+    models = load_models(unconditional, clsfree if "clsfree" in config.methods else None, device)
+    clip_config = models["unconditional"].clip
+    judge, judge_payload = load_segmenter(segmenter, device)
+    if (judge_payload["config"]["frames"], judge_payload["config"]["size"]) != (clip_config.frames, clip_config.size):
+        raise ValueError(f"{segmenter}: the judge was trained on other clips than the models "
+                         f"({clip_config.frames} x {clip_config.size})")
+    seed = models["unconditional"].seed
+    train = EchoClips(data_root, "TRAIN", clip_config, seed=seed)
+    test = EchoClips(data_root, "TEST", clip_config, seed=seed)
+    if not len(test):
+        raise ValueError(f"{data_root}: the TEST split is empty")
+    for k in config.ks:
+        labelled_clips(len(train), k, 0)  # a k beyond the TRAIN split fails now, not after the videos
+    digests = {role: file_digest(path) for role, path in (("unconditional", unconditional), ("clsfree", clsfree))
+               if path}
+    cost = make_synthetic_videos(train, models, out, config, sampler, clsfree_sampler, digests, device, progress)
+    methods = synthetic_methods(config)
+    synthetic_maps = list(range(min(config.synthetic_maps, len(train))))
+    synthetic = {kind: synthetic_frames(train, out, methods[kind], synthetic_maps) for kind in config.methods}
+    # The segmenters learn from the frames given here alone: no flat renderings, no extra phantom hearts.
+    seg_config = replace(seg_config, pseudo_share=0.0, phantom_hearts=0)
+    settings = json.loads(json.dumps({  # as a stored result reads it back
+        "config": asdict(config), "seg_config": asdict(seg_config), "sampler": asdict(sampler),
+        "clsfree_sampler": None if clsfree_sampler is None else asdict(clsfree_sampler), "digests": digests,
+        "data": data_key(train), "real_root": str(real_root) if real_root else None}))
+    rows = []
+    for k, s, condition in progress_bar(conditions(config), disable=not progress, desc="augment study",
+                                        unit="segmenter"):
+        path = out / "segmenters" / f"{'none' if k is None else k}-seed{s}-{condition.replace(' ', '')}.json"
+        stored = read_json(path, "augment-study segmenter result") if path.is_file() else None
+        if stored is None or stored["settings"] != settings:
+            labelled = [] if k is None else labelled_clips(len(train), k, s)
+            parts = [labelled_frames(train, indices=labelled)] if labelled else []
+            kind = condition_method(condition)
+            if kind is not None:  # the videos of the maps not labelled here (with every clip labelled: all of them)
+                others = [j for j, i in enumerate(synthetic_maps) if i not in labelled] or range(len(synthetic_maps))
+                pick = np.concatenate([np.arange(j * config.samples, (j + 1) * config.samples) for j in others])
+                parts.append(tuple(part[pick] for part in synthetic[kind]))
+            frames, labels = (np.concatenate([p[n] for p in parts]) for n in (0, 1))
+            result = train_and_test(replace(seg_config, steps=config.segmenter_steps, seed=s), frames, labels, test,
+                                    real_root, device)
+            stored = {"settings": settings, "k": k, "seed": s, "condition": condition, **result}
+            write_text_atomically(path, json.dumps(stored, indent=1) + "\n")
+        rows.append({key: stored[key] for key in ("k", "seed", "condition", "train_frames", "test")}
+                    | ({"real": stored["real"]} if "real" in stored else {}))
+    report = {**settings, "checkpoint_sha256": digests, "segmenter": str(segmenter),
+              "segmenter_sha256": file_digest(segmenter), "data_root": str(data_root), "rows": rows,
+              "summary": summary(rows, config), "memorisation": memorisation(
+                  train, test, {kind: synthetic[kind][0] for kind in config.methods}, judge),
+              "cpu_seconds_per_video": cost, "train_clips": len(train), "test_clips": len(test)}
+    text = json.dumps(report, indent=1) + "\n"
+    for target in [out / "augment-study.json"] + ([Path(json_path)] if json_path else []):
+        write_text_atomically(target, text)
+    return report
+
+
+def per_recording(rows: list[dict], k, condition: str, metric: str) -> dict[str, float]:
+    """A condition's metric per TEST recording, averaged over the training seeds."""
+    chosen = [r for r in rows if r["k"] == k and r["condition"] == condition]
+    names = sorted(set.intersection(*(set(r["test"]) for r in chosen))) if chosen else []
+    return {n: float(np.mean([r["test"][n][metric] for r in chosen if metric in r["test"][n]])) for n in names
+            if any(metric in r["test"][n] for r in chosen)}
+
+
+def summary(rows: list[dict], config: AugmentStudyConfig, metric: str = "Dice LV") -> list[dict]:
+    """Per k and condition: the mean TEST `metric` over recordings (seeds averaged) and, for `real + <method>`,
+    the paired bootstrap over TEST recordings against `real` and against the other methods' additions."""
+    lines = []
+    for k in [*config.ks, None]:
+        names = ("real", *(f"real + {m}" for m in config.methods)) if k is not None else \
+            tuple(f"{m} only" for m in config.methods)
+        base = per_recording(rows, k, "real", metric) if k is not None else {}
+        for name in names:
+            values = per_recording(rows, k, name, metric)
+            if not values:
+                continue
+            line = {"k": "all" if k == 0 else ("-" if k is None else k), "condition": name,
+                    metric: float(np.mean(list(values.values()))),
+                    "s.e.": float(np.std(list(values.values()), ddof=1) / np.sqrt(len(values))) if len(values) > 1
+                    else float("nan"), "recordings": len(values)}
+            if name.startswith("real + ") and base:
+                shared = sorted(set(values) & set(base))
+                line["minus real"] = verdict_cell(paired_bootstrap([values[n] for n in shared],
+                                                                   [base[n] for n in shared]))
+                if name == "real + free-echo":
+                    for other in config.methods:
+                        rival = per_recording(rows, k, f"real + {other}", metric) if other != "free-echo" else {}
+                        if rival:
+                            both = sorted(set(values) & set(rival))
+                            line[f"minus real + {other}"] = verdict_cell(paired_bootstrap(
+                                [values[n] for n in both], [rival[n] for n in both]))
+            lines.append(line)
+    return lines
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The printed summary of a stored augmentation study."""
+    lines = [f"{r['condition']:>20} k={r['k']!s:>4}: Dice LV {r['Dice LV']:.3f} ± {r['s.e.']:.3f}"
+             + (f"; vs real {r['minus real']}" if "minus real" in r else "") for r in report["summary"]]
+    for name, m in report["memorisation"]["methods"].items():
+        lines.append(f"{name}: {m['memorised']} of {m['videos']} synthetic videos closer to a TRAIN clip than any "
+                     f"TEST clip comes (memorisation rate {m['rate']:.3f})")
+    return lines
+
+
+
+def findings(report: dict) -> str:
+    """The stored study in words: at the smallest k, what adding each method's videos changes in TEST Dice LV
+    against the labelled clips alone (paired over TEST recordings), how Free-Echo's addition compares with the
+    others', what the synthetic videos alone reach, and the memorisation rates."""
+    lines = report["summary"]
+    smallest = min((line["k"] for line in lines if isinstance(line["k"], int)), default=None)
+    if smallest is None:
+        smallest = "all"
+    at = {line["condition"]: line for line in lines if line["k"] == smallest}
+    clips = f"{smallest} labelled TRAIN clip{'' if smallest == 1 else 's'}"
+    real = at["real"]
+    text = (f"With {clips} a segmenter reaches a TEST Dice LV of {real['Dice LV']:.3f} ± {real['s.e.']:.3f} (s.e. "
+            f"over {real['recordings']} TEST recordings, seeds averaged).")
+    added = [f"{name.removeprefix('real + ')} {line['minus real']}" for name, line in at.items()
+             if "minus real" in line]
+    if added:
+        text += (" Adding synthetic videos of the other TRAIN maps changes it by (paired bootstrap): "
+                 + "; ".join(added) + ".")
+    rivals = [f"{key.removeprefix('minus real + ')} {value}" for key, value in at.get("real + free-echo", {}).items()
+              if key.startswith("minus real + ")]
+    if rivals:
+        text += " Free-Echo's videos against the others' as the addition: " + "; ".join(rivals) + "."
+    alone = [line for line in lines if line["k"] == "-"]
+    if alone:
+        text += " Synthetic videos alone: " + ", ".join(f"{line['condition'].removesuffix(' only')} "
+                                                          f"{line['Dice LV']:.3f}" for line in alone) + "."
+    rates = report["memorisation"]["methods"]
+    text += " Memorisation (a video's ED frame closer to a TRAIN clip than any TEST clip comes): " + ", ".join(
+        f"{name} {m['memorised']} of {m['videos']}" for name, m in rates.items()) + "."
+    return text

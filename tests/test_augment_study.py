@@ -1,0 +1,102 @@
+"""The augmentation study: segmenters trained with and without synthetic videos, tested on TEST, resumable."""
+import json
+
+import numpy as np
+import pytest
+
+from freeecho_core.cli import main
+from freeecho_core.data.clips import ClipConfig
+from freeecho_core.data.dataset import EchoClips
+from freeecho_core.study.augment import (AugmentStudyConfig, condition_method, conditions, findings,
+                                         labelled_clips, run_augment_study)
+from freeecho_core.study.segmenter import SegConfig, train_segmenter
+
+
+@pytest.fixture(scope="module")
+def judge(trained, tmp_path_factory):
+    data, _, _ = trained
+    return train_segmenter(SegConfig(frames=4, size=16, steps=5, batch_size=4), data,
+                           tmp_path_factory.mktemp("judge") / "seg.pt", progress=False)
+
+
+def test_the_labelled_clips_of_a_seed_are_nested_and_all_means_every_clip():
+    assert labelled_clips(10, 4, 0) == sorted(labelled_clips(10, 4, 0))
+    assert set(labelled_clips(10, 2, 1)) <= set(labelled_clips(10, 4, 1))
+    assert labelled_clips(10, 0, 1) == list(range(10))
+    assert labelled_clips(10, 4, 0) != labelled_clips(10, 4, 1)
+    with pytest.raises(ValueError, match="--ks 11: the TRAIN split holds only 10 clips"):
+        labelled_clips(10, 11, 0)
+    config = AugmentStudyConfig(ks=(2,), seeds=(0,), methods=("free-echo", "sdedit"))
+    assert conditions(config) == [(2, 0, "real"), (2, 0, "real + free-echo"), (2, 0, "real + sdedit"),
+                                  (None, 0, "free-echo only"), (None, 0, "sdedit only")]
+    assert [condition_method(c) for _, _, c in conditions(config)] == [None, "free-echo", "sdedit", "free-echo",
+                                                                       "sdedit"]
+
+
+def test_the_study_trains_every_condition_tests_it_and_resumes(trained, judge, tmp_path):
+    data, unconditional, clsfree = trained
+    config = AugmentStudyConfig(ks=(1, 0), seeds=(0, 1), methods=("free-echo", "clsfree"), start_step=55,
+                                synthetic_maps=2, samples=1, segmenter_steps=3)
+    seg = SegConfig(frames=4, size=16, batch_size=4, pseudo_share=0.5, phantom_hearts=3)  # both switched off
+    report = run_augment_study(data, unconditional, clsfree, judge, tmp_path / "study", config, seg,
+                               progress=False, json_path=tmp_path / "stored.json")
+    train = EchoClips(data, "TRAIN", ClipConfig(frames=4, size=16))
+    assert len(report["rows"]) == len(conditions(config)) == 2 * 2 * 3 + 2 * 2
+    rows = {(r["k"], r["seed"], r["condition"]): r for r in report["rows"]}
+    real = rows[1, 0, "real"]
+    per_clip = real["train_frames"]  # every frame of a phantom clip is labelled
+    assert per_clip == 4 and rows[1, 0, "real + free-echo"]["train_frames"] == per_clip + 1  # the other map's ED frame
+    assert rows[0, 0, "real + clsfree"]["train_frames"] == len(train) * 4 + 2  # all clips: the videos of all maps
+    assert rows[None, 1, "clsfree only"]["train_frames"] == 2
+    test_names = {f"{c.case_id}_{c.view}" for c in (EchoClips(data, "TEST", ClipConfig(frames=4, size=16)).clip(i)
+                                                      for i in range(2))}
+    assert set(real["test"]) == test_names and all(0 <= v["Dice LV"] <= 1 for v in real["test"].values())
+    assert all("EF error" in v for v in real["test"].values())
+    lines = {(line["k"], line["condition"]): line for line in report["summary"]}
+    assert lines[1, "real + free-echo"]["minus real"].split(":")[0] == "too few maps"  # 2 TEST recordings
+    assert "minus real + clsfree" in lines["all", "real + free-echo"] and ("-", "free-echo only") in lines
+    memorised = report["memorisation"]
+    assert set(memorised["methods"]) == {"free-echo", "clsfree"}
+    assert all(m["videos"] == 2 and 0 <= m["rate"] <= 1 for m in memorised["methods"].values())
+    assert memorised["thresholds (TEST clips against TRAIN)"]["ssim"] <= 1
+    assert all(cost > 0 for cost in report["cpu_seconds_per_video"].values())
+    assert json.loads((tmp_path / "stored.json").read_text())["rows"] == report["rows"]
+    assert report["seg_config"]["pseudo_share"] == 0 and report["seg_config"]["phantom_hearts"] == 0
+    text = findings(report)
+    assert text.startswith(f"With 1 labelled TRAIN clip a segmenter reaches a TEST Dice LV of "
+                           f"{lines[1, 'real']['Dice LV']:.3f}")
+    assert "free-echo too few maps" in text and "clsfree too few maps" in text
+    assert "Synthetic videos alone: free-echo" in text
+    assert text.endswith("clsfree 0 of 2.") or text.endswith("clsfree 1 of 2.") or text.endswith("clsfree 2 of 2.")
+    # Resumed: nothing is generated or trained again, and the report is the same.
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "study").rglob("*") if p.suffix in (".npy", ".json")
+              and p.name != "augment-study.json"}
+    again = run_augment_study(data, unconditional, clsfree, judge, tmp_path / "study", config, seg, progress=False)
+    assert again["rows"] == report["rows"]
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_the_command_refuses_bad_inputs_in_one_line(trained, judge, tmp_path, capsys):
+    data, unconditional, _ = trained
+    common = ["augment-study", "--data", str(data), "--unconditional", str(unconditional), "--segmenter", str(judge),
+              "--out", str(tmp_path / "out"), "--profile", "smoke"]
+    assert main(common + ["--methods", "clsfree"]) == 2
+    assert "--methods clsfree needs the Cls-Free model" in capsys.readouterr().err
+    assert main(common + ["--ks", "99", "--methods", "free-echo"]) == 2
+    assert "--ks 99: the TRAIN split holds only" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "videos").exists()  # refused before any video
+    assert main(common[:4] + [str(tmp_path / "none.pt")] + common[5:]) == 2
+    assert f"--unconditional {tmp_path / 'none.pt'}: no such file" in capsys.readouterr().err
+
+
+def test_a_small_study_through_the_command(trained, judge, tmp_path, capsys):
+    data, unconditional, clsfree = trained
+    args = ["augment-study", "--data", str(data), "--unconditional", str(unconditional), "--clsfree", str(clsfree),
+            "--segmenter", str(judge), "--out", str(tmp_path / "out"), "--profile", "smoke", "--ks", "1", "--seeds",
+            "0", "--synthetic-maps", "2", "--samples", "1", "--segmenter-steps", "2", "--start-step", "55",
+            "--solver", "euler", "--sampler", "ode", "--device", "cpu"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "real + free-echo" in printed and "memorisation rate" in printed
+    report = json.loads((tmp_path / "out" / "augment-study.json").read_text())
+    assert report["sampler"]["solver"] == "euler" and np.isfinite(report["summary"][0]["Dice LV"])
