@@ -64,7 +64,7 @@ def test_the_headline_and_table1_are_drawn_from_what_the_study_glued(tmp_path):
     assert "*paper, real CAMUS*" in quality and "Dice LV" not in quality
     assert "| phantom CAMUS | free-echo | 15 | 8×4 | 0.800 | 0.100 |" in anatomy
     text = headline(values)
-    assert "(8 maps × 4 samples each), Free-Echo from $t_i$ = 15 scores an SSIM of 0.500" in text
+    assert "(8 maps × 4 samples each), Free-Echo from tᵢ = 15 scores an SSIM of 0.500" in text
     assert "a Dice of 0.800 (Cls-Free 0.900), +0.100 ± 0.020 above what a video of another heart scores" in text
     # SSIM: Cls-Free > FE15 and FE15 > SDEdit hold, the t_i chain is not significant; PSNR the same.
     assert "claims about Table 1 (orderings of SSIM and PSNR), on phantom CAMUS, 4 hold and 2 are not significant" in text
@@ -103,7 +103,7 @@ def test_the_map_specificity_finding_says_what_the_margins_and_correlations_show
     text = specificity_finding(values, sweep)
     assert "follows its map only weakly: a map margin of +0.070 ± 0.020 (Cls-Free +0.310, SDEdit@15 +0.030;" in text
     assert "the seed more than the map decides the video" in text
-    assert "largest at $t_i$ = 60 (+0.370 ± 0.030)" in text and "ILVR" not in text
+    assert "largest at tᵢ = 60 (+0.370 ± 0.030)" in text and "ILVR" not in text
     values["table1_reports"]["phantom CAMUS"]["methods"]["free-echo@15"] = row(0.2, 0.3, 0.9)
     values["table1_reports"]["phantom CAMUS"]["methods"]["free-echo-ilvr@15"] = row(0.29)
     text = specificity_finding(values)

@@ -47,7 +47,7 @@ def headline(values: dict) -> str:
     methods = report["methods"]
     fe, cf, sd = methods["free-echo@15"], methods["clsfree"], methods["sdedit@15"]
     text = (f"On the {label} test maps ({fe['maps']} maps × {fe['samples_per_map']} samples each), Free-Echo from "
-            f"$t_i$ = 15 scores an SSIM of {fe['SSIM']:.3f} against the real clip, against {cf['SSIM']:.3f} for the "
+            f"tᵢ = 15 scores an SSIM of {fe['SSIM']:.3f} against the real clip, against {cf['SSIM']:.3f} for the "
             f"conditional Cls-Free model and {sd['SSIM']:.3f} for SDEdit.")
     if "Dice LV" in fe:
         text += (f" The segmenter finds the input map's LV in Free-Echo's first frame with a Dice of "
@@ -83,7 +83,7 @@ def specificity_finding(values: dict, sweep: dict | None = None) -> str:
     others = ", ".join(f"{name} {methods[key]['map margin']:+.3f}" for key, name in
                        (("clsfree", "Cls-Free"), ("sdedit@15", "SDEdit@15")) if "map margin" in methods.get(key, {}))
     strength = "only weakly" if fe["map margin"] < WEAK_MARGIN else "clearly"
-    text = (f"On {label}, Free-Echo from the paper's $t_i$ = 15 follows its map {strength}: a map margin of "
+    text = (f"On {label}, Free-Echo from the paper's tᵢ = 15 follows its map {strength}: a map margin of "
             f"{fe['map margin']:+.3f} ± {fe['map margin s.e.']:.3f} ({others}; a method that ignores its map "
             f"scores 0).")
     across_maps, across_seeds = fe.get("corr across maps, same seed"), fe.get("corr across seeds, same map")
@@ -92,11 +92,11 @@ def specificity_finding(values: dict, sweep: dict | None = None) -> str:
         text += (f" Its videos of different maps made with the same seed correlate {across_maps:.2f} pixel by pixel, "
                  f"videos of one map made with different seeds {across_seeds:.2f}: {decides} the video.")
     if sweep and "best_t_margin" in sweep:
-        text += (f" In the $t_i$ sweep the margin is largest at $t_i$ = {sweep['best_t_margin']} "
+        text += (f" In the tᵢ sweep the margin is largest at tᵢ = {sweep['best_t_margin']} "
                  f"({sweep['best_margin']:+.3f} ± {sweep['best_margin_se']:.3f}).")
     ilvr = methods.get("free-echo-ilvr@15", {})
     if "map margin" in ilvr:
         verb = "raises" if ilvr["map margin"] > fe["map margin"] else "lowers"
-        text += (f" Guided sampling (ILVR, beyond the paper) from $t_i$ = 15 {verb} it to {ilvr['map margin']:+.3f} "
+        text += (f" Guided sampling (ILVR, beyond the paper) from tᵢ = 15 {verb} it to {ilvr['map margin']:+.3f} "
                  f"± {ilvr['map margin s.e.']:.3f}.")
     return text

@@ -174,6 +174,49 @@ def test_no_raw_tex_in_titles_or_navigation(site):
     assert not raw, "\n".join(raw)
 
 
+class ProseText(HTMLParser):
+    """The article's text outside code, scripts and typeset maths: what a reader sees as prose, tables and lists."""
+
+    SKIP = ("code", "pre", "script", "style")
+
+    def __init__(self):
+        super().__init__()
+        self.text, self.stack, self.in_article = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "article":
+            self.in_article = True
+        if tag in ("br", "hr", "img", "meta", "link", "input", "source", "wbr"):
+            return
+        skip = tag in self.SKIP or "math" in (dict(attrs).get("class") or "").split()
+        self.stack.append((tag, skip))
+
+    def handle_endtag(self, tag):
+        for k in range(len(self.stack) - 1, -1, -1):
+            if self.stack[k][0] == tag:
+                del self.stack[k:]
+                break
+        if tag == "article":
+            self.in_article = False
+
+    def handle_data(self, data):
+        if self.in_article and not any(skip for _, skip in self.stack):
+            self.text.append(data)
+
+
+def test_no_raw_tex_in_the_text(site):
+    """Maths in a Markdown cell is typeset; a `$t_i$` in text that a cell's output writes is not (outputs are read
+    as plain GitHub Markdown) and would show its dollars: generated text writes tᵢ."""
+    raw = []
+    for page in pages(site):
+        prose = ProseText()
+        prose.feed((site / page).read_text(encoding="utf-8"))
+        text = " ".join(prose.text)
+        raw += [f"{page}: ...{text[max(0, m.start() - 40):m.end() + 20]}..."
+                for m in re.finditer(r"\$[^$\s][^$]{0,40}?\$", text)]
+    assert not raw, "raw TeX in the text:\n" + "\n".join(raw)
+
+
 def test_no_page_is_empty(site):
     """Every page says something (search and the index are generated; index.html only redirects)."""
     skip = {"search.html", "genindex.html"}
