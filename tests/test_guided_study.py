@@ -69,3 +69,33 @@ def test_the_verdict_names_every_shortfall_and_recommends_the_closest_cell():
     rows = table_rows(report)
     assert [r["method"] for r in rows[:3]] == ["plain", "ilvr f2 until 40", "ilvr f4 until 40"]
     assert rows[1]["map margin"] == "+0.400 ± 0.020" and rows[1]["EF MAE"] == "0.050"
+
+
+def test_a_calibration_is_measured_on_val_maps_and_prescribed_on_the_guided_cells_only(trained, tmp_path,
+                                                                                        monkeypatch):
+    from freeecho_core.study.ef import prescribed_ef
+    from freeecho_core.synthesis import FreeEcho
+
+    assert prescribed_ef(0.5, 0.09) == 0.59 and prescribed_ef(0.8, 0.09) == 0.85  # within the range solved for
+    data, unconditional, _ = trained
+    segmenter = train_segmenter(SegConfig(frames=4, size=16, steps=2, batch_size=8), data, tmp_path / "seg.pt",
+                                progress=False)
+    prescribed = []
+    real_call = FreeEcho.__call__
+    monkeypatch.setattr(FreeEcho, "__call__", lambda self, *a, **k: prescribed.append(
+        (k["guide"] is not None, k["ef"])) or real_call(self, *a, **k))
+    config = GuidedStudyConfig(start_steps=(50,), factors=(2,), untils=(55,), efs=(0.3,), samples=1, max_maps=1,
+                               ef_offset=0.1, split="VAL")
+    report = run_guided_study(data, unconditional, segmenter, tmp_path / "study", config, progress=False)
+    assert set(prescribed) == {(False, None), (False, 0.3), (True, None), (True, 0.4)}
+    assert [r["ef_offset"] for r in report["rows"]] == [0.0, 0.1]
+    assert (tmp_path / "study" / "ilvr-f2-until-55" / "t50-val" / "ef-offset+0.100.json").is_file()
+    ef = json.loads((tmp_path / "study" / "ilvr-f2-until-55" / "t50-val" / "ef-offset+0.100.json").read_text())
+    beating = [r for r in ef["videos"] if r["target_ef"] is not None]
+    assert all(r["target_ef"] == 0.3 and r["prescribed_ef"] == 0.4 for r in beating)
+    val_names = {m for m in json.loads((tmp_path / "study" / "plain" / "t50-val" / "metrics.json").read_text())
+                 ["methods"]["free-echo@50"]["per_map"]}
+    from freeecho_core.data.clips import ClipConfig
+    from freeecho_core.data.dataset import EchoClips
+    val = EchoClips(data, "VAL", ClipConfig(frames=4, size=16)).clip(0)
+    assert val_names == {f"{val.case_id}_{val.view}"} and {r["map"] for r in beating} == val_names

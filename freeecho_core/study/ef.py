@@ -27,7 +27,7 @@ from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.lv import camus_from_five, dice, ef_area_proxy
 from freeecho_core.files import read_json, write_text_atomically
 from freeecho_core.guidance import Guide
-from freeecho_core.motion import beating_maps, beating_pseudo_video, es_frame_of_clips
+from freeecho_core.motion import EF_RANGE, beating_maps, beating_pseudo_video, es_frame_of_clips
 from freeecho_core.options import at_least, finite_number, option, start_step
 from freeecho_core.progress import progress_bar
 from freeecho_core.sampler import DEFAULT_SAMPLER, SamplerConfig
@@ -50,9 +50,17 @@ class EFStudyConfig:
     start_steps: tuple[int, ...] = field(default=(15, 30, 45), metadata=option(
         "t_i: the paper's, and later starts that keep more of the motion", start_step, many=True))
     samples: int = field(default=2, metadata=option("videos per (map, target)", at_least(1)))
-    max_maps: int = field(default=8, metadata=option("the first N TEST maps", at_least(1)))
+    max_maps: int = field(default=8, metadata=option("the first N maps of the split", at_least(1)))
     seed: int = field(default=0, metadata=option("seed of the first map's videos (map i: seed + 1000 i)",
                                                  at_least(0)))
+    # A calibration of the prescription, measured on other maps: the beat each video is given is the target plus
+    # this offset (within EF_RANGE), so that a model that contracts its videos by a constant too little can be
+    # told to contract them more. Every score compares the videos with the target, never with the prescription.
+    ef_offset: float = field(default=0.0, metadata=option(
+        "added to every target EF in the beat prescribed (a calibration from VAL maps; scores use the target)",
+        finite_number))
+    split: str = field(default="TEST", metadata=option(
+        "the maps' split (VAL: to calibrate --ef-offset without touching the TEST maps)", choices=("VAL", "TEST")))
 
 
 def labels_ef(clip) -> float | None:
@@ -142,6 +150,12 @@ def agreement(targets, measured) -> dict:
             "bias": float((m - t).mean())}
 
 
+def prescribed_ef(target: float, offset: float = 0.0) -> float:
+    """The EF a beating pseudo video is given for a target: the target plus a calibration offset, within the
+    range the contraction is solved for (`motion.EF_RANGE`)."""
+    return float(np.clip(target + offset, *EF_RANGE))
+
+
 def same_study(stored: dict, settings: dict) -> bool:
     """Whether stored rows were made with the same model, data, sampler, seeds and samples per target (the t_i,
     the targets and the number of maps may differ: each row names its own)."""
@@ -167,7 +181,8 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
     histogram = pipe.target
     sampler = sampler or DEFAULT_SAMPLER
     es_frame = es_frame_of_clips(train.clip(i) for i in range(len(train)))
-    clips = [test.clip(i) for i in range(min(len(test), config.max_maps))]
+    maps = test if config.split == "TEST" else val
+    clips = [maps.clip(i) for i in range(min(len(maps), config.max_maps))]
     # The weights' digest, not only the path: a checkpoint trained further in place makes the study again.
     settings = json.loads(json.dumps({"config": asdict(config), "sampler": asdict(sampler),
                                       "guide": None if guide is None else asdict(guide),
@@ -188,13 +203,15 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
         if key in done:
             continue
         started = time.perf_counter()
+        prescribed = None if ef is None else prescribed_ef(ef, config.ef_offset)
         result = pipe(c.ed_map, config.samples, t_i, seed=config.seed + 1000 * index, convention="five",
-                      sampler=sampler, ef=ef, es_frame=es_frame, guide=guide)
+                      sampler=sampler, ef=prescribed, es_frame=es_frame, guide=guide)
         seconds = (time.perf_counter() - started) / config.samples
         ed_labels = camus_from_five(c.ed_map)
         for k, video in enumerate(result.square):
             seg = segment(judge, unit_from_grey(video))
-            rows.append({"start_step": t_i, "map": key[1], "target_ef": ef, "sample": k, "seconds": seconds,
+            rows.append({"start_step": t_i, "map": key[1], "target_ef": ef, "prescribed_ef": prescribed,
+                         "sample": k, "seconds": seconds,
                          "video_ef": ef_area_proxy(seg), "dice_lv_ed": dice(seg[0], ed_labels, LV),
                          "maps_ef": None if result.label_maps is None else
                          ef_area_proxy(camus_from_five(result.label_maps))})
