@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from freeecho_core.cli import main
 from freeecho_core.study.guided import GuidedStudyConfig, cell_name, run_guided_study
@@ -77,6 +78,7 @@ def test_a_calibration_is_measured_on_val_maps_and_prescribed_on_the_guided_cell
     from freeecho_core.synthesis import FreeEcho
 
     assert prescribed_ef(0.5, 0.09) == 0.59 and prescribed_ef(0.8, 0.09) == 0.85  # within the range solved for
+    assert prescribed_ef(0.5, -0.05, 1.3) == pytest.approx(0.6)
     data, unconditional, _ = trained
     segmenter = train_segmenter(SegConfig(frames=4, size=16, steps=2, batch_size=8), data, tmp_path / "seg.pt",
                                 progress=False)
@@ -85,12 +87,11 @@ def test_a_calibration_is_measured_on_val_maps_and_prescribed_on_the_guided_cell
     monkeypatch.setattr(FreeEcho, "__call__", lambda self, *a, **k: prescribed.append(
         (k["guide"] is not None, k["ef"])) or real_call(self, *a, **k))
     config = GuidedStudyConfig(start_steps=(50,), factors=(2,), untils=(55,), efs=(0.3,), samples=1, max_maps=1,
-                               ef_offset=0.1, split="VAL")
+                               ef_offset=0.1, split="VAL")  # scale 1: an offset alone
     report = run_guided_study(data, unconditional, segmenter, tmp_path / "study", config, progress=False)
     assert set(prescribed) == {(False, None), (False, 0.3), (True, None), (True, 0.4)}
-    assert [r["ef_offset"] for r in report["rows"]] == [0.0, 0.1]
-    assert (tmp_path / "study" / "ilvr-f2-until-55" / "t50-val" / "ef-offset+0.100.json").is_file()
-    ef = json.loads((tmp_path / "study" / "ilvr-f2-until-55" / "t50-val" / "ef-offset+0.100.json").read_text())
+    assert [(r["ef_offset"], r["ef_scale"]) for r in report["rows"]] == [(0.0, 1.0), (0.1, 1.0)]
+    ef = json.loads((tmp_path / "study" / "ilvr-f2-until-55" / "t50-val" / "ef-offset+0.100-scale1.000.json").read_text())
     beating = [r for r in ef["videos"] if r["target_ef"] is not None]
     assert all(r["target_ef"] == 0.3 and r["prescribed_ef"] == 0.4 for r in beating)
     val_names = {m for m in json.loads((tmp_path / "study" / "plain" / "t50-val" / "metrics.json").read_text())

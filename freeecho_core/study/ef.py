@@ -53,12 +53,13 @@ class EFStudyConfig:
     max_maps: int = field(default=8, metadata=option("the first N maps of the split", at_least(1)))
     seed: int = field(default=0, metadata=option("seed of the first map's videos (map i: seed + 1000 i)",
                                                  at_least(0)))
-    # A calibration of the prescription, measured on other maps: the beat each video is given is the target plus
-    # this offset (within EF_RANGE), so that a model that contracts its videos by a constant too little can be
-    # told to contract them more. Every score compares the videos with the target, never with the prescription.
+    # A calibration of the prescription, measured on other maps: the beat each video is given is
+    # ef_offset + ef_scale x target (within EF_RANGE), so that a model whose videos contract less than prescribed
+    # can be told to contract them more. Every score compares the videos with the target, never the prescription.
     ef_offset: float = field(default=0.0, metadata=option(
-        "added to every target EF in the beat prescribed (a calibration from VAL maps; scores use the target)",
-        finite_number))
+        "the calibration's offset: the beat prescribed is offset + scale x target (from VAL maps; scores use the "
+        "target)", finite_number))
+    ef_scale: float = field(default=1.0, metadata=option("the calibration's scale (see --ef-offset)", finite_number))
     split: str = field(default="TEST", metadata=option(
         "the maps' split (VAL: to calibrate --ef-offset without touching the TEST maps)", choices=("VAL", "TEST")))
 
@@ -150,10 +151,10 @@ def agreement(targets, measured) -> dict:
             "bias": float((m - t).mean())}
 
 
-def prescribed_ef(target: float, offset: float = 0.0) -> float:
-    """The EF a beating pseudo video is given for a target: the target plus a calibration offset, within the
+def prescribed_ef(target: float, offset: float = 0.0, scale: float = 1.0) -> float:
+    """The EF a beating pseudo video is given for a target: offset + scale x target (a calibration), within the
     range the contraction is solved for (`motion.EF_RANGE`)."""
-    return float(np.clip(target + offset, *EF_RANGE))
+    return float(np.clip(offset + scale * target, *EF_RANGE))
 
 
 def same_study(stored: dict, settings: dict) -> bool:
@@ -203,7 +204,7 @@ def run_ef_study(data_root, checkpoint, segmenter, out_json, config: EFStudyConf
         if key in done:
             continue
         started = time.perf_counter()
-        prescribed = None if ef is None else prescribed_ef(ef, config.ef_offset)
+        prescribed = None if ef is None else prescribed_ef(ef, config.ef_offset, config.ef_scale)
         result = pipe(c.ed_map, config.samples, t_i, seed=config.seed + 1000 * index, convention="five",
                       sampler=sampler, ef=prescribed, es_frame=es_frame, guide=guide)
         seconds = (time.perf_counter() - started) / config.samples

@@ -48,8 +48,9 @@ class GuidedStudyConfig:
     max_maps: int = field(default=8, metadata=option("the first N maps of the split", at_least(1)))
     seed: int = field(default=0, metadata=option("seed of the sample streams", at_least(0)))
     ef_offset: float = field(default=0.0, metadata=option(
-        "added to the target EF in the beat the guided cells prescribe (`ef.prescribed_ef`): a calibration, "
-        "measured on VAL maps (--split VAL) before it is used on TEST", finite_number))
+        "the guided cells prescribe offset + scale x target EF (`ef.prescribed_ef`): a calibration, measured on "
+        "VAL maps (--split VAL) before it is used on TEST", finite_number))
+    ef_scale: float = field(default=1.0, metadata=option("the calibration's scale (see --ef-offset)", finite_number))
     split: str = field(default="TEST", metadata=option(
         "the maps' split (VAL: to measure a calibration without touching the TEST maps)", choices=("VAL", "TEST")))
 
@@ -91,22 +92,23 @@ def run_guided_study(data_root, checkpoint, segmenter, out, config: GuidedStudyC
     cells = [(g, t) for g in config.guides() for t in config.start_steps if g is None or g.until > t]
     for guide, t_i in progress_bar(cells, disable=not progress, desc="guided study", unit="cell"):
         folder = out / cell_name(guide).replace(" ", "-") / (f"t{t_i}" + ("" if config.split == "TEST" else "-val"))
-        offset = config.ef_offset if guide is not None else 0.0  # only the guided cells are calibrated
+        offset, scale = (config.ef_offset, config.ef_scale) if guide is not None else (0.0, 1.0)  # guided cells only
         kind = "free-echo" if guide is None else f"free-echo-{guide.name}"
         eval_config = EvalConfig(samples=config.samples, batch=config.samples, start_steps=(t_i,), sampler=sampler,
                                  seed=config.seed, methods=(kind,), guided_step=t_i, guide=guide or Guide())
         metrics = evaluate(data_root, checkpoint, None, folder, eval_config, split=config.split, device=device,
                            max_maps=config.max_maps, progress=False, segmenter=segmenter, models=models)
         ef_config = EFStudyConfig(efs=config.efs, start_steps=(t_i,), samples=config.samples,
-                                  max_maps=config.max_maps, seed=config.seed, ef_offset=offset, split=config.split)
-        ef_name = "ef.json" if not offset else f"ef-offset{offset:+.3f}.json"
+                                  max_maps=config.max_maps, seed=config.seed, ef_offset=offset, ef_scale=scale,
+                                  split=config.split)
+        ef_name = "ef.json" if (offset, scale) == (0.0, 1.0) else f"ef-offset{offset:+.3f}-scale{scale:.3f}.json"
         ef = run_ef_study(data_root, checkpoint, segmenter, folder / ef_name, ef_config, sampler=sampler,
                           guide=guide, device=device, progress=False)
         summary = ef["summary"][str(t_i)]
         reader = {"recorded VAL and TEST clips": {k: v for k, v in ef["real_floor"].items() if k != "clips"},
                   "beating pseudo videos": {k: v for k, v in ef["pseudo_video"].items() if k != "rows"}}
         rows.append({"t_i": t_i, "method": cell_name(guide), "guide": None if guide is None else asdict(guide),
-                     "ef_offset": offset,
+                     "ef_offset": offset, "ef_scale": scale,
                      **quality_row(metrics), "EF r": summary["beating"]["correlation"],
                      "EF MAE": summary["beating"]["mae"], "EF bias": summary["beating"]["bias"],
                      "EF r with its pseudo video": summary["beating_vs_pseudo_video"]["correlation"],
