@@ -189,11 +189,7 @@ def cmd_segmenter(args: argparse.Namespace) -> None:
     if out.is_dir():
         raise ValueError(f"--out {out}: is a folder; expected the segmenter file to write (e.g. segmenter.pt)")
     check_output_folder(out.parent, "--out")
-    if args.test_on:
-        try:
-            detect_format(args.test_on)
-        except FileNotFoundError as error:
-            raise ValueError(f"--test-on {error}") from None
+    check_test_on(args.test_on)
     device = resolve_device(args.device)
     train_segmenter(config, args.data, out, device=device)
     command = f"freeecho segmenter --profile {args.profile} --data {args.data} --out {out}"
@@ -367,16 +363,21 @@ def cmd_guided_study(args: argparse.Namespace) -> None:
     print(f"wrote {args.json or Path(args.out) / 'guided-study.json'}")
 
 
+def check_test_on(folder: Path | None) -> None:
+    """--test-on: a CAMUS or EchoNet-Dynamic folder (or not given), checked before any training."""
+    if folder is not None:
+        try:
+            detect_format(folder)
+        except (FileNotFoundError, ValueError) as error:
+            raise ValueError(f"--test-on {error}") from None
+
+
 def cmd_augment_study(args: argparse.Namespace) -> None:
     for flag, path in (("--segmenter", args.segmenter), ("--unconditional", args.unconditional),
                        ("--clsfree", args.clsfree)):
         if path is not None and not path.is_file():
             raise ValueError(f"{flag} {path}: no such file")
-    if args.test_on:
-        try:
-            detect_format(args.test_on)
-        except ValueError as error:
-            raise ValueError(f"--test-on {error}") from None
+    check_test_on(args.test_on)
     sampler = sampler_from(args, cap_steps=False)
     check_output_folder(args.out, "--out")
     with folder_lock(args.out, "--out"):

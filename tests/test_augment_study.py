@@ -84,6 +84,8 @@ def test_the_command_refuses_bad_inputs_in_one_line(trained, judge, tmp_path, ca
     assert "--methods clsfree needs the Cls-Free model" in capsys.readouterr().err
     assert main(common + ["--ks", "99", "--methods", "free-echo"]) == 2
     assert "--ks 99: the TRAIN split holds only" in capsys.readouterr().err
+    assert main(common + ["--methods", "free-echo", "--test-on", str(tmp_path / "nothing")]) == 2
+    assert "--test-on " in capsys.readouterr().err
     assert not (tmp_path / "out" / "videos").exists()  # refused before any video
     assert main(common[:4] + [str(tmp_path / "none.pt")] + common[5:]) == 2
     assert f"--unconditional {tmp_path / 'none.pt'}: no such file" in capsys.readouterr().err
