@@ -302,3 +302,14 @@ def test_the_phantom_writes_the_2019_release(tmp_path):
     folder = tmp_path / "c" / "training" / "patient0001"
     assert (folder / "patient0001_4CH_sequence.mhd").is_file() and "LVef" in read_camus_info(folder / "Info_4CH.cfg")
     assert read_camus_sequence(folder, "4CH").labelled[0] == 0
+
+
+def test_every_annotated_frame_of_a_camus_recording_is_read_also_beyond_the_clip(trained):
+    from freeecho_core.data.clips import ClipConfig
+    from freeecho_core.data.dataset import EchoClips
+
+    data = EchoClips(trained[0], "TRAIN", ClipConfig(frames=2, size=16))  # a clip shorter than the half sequence
+    clip = data.clip(0)
+    frames, labels = data.annotated_frames(0)
+    assert len(frames) > len(clip.video) and frames.shape[1:] == labels.shape[1:] == (16, 16)  # the whole sequence
+    assert np.array_equal(frames[:2], clip.video) and np.array_equal(labels[:2], clip.frame_labels)
