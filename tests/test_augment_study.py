@@ -1,5 +1,6 @@
 """The augmentation study: segmenters trained with and without synthetic videos, tested on TEST, resumable."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,8 +8,10 @@ import pytest
 from freeecho_core.cli import main
 from freeecho_core.data.clips import ClipConfig
 from freeecho_core.data.dataset import EchoClips
+from freeecho_core.data.lv import camus_from_five
 from freeecho_core.study.augment import (AugmentStudyConfig, condition_method, conditions, findings,
-                                         labelled_clips, run_augment_study)
+                                         labelled_clips, own_beat, run_augment_study, synthetic_frames,
+                                         synthetic_methods)
 from freeecho_core.study.segmenter import SegConfig, train_segmenter
 
 
@@ -74,6 +77,37 @@ def test_the_study_trains_every_condition_tests_it_and_resumes(trained, judge, t
     again = run_augment_study(data, unconditional, clsfree, judge, tmp_path / "study", config, seg, progress=False)
     assert again["rows"] == report["rows"]
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_ilvr_videos_beat_like_their_clip_every_frame_labelled_and_adding_them_retrains_nothing_else(
+        trained, judge, tmp_path):
+    data, unconditional, _ = trained
+    config = AugmentStudyConfig(ks=(1,), seeds=(0,), methods=("free-echo",), start_step=55, synthetic_maps=2,
+                                samples=1, segmenter_steps=3)
+    seg = SegConfig(frames=4, size=16, batch_size=4)
+    run_augment_study(data, unconditional, None, judge, tmp_path, config, seg, progress=False)
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "segmenters").glob("*.json")}
+    more = replace(config, methods=("free-echo", "free-echo-ilvr"))
+    report = run_augment_study(data, unconditional, None, judge, tmp_path, more, seg, progress=False)
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # the free-echo segmenters are kept
+    rows = {(r["k"], r["condition"]): r for r in report["rows"]}
+    assert rows[1, "real + free-echo-ilvr"]["train_frames"] == 4 + 4  # the other map's video: all 4 frames
+    assert rows[None, "free-echo-ilvr only"]["train_frames"] == 2 * 4
+    assert report["memorisation"]["methods"]["free-echo-ilvr"]["videos"] == 2  # the ED frames only
+    lines = {(line["k"], line["condition"]): line for line in report["summary"]}
+    assert "minus real + free-echo" in lines[1, "real + free-echo-ilvr"]
+    train = EchoClips(data, "TRAIN", ClipConfig(frames=4, size=16))
+    maps = own_beat(train)(0)
+    lv = (maps == 2).sum(axis=(1, 2))
+    assert np.array_equal(maps[0], train.clip(0).ed_map) and lv[-1] < lv[0] and (np.diff(lv) <= 0).all()
+    frames, labels, owners, first = synthetic_frames(train, tmp_path, synthetic_methods(more)["free-echo-ilvr"], [0, 1])
+    assert frames.shape == (8, 16, 16) and owners.tolist() == [0] * 4 + [1] * 4
+    assert np.array_equal(labels[:4], camus_from_five(maps)) and first.tolist() == [True, False, False, False] * 2
+    # Other ILVR settings make its videos and segmenters again, and only those.
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "segmenters").glob("*.json")}
+    run_augment_study(data, unconditional, None, judge, tmp_path, replace(more, guide_until=50), seg, progress=False)
+    changed = {p.name for p, t in stamps.items() if p.stat().st_mtime_ns != t}
+    assert changed == {"1-seed0-real+free-echo-ilvr.json", "none-seed0-free-echo-ilvronly.json"}
 
 
 def test_the_command_refuses_bad_inputs_in_one_line(trained, judge, tmp_path, capsys):

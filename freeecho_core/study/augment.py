@@ -5,9 +5,11 @@ The paper proposes Free-Echo for data augmentation and leaves it untested. Here 
 same k plus the synthetic videos of one method made from the other TRAIN maps (`real + <method>`), and from the
 synthetic videos alone (`<method> only`), for several training seeds (each draws its own k clips and initial
 weights), and is tested on the annotated frames of the TEST split: Dice per structure and the error of the
-area-length EF proxy against the labels'. A synthetic video is labelled by its map on its first (ED) frame only:
-from the start steps studied here the generated motion does not follow a prescribed beat (the guided-sampling
-study), so no later frame has a known label.
+area-length EF proxy against the labels'. A synthetic video of Free-Echo, Cls-Free or SDEdit is labelled by its
+map on its first (ED) frame only: their motion is the model's own (the guided-sampling study), so no later frame
+has a known label. Free-Echo with ILVR (`guidance`) follows a beating pseudo video, here the beat of its own TRAIN
+clip (the ED map moving towards the clip's ES map, `motion.beating_maps`), and the guided-sampling study measures
+that its frames keep their maps (Dice LV at ED, EF read back), so every one of its frames is labelled by its map.
 
 Leakage is guarded twice: synthetic videos come from TRAIN maps only, and each one's ED frame is compared with
 every TRAIN clip's (SSIM, and the distance of the judge's bottleneck features): a video closer to a TRAIN clip
@@ -27,10 +29,14 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from freeecho_core.data.case import to_five_labels
 from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.lv import camus_from_five, dice, ef_area_proxy
 from freeecho_core.files import read_json, write_text_atomically
+from freeecho_core.guidance import Guide
+from freeecho_core.motion import EF_RANGE, beating_maps, es_frame_of_clips, volume_fraction
 from freeecho_core.options import at_least, option, start_step
+from freeecho_core.options import start_step as a_start_step  # the field `start_step` hides the name below
 from freeecho_core.progress import progress_bar
 from freeecho_core.sampler import DEFAULT_SAMPLER, SamplerConfig
 from freeecho_core.study.ef import labels_ef
@@ -41,7 +47,10 @@ from freeecho_core.study.significance import paired_bootstrap, verdict_cell
 from freeecho_core.study.videos import (EvalConfig, claim_video_folder, data_key, file_digest, generate_all,
                                         load_videos, method_specs, video_key, video_path)
 
-AUGMENT_METHODS = ("free-echo", "clsfree", "sdedit")  # the sources of synthetic videos
+AUGMENT_METHODS = ("free-echo", "free-echo-ilvr", "clsfree", "sdedit")  # the sources of synthetic videos
+BEATING = "free-echo-ilvr"  # the source whose videos beat like their TRAIN clip, every frame labelled
+FREE_ECHO = ("free-echo", BEATING)  # the rows compared with every other source's addition
+GUIDE_SETTINGS = ("guided_step", "guide_factor", "guide_until")  # the config fields that only its videos depend on
 STRUCTURES = {1: "Dice LV", 2: "Dice myo", 3: "Dice LA"}  # CAMUS label -> column
 
 
@@ -58,6 +67,12 @@ class AugmentStudyConfig:
     synthetic_maps: int = field(default=32, metadata=option(
         "the first N TRAIN maps that synthetic videos are made from", at_least(1)))
     samples: int = field(default=2, metadata=option("synthetic videos per map and method", at_least(1)))
+    guided_step: int = field(default=15, metadata=option(
+        "t_i of Free-Echo with ILVR (the guided-sampling study's)", a_start_step))
+    guide_factor: int = field(default=4, metadata=option("ILVR's block size (see generate --guide-factor)",
+                                                         at_least(1)))
+    guide_until: int = field(default=55, metadata=option("the step ILVR stops at (see generate --guide-until)",
+                                                         at_least(1)))
     segmenter_steps: int = field(default=1500, metadata=option("optimizer steps of every segmenter", at_least(1)))
     video_seed: int = field(default=0, metadata=option("seed of the synthetic videos' sample streams", at_least(0)))
 
@@ -68,9 +83,35 @@ class AugmentStudyConfig:
 
 
 def synthetic_methods(config: AugmentStudyConfig):
-    """The `videos.Method` of every source of synthetic videos, SDEdit and Free-Echo from `config.start_step`."""
-    eval_config = EvalConfig(methods=config.methods, start_steps=(config.start_step,), sdedit_step=config.start_step)
-    return {m.kind: m for m in method_specs(eval_config)}
+    """The `videos.Method` of every source of synthetic videos, SDEdit and Free-Echo from `config.start_step`,
+    Free-Echo with ILVR from `config.guided_step`."""
+    return {m.kind: m for m in method_specs(eval_settings(config))}
+
+
+def eval_settings(config: AugmentStudyConfig, **settings) -> EvalConfig:
+    """The video settings of the study's methods (`videos.EvalConfig`)."""
+    return EvalConfig(methods=config.methods, start_steps=(config.start_step,), sdedit_step=config.start_step,
+                      guided_step=config.guided_step, guide=Guide(factor=config.guide_factor,
+                                                                  until=config.guide_until), **settings)
+
+
+def own_beat(train: EchoClips):
+    """The label maps of TRAIN clip i beating like the clip: from its ED map towards its own ES map (the annotated
+    frame with the smallest LV, `EchoClips.annotated_frames`), ES at the split's ED-to-ES timing
+    (`motion.es_frame_of_clips`); a clip whose ES map gives an EF outside `motion.EF_RANGE` contracts to the
+    nearest EF of the range instead."""
+    es_frame = es_frame_of_clips(train.clip(i) for i in range(len(train)))
+
+    def beat(i: int) -> np.ndarray:
+        clip = train.clip(i)
+        _, labels = train.annotated_frames(i)
+        es_map = to_five_labels(labels[np.argmin((labels == 1).sum(axis=(1, 2)))], clip.sector)
+        ef = 1 - volume_fraction(clip.ed_map, es_map)
+        if EF_RANGE[0] <= ef <= EF_RANGE[1]:
+            return beating_maps(clip.ed_map, len(clip.video), es_frame, es_map=es_map)
+        return beating_maps(clip.ed_map, len(clip.video), es_frame, ef=float(np.clip(ef, *EF_RANGE)))
+
+    return beat
 
 
 def make_synthetic_videos(train: EchoClips, models: dict, out: Path, config: AugmentStudyConfig,
@@ -78,17 +119,19 @@ def make_synthetic_videos(train: EchoClips, models: dict, out: Path, config: Aug
                           progress: bool) -> dict:
     """Generate (resumably) `config.samples` videos per method for the first `config.synthetic_maps` TRAIN maps;
     return the CPU seconds per video of each method, measured when its videos were made (stored beside them)."""
-    eval_config = EvalConfig(samples=config.samples, batch=config.samples, sampler=sampler,
-                             clsfree_sampler=clsfree_sampler, seed=config.video_seed, methods=config.methods,
-                             start_steps=(config.start_step,), sdedit_step=config.start_step)
+    eval_config = eval_settings(config, samples=config.samples, batch=config.samples, sampler=sampler,
+                                clsfree_sampler=clsfree_sampler, seed=config.video_seed)
     denoisers = {role: m.denoiser for role, m in models.items()}
     cost = {}
     for kind, method in synthetic_methods(config).items():
-        claim_video_folder(out, method, video_key(method, eval_config, digests, data_key(train)))
+        key = video_key(method, eval_config, digests, data_key(train))
+        if kind == BEATING:
+            key["beat"] = own_beat.__doc__.split(":")[0]
+        claim_video_folder(out, method, key)
         cost_path = out / "videos" / method.name / "cost.json"
         started = time.process_time()
         made = generate_all(train, denoisers, out, eval_config, device, [method], max_maps=config.synthetic_maps,
-                            progress=progress)
+                            progress=progress, beats=own_beat(train) if kind == BEATING else None)
         if made:
             seconds = (time.process_time() - started) / (made * config.samples)
             write_text_atomically(cost_path, json.dumps({"cpu_seconds_per_video": seconds}) + "\n")
@@ -97,16 +140,23 @@ def make_synthetic_videos(train: EchoClips, models: dict, out: Path, config: Aug
     return cost
 
 
-def synthetic_frames(train: EchoClips, out: Path, method, maps: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The ED frames of a method's synthetic videos of TRAIN clips `maps` ((N, S, S) grey in [-1, 1]) and their
-    labels, the CAMUS labels of each clip's map."""
-    frames, labels = [], []
+def synthetic_frames(train: EchoClips, out: Path, method, maps: list[int]) -> tuple[np.ndarray, ...]:
+    """The labelled frames of a method's synthetic videos of TRAIN clips `maps`: (N, S, S) grey in [-1, 1], their
+    (N, S, S) CAMUS labels, the (N,) clip index of each frame and whether it is its video's ED frame. A video
+    gives its ED frame with its clip's map, or, for the beating method (`BEATING`), every frame with its label
+    map (`own_beat`)."""
+    beat = own_beat(train) if method.kind == BEATING else None
+    frames, labels, owners, first = [], [], [], []
     for i in maps:
         clip = train.clip(i)
         videos = load_videos(video_path(out, method, clip.case_id, clip.view)).numpy()
-        frames.append(videos[:, 0] * 2 - 1)
-        labels.append(np.repeat(camus_from_five(clip.ed_map)[None].astype(np.int64), len(videos), axis=0))
-    return np.concatenate(frames).astype(np.float32), np.concatenate(labels)
+        maps_of_frames = beat(i) if beat else clip.ed_map[None]
+        frames.append(videos[:, : len(maps_of_frames)].reshape(-1, *videos.shape[2:]) * 2 - 1)
+        labels.append(np.tile(camus_from_five(maps_of_frames).astype(np.int64), (len(videos), 1, 1)))
+        owners.append(np.full(len(videos) * len(maps_of_frames), i))
+        first.append(np.tile(np.arange(len(maps_of_frames)) == 0, len(videos)))
+    return (np.concatenate(frames).astype(np.float32), np.concatenate(labels), np.concatenate(owners),
+            np.concatenate(first))
 
 
 def test_scores(net, test: EchoClips) -> dict[str, dict]:
@@ -149,6 +199,14 @@ def condition_method(condition: str) -> str | None:
     if condition == "real":
         return None
     return condition.removeprefix("real + ").removesuffix(" only")
+
+
+def condition_settings(settings: dict, kind: str | None) -> dict:
+    """What one segmenter's result depends on: the study's settings without its list of methods, and without the
+    settings of the guided method's videos (`GUIDE_SETTINGS`) unless it trains on them."""
+    config = {name: value for name, value in settings["config"].items()
+              if name != "methods" and (kind == BEATING or name not in GUIDE_SETTINGS)}
+    return settings | {"config": config}
 
 
 def train_and_test(seg_config: SegConfig, frames, labels, test: EchoClips, real_root, device) -> dict:
@@ -234,14 +292,14 @@ def run_augment_study(data_root, unconditional, clsfree, segmenter, out, config:
                                         unit="segmenter"):
         path = out / "segmenters" / f"{'none' if k is None else k}-seed{s}-{condition.replace(' ', '')}.json"
         stored = read_json(path, "augment-study segmenter result") if path.is_file() else None
-        if stored is None or stored["settings"] != settings:
+        kind = condition_method(condition)
+        if stored is None or condition_settings(stored["settings"], kind) != condition_settings(settings, kind):
             labelled = [] if k is None else labelled_clips(len(train), k, s)
             parts = [labelled_frames(train, indices=labelled)] if labelled else []
-            kind = condition_method(condition)
             if kind is not None:  # the videos of the maps not labelled here (with every clip labelled: all of them)
-                others = [j for j, i in enumerate(synthetic_maps) if i not in labelled] or range(len(synthetic_maps))
-                pick = np.concatenate([np.arange(j * config.samples, (j + 1) * config.samples) for j in others])
-                parts.append(tuple(part[pick] for part in synthetic[kind]))
+                made, made_labels, owners, _ = synthetic[kind]
+                pick = np.isin(owners, [i for i in synthetic_maps if i not in labelled] or synthetic_maps)
+                parts.append((made[pick], made_labels[pick]))
             frames, labels = (np.concatenate([p[n] for p in parts]) for n in (0, 1))
             result = train_and_test(replace(seg_config, steps=config.segmenter_steps, seed=s), frames, labels, test,
                                     real_root, device)
@@ -252,7 +310,7 @@ def run_augment_study(data_root, unconditional, clsfree, segmenter, out, config:
     report = {**settings, "checkpoint_sha256": digests, "segmenter": str(segmenter),
               "segmenter_sha256": file_digest(segmenter), "data_root": str(data_root), "rows": rows,
               "summary": summary(rows, config), "memorisation": memorisation(
-                  train, test, {kind: synthetic[kind][0] for kind in config.methods}, judge),
+                  train, test, {kind: synthetic[kind][0][synthetic[kind][3]] for kind in config.methods}, judge),
               "cpu_seconds_per_video": cost, "train_clips": len(train), "test_clips": len(test)}
     text = json.dumps(report, indent=1) + "\n"
     for target in [out / "augment-study.json"] + ([Path(json_path)] if json_path else []):
@@ -270,7 +328,8 @@ def per_recording(rows: list[dict], k, condition: str, metric: str) -> dict[str,
 
 def summary(rows: list[dict], config: AugmentStudyConfig, metric: str = "Dice LV") -> list[dict]:
     """Per k and condition: the mean TEST `metric` over recordings (seeds averaged) and, for `real + <method>`,
-    the paired bootstrap over TEST recordings against `real` and against the other methods' additions."""
+    the paired bootstrap over TEST recordings against `real` and, for Free-Echo's additions (`FREE_ECHO`), against
+    the other methods' additions."""
     lines = []
     for k in [*config.ks, None]:
         names = ("real", *(f"real + {m}" for m in config.methods)) if k is not None else \
@@ -288,9 +347,10 @@ def summary(rows: list[dict], config: AugmentStudyConfig, metric: str = "Dice LV
                 shared = sorted(set(values) & set(base))
                 line["minus real"] = verdict_cell(paired_bootstrap([values[n] for n in shared],
                                                                    [base[n] for n in shared]))
-                if name == "real + free-echo":
+                own = condition_method(name)
+                if own in FREE_ECHO:
                     for other in config.methods:
-                        rival = per_recording(rows, k, f"real + {other}", metric) if other != "free-echo" else {}
+                        rival = per_recording(rows, k, f"real + {other}", metric) if other != own else {}
                         if rival:
                             both = sorted(set(values) & set(rival))
                             line[f"minus real + {other}"] = verdict_cell(paired_bootstrap(
@@ -328,10 +388,11 @@ def findings(report: dict) -> str:
     if added:
         text += (" Adding synthetic videos of the other TRAIN maps changes it by (paired bootstrap): "
                  + "; ".join(added) + ".")
-    rivals = [f"{key.removeprefix('minus real + ')} {value}" for key, value in at.get("real + free-echo", {}).items()
-              if key.startswith("minus real + ")]
-    if rivals:
-        text += " Free-Echo's videos against the others' as the addition: " + "; ".join(rivals) + "."
+    for own in FREE_ECHO:
+        rivals = [f"{key.removeprefix('minus real + ')} {value}" for key, value in at.get(f"real + {own}", {}).items()
+                  if key.startswith("minus real + ")]
+        if rivals:
+            text += f" {own}'s videos against the others' as the addition: " + "; ".join(rivals) + "."
     alone = [line for line in lines if line["k"] == "-"]
     if alone:
         text += " Synthetic videos alone: " + ", ".join(f"{line['condition'].removesuffix(' only')} "

@@ -167,9 +167,12 @@ def load_videos(path: Path) -> torch.Tensor:
 
 
 def generate_all(data: EchoClips, models: dict, out: Path, config: EvalConfig, device, methods: list[Method],
-                 rank: int = 0, world_size: int = 1, max_maps: int | None = None, progress: bool = True) -> int:
+                 rank: int = 0, world_size: int = 1, max_maps: int | None = None, progress: bool = True,
+                 beats=None) -> int:
     """Generate every missing (map, method) video set of this process's share; return how many were made.
-    The method folders must have been claimed for this run's settings (`claim_video_folder`)."""
+    The method folders must have been claimed for this run's settings (`claim_video_folder`). beats: None (the
+    ED map held still) or a function of a clip's index giving the (K, S, S) label maps of its beating pseudo
+    video (`synthesis.initial_videos`)."""
     target = ot_target(data.root, data.config, data.seed, config.bins)
     maps = list(range(len(data)))[: max_maps][rank::world_size]
     jobs = [(i, m) for i in maps for m in methods]
@@ -180,8 +183,10 @@ def generate_all(data: EchoClips, models: dict, out: Path, config: EvalConfig, d
         if path.is_file() and stored_samples(path) == config.samples:
             continue
         seeds = sample_seeds(config.seed, method.name, config.samples)
+        label_maps = None if beats is None else beats(i)
         videos = torch.cat([generate(method, clip.ed_map, seeds[b : b + config.batch], models, target,
-                                     data.config.frames, config.sampler_for(method), device)
+                                     data.config.frames, config.sampler_for(method), device,
+                                     label_maps=label_maps)
                             for b in range(0, len(seeds), config.batch)])
         save_videos(path, videos)
         made += 1
