@@ -136,3 +136,18 @@ def test_a_small_study_through_the_command(trained, judge, tmp_path, capsys):
     assert "real + free-echo" in printed and "memorisation rate" in printed
     report = json.loads((tmp_path / "out" / "augment-study.json").read_text())
     assert report["sampler"]["solver"] == "euler" and np.isfinite(report["summary"][0]["Dice LV"])
+
+
+def test_the_nearest_train_frame_is_found_across_batches():
+    from freeecho_core.study.augment import nearest_train
+
+    class FirstPixels:  # a stand-in judge: its "features" are a frame's first pixels
+        def features(self, x):
+            return x.flatten(1)[:, :10]
+
+    rng = np.random.default_rng(0)
+    queries, train = rng.uniform(-1, 1, (3, 16, 16)).astype(np.float32), rng.uniform(-1, 1, (5, 16, 16)).astype(np.float32)
+    train[4] = queries[1]
+    near = nearest_train(queries, train, FirstPixels(), batch=4)  # 15 pairs in 4 batches
+    assert near["ssim"][1] == pytest.approx(1.0) and near["distance"][1] == 0
+    assert (near["ssim"][[0, 2]] < 0.5).all() and (near["distance"][[0, 2]] > 0).all()

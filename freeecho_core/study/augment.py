@@ -220,14 +220,17 @@ def train_and_test(seg_config: SegConfig, frames, labels, test: EchoClips, real_
 
 def nearest_train(queries: np.ndarray, train: np.ndarray, judge, batch: int = 512) -> dict:
     """For each query ED frame ((Q, S, S) in [-1, 1]): its highest SSIM against the TRAIN ED frames and its
-    smallest distance to them in the judge's bottleneck feature space."""
+    smallest distance to them in the judge's bottleneck feature space. The SSIM pairs are formed `batch` at a
+    time, so memory does not grow with Q x TRAIN."""
     q, r = torch.from_numpy((queries + 1) / 2).double(), torch.from_numpy((train + 1) / 2).double()
-    pairs_q, pairs_r = q.repeat_interleave(len(r), 0), r.repeat(len(q), 1, 1)
-    ssim = torch.cat([structural_similarity_index_measure(pairs_q[i : i + batch, None], pairs_r[i : i + batch, None],
-                                                          data_range=1.0, reduction="none")
-                      for i in range(0, len(pairs_q), batch)]).reshape(len(q), len(r))
+    best = torch.full((len(q),), -torch.inf, dtype=torch.float64)
+    pairs = torch.cartesian_prod(torch.arange(len(q)), torch.arange(len(r)))
+    for chunk in pairs.split(batch):
+        ssim = structural_similarity_index_measure(q[chunk[:, 0], None], r[chunk[:, 1], None], data_range=1.0,
+                                                   reduction="none")
+        best.scatter_reduce_(0, chunk[:, 0], ssim, reduce="amax")
     fq, fr = (judge.features(torch.from_numpy(x)[:, None].float()) for x in (queries, train))
-    return {"ssim": ssim.max(1).values.numpy(), "distance": torch.cdist(fq, fr).min(1).values.numpy()}
+    return {"ssim": best.numpy(), "distance": torch.cdist(fq, fr).min(1).values.numpy()}
 
 
 def memorisation(train: EchoClips, test: EchoClips, synthetic: dict[str, np.ndarray], judge) -> dict:
