@@ -100,3 +100,18 @@ def test_a_calibration_is_measured_on_val_maps_and_prescribed_on_the_guided_cell
     from freeecho_core.data.dataset import EchoClips
     val = EchoClips(data, "VAL", ClipConfig(frames=4, size=16)).clip(0)
     assert val_names == {f"{val.case_id}_{val.view}"} and {r["map"] for r in beating} == val_names
+
+
+def test_the_calibration_fitted_on_a_cell_prescribes_what_reads_back_the_target():
+    from freeecho_core.study.ef import prescribed_ef
+    from freeecho_core.study.guided import fit_calibration
+
+    row = {"method": "ilvr f4 until 55", "ef_offset": 0.1, "ef_scale": 1.0,  # read = 0.05 + 0.8 x prescribed
+           "EF per target": {str(t): 0.05 + 0.8 * (0.1 + t) for t in (0.3, 0.5, 0.7)}}
+    offset, scale = fit_calibration(row)
+    assert (offset, scale) == (pytest.approx(-0.0625), pytest.approx(1.25))
+    assert all(0.05 + 0.8 * prescribed_ef(t, offset, scale) == pytest.approx(t) for t in (0.3, 0.5))
+    with pytest.raises(ValueError, match="needs readings at two targets"):
+        fit_calibration(row | {"EF per target": {"0.3": 0.3}})
+    with pytest.raises(ValueError, match="does not rise"):
+        fit_calibration(row | {"EF per target": {"0.3": 0.5, "0.7": 0.4}})

@@ -21,7 +21,7 @@ from freeecho_core.guidance import Guide
 from freeecho_core.options import at_least, finite_number, option, start_step
 from freeecho_core.progress import progress_bar
 from freeecho_core.sampler import DEFAULT_SAMPLER, SamplerConfig
-from freeecho_core.study.ef import EFStudyConfig, run_ef_study
+from freeecho_core.study.ef import EFStudyConfig, prescribed_ef, run_ef_study
 from freeecho_core.study.scoring import evaluate, load_models
 from freeecho_core.study.videos import EvalConfig, file_digest
 
@@ -112,6 +112,7 @@ def run_guided_study(data_root, checkpoint, segmenter, out, config: GuidedStudyC
                      **quality_row(metrics), "EF r": summary["beating"]["correlation"],
                      "EF MAE": summary["beating"]["mae"], "EF bias": summary["beating"]["bias"],
                      "EF r with its pseudo video": summary["beating_vs_pseudo_video"]["correlation"],
+                     "EF per target": summary["per_target"],
                      "NFE": summary["network_evaluations"], "seconds per video": summary["seconds_per_video"]})
     report = {"config": asdict(config), "sampler": asdict(sampler), "checkpoint": str(checkpoint),
               "checkpoint_sha256": file_digest(checkpoint), "segmenter": str(segmenter),
@@ -181,6 +182,22 @@ def recommended_guide(report: dict) -> Guide:
     return Guide(**verdicts(report)[0]["row"]["guide"])
 
 
+def fit_calibration(row: dict) -> tuple[float, float]:
+    """The calibration (--ef-offset, --ef-scale) that a cell's EF readings call for: the least-squares line
+    read = a + b x prescribed through its mean read EF per target ("EF per target", prescribed as
+    `ef.prescribed_ef` gave them), inverted so that prescribing offset + scale x target reads back the target.
+    Fitted on a VAL study's cell, it is used on TEST (the calibration is measured, not tuned on the scores)."""
+    targets = np.array([float(t) for t in row["EF per target"]])
+    read = np.array(list(row["EF per target"].values()), dtype=float)
+    prescribed = np.array([prescribed_ef(t, row["ef_offset"], row["ef_scale"]) for t in targets])
+    if len(targets) < 2 or not np.isfinite(read).all():
+        raise ValueError(f"cell {row['method']!r}: a calibration needs readings at two targets or more")
+    b, a = np.polyfit(prescribed, read, 1)
+    if not b > 0:
+        raise ValueError(f"cell {row['method']!r}: the read EF does not rise with the prescribed one (slope {b:.3f})")
+    return float(-a / b), float(1 / b)
+
+
 def number(value, spec: str) -> str:
     """`value` formatted, or "-" where a cell has none (one map: no margin)."""
     return "-" if value is None or not np.isfinite(value) else format(value, spec)
@@ -194,6 +211,9 @@ def summary_lines(report: dict) -> list[str]:
                      f"{number(r['map margin'], '+.3f')}, SSIM {number(r['SSIM'], '.3f')}, FD-seg "
                      f"{number(r['FD-seg'], '.2f')} ± {number(r.get('FD-seg s.e.'), '.2f')}, EF r {number(r['EF r'], '.2f')} MAE {number(r['EF MAE'], '.3f')} "
                      f"bias {number(r['EF bias'], '+.3f')}, {r['NFE']} NFE, {r['seconds per video']:.1f} s/video")
+        if r["method"] != "plain" and report["config"].get("split") == "VAL" and len(r.get("EF per target", {})) > 1:
+            offset, scale = fit_calibration(r)
+            lines.append(f"      its calibration for TEST: --ef-offset {offset:.3f} --ef-scale {scale:.3f}")
     for name, error in (report["reader"] or {}).items():
         lines.append(f"the EF reader on {name}: r {error['correlation']:.2f}, MAE {error['mae']:.3f}, "
                      f"bias {error['bias']:+.3f} (n {error['n']}; ignoring the video: MAE "
