@@ -63,13 +63,17 @@ def test_the_study_trains_every_condition_tests_it_and_resumes(trained, judge, t
     assert all(m["videos"] == 2 and 0 <= m["rate"] <= 1 for m in memorised["methods"].values())
     assert memorised["thresholds (TEST clips against TRAIN)"]["ssim"] <= 1
     assert all(cost > 0 for cost in report["cpu_seconds_per_video"].values())
+    agreement = report["label_agreement"]
+    assert 0 <= agreement["judge on TEST frames"] <= 1 and set(agreement["methods"]) == {"free-echo", "clsfree"}
+    assert all(m["frames"] == 2 and 0 <= m["Dice LV"] <= 1 and m["Dice LV"] == m["Dice LV on ED frames"]
+               for m in agreement["methods"].values())  # ED frames only: the two means are one
     assert json.loads((tmp_path / "stored.json").read_text())["rows"] == report["rows"]
     assert report["seg_config"]["pseudo_share"] == 0 and report["seg_config"]["phantom_hearts"] == 0
     text = findings(report)
     assert text.startswith(f"With 1 labelled TRAIN clip a segmenter reaches a TEST Dice LV of "
                            f"{lines[1, 'real']['Dice LV']:.3f}")
     assert "free-echo too few maps" in text and "clsfree too few maps" in text
-    assert "Synthetic videos alone: free-echo" in text
+    assert "Synthetic videos alone: free-echo" in text and "How well the synthetic labels fit their frames" in text
     assert text.endswith("clsfree 0 of 2.") or text.endswith("clsfree 1 of 2.") or text.endswith("clsfree 2 of 2.")
     # Resumed: nothing is generated or trained again, and the report is the same.
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "study").rglob("*") if p.suffix in (".npy", ".json")
@@ -94,6 +98,7 @@ def test_ilvr_videos_beat_like_their_clip_every_frame_labelled_and_adding_them_r
     assert rows[1, "real + free-echo-ilvr"]["train_frames"] == 4 + 4  # the other map's video: all 4 frames
     assert rows[None, "free-echo-ilvr only"]["train_frames"] == 2 * 4
     assert report["memorisation"]["methods"]["free-echo-ilvr"]["videos"] == 2  # the ED frames only
+    assert report["label_agreement"]["methods"]["free-echo-ilvr"]["frames"] == 8  # every frame
     lines = {(line["k"], line["condition"]): line for line in report["summary"]}
     assert "minus real + free-echo" in lines[1, "real + free-echo-ilvr"]
     train = EchoClips(data, "TRAIN", ClipConfig(frames=4, size=16))

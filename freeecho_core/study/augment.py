@@ -253,6 +253,20 @@ def memorisation(train: EchoClips, test: EchoClips, synthetic: dict[str, np.ndar
         "nearest_distance_median": float(np.median(real["distance"]))}, "methods": rates}
 
 
+def label_agreement(judge, test: EchoClips, synthetic: dict[str, tuple]) -> dict:
+    """How well each method's labels fit its synthetic frames: the judge's Dice LV on them against the labels the
+    segmenters are trained with (mean over every labelled frame, and over the ED frames alone), beside the judge's
+    Dice LV on the annotated TEST frames, what it reaches where the labels are right."""
+    def dice_lv(frames, labels):
+        return float(np.mean([dice(p, t, 1) for p, t in zip(segment(judge, frames), labels)]))
+
+    real = [score["Dice LV"] for score in test_scores(judge, test).values() if "Dice LV" in score]
+    return {"judge on TEST frames": float(np.mean(real)),
+            "methods": {kind: {"frames": int(len(frames)), "Dice LV": dice_lv(frames, labels),
+                               "Dice LV on ED frames": dice_lv(frames[first], labels[first])}
+                        for kind, (frames, labels, _, first) in synthetic.items()}}
+
+
 def run_augment_study(data_root, unconditional, clsfree, segmenter, out, config: AugmentStudyConfig,
                       seg_config: SegConfig, *, sampler: SamplerConfig | None = None,
                       clsfree_sampler: SamplerConfig | None = None, real_root=None, device="cpu",
@@ -314,6 +328,7 @@ def run_augment_study(data_root, unconditional, clsfree, segmenter, out, config:
               "segmenter_sha256": file_digest(segmenter), "data_root": str(data_root), "rows": rows,
               "summary": summary(rows, config), "memorisation": memorisation(
                   train, test, {kind: synthetic[kind][0][synthetic[kind][3]] for kind in config.methods}, judge),
+              "label_agreement": label_agreement(judge, test, synthetic),
               "cpu_seconds_per_video": cost, "train_clips": len(train), "test_clips": len(test)}
     text = json.dumps(report, indent=1) + "\n"
     for target in [out / "augment-study.json"] + ([Path(json_path)] if json_path else []):
@@ -400,6 +415,11 @@ def findings(report: dict) -> str:
     if alone:
         text += " Synthetic videos alone: " + ", ".join(f"{line['condition'].removesuffix(' only')} "
                                                           f"{line['Dice LV']:.3f}" for line in alone) + "."
+    agreement = report.get("label_agreement")
+    if agreement:
+        text += (" How well the synthetic labels fit their frames (the judge's Dice LV against them; "
+                 f"{agreement['judge on TEST frames']:.3f} on annotated TEST frames): " + ", ".join(
+                     f"{name} {m['Dice LV']:.3f}" for name, m in agreement["methods"].items()) + ".")
     rates = report["memorisation"]["methods"]
     text += " Memorisation (a video's ED frame closer to a TRAIN clip than any TEST clip comes): " + ", ".join(
         f"{name} {m['memorised']} of {m['videos']}" for name, m in rates.items()) + "."
