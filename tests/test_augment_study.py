@@ -11,7 +11,7 @@ from freeecho_core.data.dataset import EchoClips
 from freeecho_core.data.lv import camus_from_five
 from freeecho_core.study.augment import (AugmentStudyConfig, condition_method, conditions, findings,
                                          labelled_clips, own_beat, run_augment_study, synthetic_frames,
-                                         synthetic_methods)
+                                         synthetic_methods, where_it_fails)
 from freeecho_core.study.segmenter import SegConfig, train_segmenter
 
 
@@ -156,3 +156,23 @@ def test_the_nearest_train_frame_is_found_across_batches():
     near = nearest_train(queries, train, FirstPixels(), batch=4)  # 15 pairs in 4 batches
     assert near["ssim"][1] == pytest.approx(1.0) and near["distance"][1] == 0
     assert (near["ssim"][[0, 2]] < 0.5).all() and (near["distance"][[0, 2]] > 0).all()
+
+
+def test_where_it_fails_names_the_sources_that_hurt_memorise_or_fall_short():
+    report = {"config": {"methods": ["free-echo", "clsfree"]},
+              "summary": [{"k": 4, "condition": "real", "Dice LV": 0.88},
+                          {"k": 4, "condition": "real + free-echo", "Dice LV": 0.85,
+                           "minus real": "fails: -0.03 [-0.05, -0.01] (n = 12)"},
+                          {"k": 4, "condition": "real + clsfree", "Dice LV": 0.88,
+                           "minus real": "not significant: +0.00 [-0.01, +0.01] (n = 12)"},
+                          {"k": "-", "condition": "free-echo only", "Dice LV": 0.70},
+                          {"k": "-", "condition": "clsfree only", "Dice LV": 0.77}],
+              "memorisation": {"methods": {"free-echo": {"memorised": 0, "videos": 64},
+                                           "clsfree": {"memorised": 28, "videos": 64}}},
+              "label_agreement": {"judge on TEST frames": 0.95,
+                                  "methods": {"free-echo": {"Dice LV": 0.80}, "clsfree": {"Dice LV": 0.90}}}}
+    text = where_it_fails(report)
+    assert text.startswith("Adding free-echo's videos lowers TEST Dice LV at k = 4; its labels fit its frames with "
+                           "a Dice LV of 0.800 by the judge, which reaches 0.950 on real frames")
+    assert "clsfree's videos fail the memorisation check: 28 of 64" in text and "Adding clsfree" not in text
+    assert text.endswith("the best, clsfree, reaches 0.770, below the 0.880 of 4 labelled clips.")

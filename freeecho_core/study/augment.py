@@ -424,3 +424,37 @@ def findings(report: dict) -> str:
     text += " Memorisation (a video's ED frame closer to a TRAIN clip than any TEST clip comes): " + ", ".join(
         f"{name} {m['memorised']} of {m['videos']}" for name, m in rates.items()) + "."
     return text
+
+
+def where_it_fails(report: dict) -> str:
+    """Where adding synthetic videos does not help, in words, from the stored study: the sources whose addition
+    lowers TEST Dice LV at some k (paired bootstrap), with how well their labels fit their frames
+    (`label_agreement`), the sources that memorise, and what synthetic videos alone fall short of."""
+    lines, sentences = report["summary"], []
+    agreement = (report.get("label_agreement") or {}).get("methods", {})
+    judge = (report.get("label_agreement") or {}).get("judge on TEST frames")
+    for method in report["config"]["methods"]:
+        hurt = [str(line["k"]) for line in lines if line["condition"] == f"real + {method}"
+                and str(line.get("minus real", "")).startswith("fails")]
+        if not hurt:
+            continue
+        sentence = f"Adding {method}'s videos lowers TEST Dice LV at k = {', '.join(hurt)}"
+        if method in agreement and judge is not None:
+            sentence += (f"; its labels fit its frames with a Dice LV of {agreement[method]['Dice LV']:.3f} by the "
+                         f"judge, which reaches {judge:.3f} on real frames, so they teach boundaries that are off")
+        sentences.append(sentence + ".")
+    for method, m in report["memorisation"]["methods"].items():
+        if m["memorised"]:
+            sentences.append(f"{method}'s videos fail the memorisation check: {m['memorised']} of {m['videos']} come "
+                             f"closer to a TRAIN clip than any TEST clip comes, so they repeat training hearts more "
+                             f"than they add new ones.")
+    ks = [line["k"] for line in lines if isinstance(line["k"], int)]
+    alone = [line for line in lines if line["k"] == "-"]
+    if ks and alone:
+        best = max(alone, key=lambda line: line["Dice LV"])
+        real = next(line for line in lines if line["k"] == min(ks) and line["condition"] == "real")
+        if best["Dice LV"] < real["Dice LV"]:
+            sentences.append(f"Synthetic videos alone do not replace real ones: the best, "
+                             f"{best['condition'].removesuffix(' only')}, reaches {best['Dice LV']:.3f}, below the "
+                             f"{real['Dice LV']:.3f} of {min(ks)} labelled clips.")
+    return " ".join(sentences) or "Adding synthetic videos lowers TEST Dice LV for no source and k."
