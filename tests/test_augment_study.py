@@ -170,9 +170,15 @@ def test_where_it_fails_names_the_sources_that_hurt_memorise_or_fall_short():
               "memorisation": {"methods": {"free-echo": {"memorised": 0, "videos": 64},
                                            "clsfree": {"memorised": 28, "videos": 64}}},
               "label_agreement": {"judge on TEST frames": 0.95,
-                                  "methods": {"free-echo": {"Dice LV": 0.80}, "clsfree": {"Dice LV": 0.90}}}}
+                                  "methods": {"free-echo": {"Dice LV": 0.80}, "clsfree": {"Dice LV": 0.90}}},
+              "rows": [{"k": 4, "seed": s, "condition": c, "train_frames": n} for s in (0, 1)
+                       for c, n in (("real", 64), ("real + free-echo", 256))]}
     text = where_it_fails(report)
     assert text.startswith("Adding free-echo's videos lowers TEST Dice LV at k = 4; its labels fit its frames with "
-                           "a Dice LV of 0.800 by the judge, which reaches 0.950 on real frames")
+                           "a Dice LV of 0.800 by the judge (0.950 on real frames), so they teach boundaries that are "
+                           "off.")
+    fitting = report | {"label_agreement": {"judge on TEST frames": 0.95, "methods": {"free-echo": {"Dice LV": 0.94}}}}
+    assert "so the labels are not what fails: its frames differ from recorded ones, and at k = 4 they are 75% of the " \
+           "training frames." in where_it_fails(fitting)
     assert "clsfree's videos fail the memorisation check: 28 of 64" in text and "Adding clsfree" not in text
     assert text.endswith("the best, clsfree, reaches 0.770, below the 0.880 of 4 labelled clips.")
