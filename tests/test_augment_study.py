@@ -182,3 +182,18 @@ def test_where_it_fails_names_the_sources_that_hurt_memorise_or_fall_short():
            "training frames." in where_it_fails(fitting)
     assert "clsfree's videos fail the memorisation check: 28 of 64" in text and "Adding clsfree" not in text
     assert text.endswith("the best, clsfree, reaches 0.770, below the 0.880 of 4 labelled clips.")
+
+
+def test_an_echonet_clip_that_ends_before_its_es_beats_to_its_es_map_at_the_last_frame(tmp_path):
+    from freeecho_core.data.make_dataset import make_phantom_dataset
+    from freeecho_core.data.phantom import PhantomConfig
+
+    root = make_phantom_dataset(tmp_path / "echonet", "echonet", 3, 0, PhantomConfig(height=32, frames=6), workers=1,
+                                progress=False)
+    train = EchoClips(root, "TRAIN", ClipConfig(frames=2, size=16))
+    assert not any((train.clip(i).frame_labels[1:] >= 0).any() for i in range(len(train)))  # ES outside every clip
+    maps = own_beat(train)(0)
+    _, labels = train.annotated_frames(0)
+    es = labels[np.argmin((labels == 1).sum(axis=(1, 2)))]
+    assert maps.shape == (2, 16, 16) and np.array_equal(maps[0], train.clip(0).ed_map)
+    assert (maps[1] == 2).sum() < (maps[0] == 2).sum() and abs(int((maps[1] == 2).sum()) - int((es == 1).sum())) <= 3

@@ -98,9 +98,13 @@ def eval_settings(config: AugmentStudyConfig, **settings) -> EvalConfig:
 def own_beat(train: EchoClips):
     """The label maps of TRAIN clip i beating like the clip: from its ED map towards its own ES map (the annotated
     frame with the smallest LV, `EchoClips.annotated_frames`), ES at the split's ED-to-ES timing
-    (`motion.es_frame_of_clips`); a clip whose ES map gives an EF outside `motion.EF_RANGE` contracts to the
-    nearest EF of the range instead."""
-    es_frame = es_frame_of_clips(train.clip(i) for i in range(len(train)))
+    (`motion.es_frame_of_clips`), or at the last frame where every clip ends before its ES (EchoNet-Dynamic's
+    tracings in a short clip): the labels are the maps imposed, so they fit the video either way. A clip whose ES
+    map gives an EF outside `motion.EF_RANGE` contracts to the nearest EF of the range instead."""
+    try:
+        es_frame = es_frame_of_clips(train.clip(i) for i in range(len(train)))
+    except ValueError:  # no ES inside any clip
+        es_frame = float(train.config.frames - 1)
 
     def beat(i: int) -> np.ndarray:
         clip = train.clip(i)
