@@ -301,6 +301,6 @@ def per_target_rows(report: dict) -> list[dict]:
              **{f"target {ef}": mean(report["videos"], "maps_ef", ef) for ef in targets}},
             {"EF proxy of": "the beating pseudo video, read by the segmenter",
              **{f"target {ef}": mean(report["pseudo_video"]["rows"], "pseudo_ef", ef) for ef in targets}}]
-    return rows + [{"EF proxy of": f"the videos, t_i = {t_i}", **{f"target {ef}": s["per_target"][str(ef)]
+    return rows + [{"EF proxy of": f"the videos, tᵢ = {t_i}", **{f"target {ef}": s["per_target"][str(ef)]
                                                                   for ef in targets}}
                    for t_i, s in report["summary"].items()]
