@@ -180,6 +180,9 @@ def test_where_it_fails_names_the_sources_that_hurt_memorise_or_fall_short():
     fitting = report | {"label_agreement": {"judge on TEST frames": 0.95, "methods": {"free-echo": {"Dice LV": 0.94}}}}
     assert "so the labels are not what fails: its frames differ from recorded ones, and at k = 4 they are 75% of the " \
            "training frames." in where_it_fails(fitting)
+    at_all = fitting | {"summary": [line | {"k": "all"} for line in report["summary"] if line["k"] == 4],
+                        "rows": [r | {"k": 0} for r in report["rows"]]}  # "all" in the summary is k = 0 in the rows
+    assert "lowers TEST Dice LV at k = all; " in where_it_fails(at_all) and "75% of the training" in where_it_fails(at_all)
     assert "clsfree's videos fail the memorisation check: 28 of 64" in text and "Adding clsfree" not in text
     assert text.endswith("the best, clsfree, reaches 0.770, below the 0.880 of 4 labelled clips.")
 

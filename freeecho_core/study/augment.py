@@ -20,6 +20,7 @@ segmenter), so an interrupted study resumes; the report goes to <out>/augment-st
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -51,6 +52,7 @@ AUGMENT_METHODS = ("free-echo", "free-echo-ilvr", "clsfree", "sdedit")  # the so
 BEATING = "free-echo-ilvr"  # the source whose videos beat like their TRAIN clip, every frame labelled
 FREE_ECHO = ("free-echo", BEATING)  # the rows compared with every other source's addition
 GUIDE_SETTINGS = ("guided_step", "guide_factor", "guide_until")  # the config fields that only its videos depend on
+BEAT = "the ED map towards the clip's own ES map (`own_beat`)"  # the beat recorded in its videos' key
 STRUCTURES = {1: "Dice LV", 2: "Dice myo", 3: "Dice LA"}  # CAMUS label -> column
 
 
@@ -100,12 +102,14 @@ def own_beat(train: EchoClips):
     frame with the smallest LV, `EchoClips.annotated_frames`), ES at the split's ED-to-ES timing
     (`motion.es_frame_of_clips`), or at the last frame where every clip ends before its ES (EchoNet-Dynamic's
     tracings in a short clip): the labels are the maps imposed, so they fit the video either way. A clip whose ES
-    map gives an EF outside `motion.EF_RANGE` contracts to the nearest EF of the range instead."""
+    map gives an EF outside `motion.EF_RANGE` contracts to the nearest EF of the range instead. Each clip's maps
+    are made once (the videos and the segmenters' frames ask for them)."""
     try:
         es_frame = es_frame_of_clips(train.clip(i) for i in range(len(train)))
     except ValueError:  # no ES inside any clip
         es_frame = float(train.config.frames - 1)
 
+    @functools.cache
     def beat(i: int) -> np.ndarray:
         clip = train.clip(i)
         _, labels = train.annotated_frames(i)
@@ -120,9 +124,10 @@ def own_beat(train: EchoClips):
 
 def make_synthetic_videos(train: EchoClips, models: dict, out: Path, config: AugmentStudyConfig,
                           sampler: SamplerConfig, clsfree_sampler: SamplerConfig | None, digests: dict, device,
-                          progress: bool) -> dict:
-    """Generate (resumably) `config.samples` videos per method for the first `config.synthetic_maps` TRAIN maps;
-    return the CPU seconds per video of each method, measured when its videos were made (stored beside them)."""
+                          progress: bool, beat=None) -> dict:
+    """Generate (resumably) `config.samples` videos per method for the first `config.synthetic_maps` TRAIN maps
+    (the beating method's from `beat`, `own_beat`); return the CPU seconds per video of each method, measured when
+    its videos were made (stored beside them)."""
     eval_config = eval_settings(config, samples=config.samples, batch=config.samples, sampler=sampler,
                                 clsfree_sampler=clsfree_sampler, seed=config.video_seed)
     denoisers = {role: m.denoiser for role, m in models.items()}
@@ -130,12 +135,12 @@ def make_synthetic_videos(train: EchoClips, models: dict, out: Path, config: Aug
     for kind, method in synthetic_methods(config).items():
         key = video_key(method, eval_config, digests, data_key(train))
         if kind == BEATING:
-            key["beat"] = own_beat.__doc__.split(":")[0]
+            key["beat"] = BEAT
         claim_video_folder(out, method, key)
         cost_path = out / "videos" / method.name / "cost.json"
         started = time.process_time()
         made = generate_all(train, denoisers, out, eval_config, device, [method], max_maps=config.synthetic_maps,
-                            progress=progress, beats=own_beat(train) if kind == BEATING else None)
+                            progress=progress, beats=beat if kind == BEATING else None)
         if made:
             seconds = (time.process_time() - started) / (made * config.samples)
             write_text_atomically(cost_path, json.dumps({"cpu_seconds_per_video": seconds}) + "\n")
@@ -144,17 +149,18 @@ def make_synthetic_videos(train: EchoClips, models: dict, out: Path, config: Aug
     return cost
 
 
-def synthetic_frames(train: EchoClips, out: Path, method, maps: list[int]) -> tuple[np.ndarray, ...]:
+def synthetic_frames(train: EchoClips, out: Path, method, maps: list[int], beat=None) -> tuple[np.ndarray, ...]:
     """The labelled frames of a method's synthetic videos of TRAIN clips `maps`: (N, S, S) grey in [-1, 1], their
     (N, S, S) CAMUS labels, the (N,) clip index of each frame and whether it is its video's ED frame. A video
     gives its ED frame with its clip's map, or, for the beating method (`BEATING`), every frame with its label
-    map (`own_beat`)."""
-    beat = own_beat(train) if method.kind == BEATING else None
+    map (`beat`, `own_beat`)."""
+    if method.kind == BEATING and beat is None:
+        beat = own_beat(train)
     frames, labels, owners, first = [], [], [], []
     for i in maps:
         clip = train.clip(i)
         videos = load_videos(video_path(out, method, clip.case_id, clip.view)).numpy()
-        maps_of_frames = beat(i) if beat else clip.ed_map[None]
+        maps_of_frames = beat(i) if method.kind == BEATING else clip.ed_map[None]
         frames.append(videos[:, : len(maps_of_frames)].reshape(-1, *videos.shape[2:]) * 2 - 1)
         labels.append(np.tile(camus_from_five(maps_of_frames).astype(np.int64), (len(videos), 1, 1)))
         owners.append(np.full(len(videos) * len(maps_of_frames), i))
@@ -298,10 +304,12 @@ def run_augment_study(data_root, unconditional, clsfree, segmenter, out, config:
         labelled_clips(len(train), k, 0)  # a k beyond the TRAIN split fails now, not after the videos
     digests = {role: file_digest(path) for role, path in (("unconditional", unconditional), ("clsfree", clsfree))
                if path}
-    cost = make_synthetic_videos(train, models, out, config, sampler, clsfree_sampler, digests, device, progress)
+    beat = own_beat(train) if BEATING in config.methods else None
+    cost = make_synthetic_videos(train, models, out, config, sampler, clsfree_sampler, digests, device, progress,
+                                 beat)
     methods = synthetic_methods(config)
     synthetic_maps = list(range(min(config.synthetic_maps, len(train))))
-    synthetic = {kind: synthetic_frames(train, out, methods[kind], synthetic_maps) for kind in config.methods}
+    synthetic = {kind: synthetic_frames(train, out, methods[kind], synthetic_maps, beat) for kind in config.methods}
     # The segmenters learn from the frames given here alone: no flat renderings, no extra phantom hearts.
     seg_config = replace(seg_config, pseudo_share=0.0, phantom_hearts=0)
     settings = json.loads(json.dumps({  # as a stored result reads it back
@@ -448,18 +456,18 @@ def where_it_fails(report: dict) -> str:
     agreement = (report.get("label_agreement") or {}).get("methods", {})
     judge = (report.get("label_agreement") or {}).get("judge on TEST frames")
     for method in report["config"]["methods"]:
-        hurt = [str(line["k"]) for line in lines if line["condition"] == f"real + {method}"
+        hurt = [line["k"] for line in lines if line["condition"] == f"real + {method}"
                 and str(line.get("minus real", "")).startswith("fails")]
         if not hurt:
             continue
-        sentence = f"Adding {method}'s videos lowers TEST Dice LV at k = {', '.join(hurt)}"
+        sentence = f"Adding {method}'s videos lowers TEST Dice LV at k = {', '.join(map(str, hurt))}"
         if method in agreement and judge is not None:
             fit = agreement[method]["Dice LV"]
             sentence += f"; its labels fit its frames with a Dice LV of {fit:.3f} by the judge ({judge:.3f} on real frames)"
             if judge - fit > LABELS_OFF:
                 sentence += ", so they teach boundaries that are off"
             else:
-                share = synthetic_share(report["rows"], int(hurt[0]), method)
+                share = synthetic_share(report["rows"], 0 if hurt[0] == "all" else hurt[0], method)
                 sentence += (", so the labels are not what fails: its frames differ from recorded ones, and at k = "
                              f"{hurt[0]} they are {share:.0%} of the training frames")
         sentences.append(sentence + ".")
