@@ -147,11 +147,11 @@ def free_echo_panels(ed_map: np.ndarray, pseudo_image: np.ndarray, generated: di
     the video generated from each start (generated: {t_i: (K, S, S) video})."""
     sigmas = karras_sigmas()
     still = 2 * torch.as_tensor(pseudo_image, dtype=torch.float64)[None, None, None] - 1
-    starts = [(f"start, t_i = {t}", np.clip(network_input(
+    starts = [(f"start, $t_i$ = {t}", np.clip(network_input(
         noise_to_step(still, sigmas, t, seeded_generators([seed]))[0, 0, 0].numpy(), sigmas[t].item()) / 2.5, -1, 1))
         for t in generated]  # on show_network_input's grey scale, [-2.5, 2.5]
     return ([("ED map (5 labels)", five_label_rgb(ed_map)), ("pseudo image (OT)", 2 * np.asarray(pseudo_image) - 1),
-             *starts, ("real clip", real), ("", None), *((f"generated, t_i = {t}", v) for t, v in generated.items())])
+             *starts, ("real clip", real), ("", None), *((f"generated, $t_i$ = {t}", v) for t, v in generated.items())])
 
 
 def five_label_rgb(ed_map: np.ndarray) -> np.ndarray:
@@ -262,6 +262,11 @@ def wrappable(text: str) -> str:
                     for word in text.split(" "))
 
 
+def column_title(column: str) -> str:
+    """A row key as a table header: the start step's key "t_i" (kept in the stored JSON) reads tᵢ."""
+    return "tᵢ" if column == "t_i" else column
+
+
 def rows_table(rows: list[dict], columns: list[str]) -> str:
     """A Markdown table of `columns` of `rows`: floats to 4 significant digits, None as a dash; long names and
     shapes may wrap (`wrappable`)."""
@@ -272,14 +277,14 @@ def rows_table(rows: list[dict], columns: list[str]) -> str:
             return "yes" if v else "no"
         return f"{v:.4g}" if isinstance(v, float) else wrappable(str(v))
 
-    lines = ["| " + " | ".join(wrappable(c) for c in columns) + " |", "|" + " --- |" * len(columns)]
+    lines = ["| " + " | ".join(wrappable(column_title(c)) for c in columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def html_table(rows: list[dict], columns: list[str]) -> str:
     """An HTML table of `columns` of `rows` (rendered as a table by the notebook and by the book alike)."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    head = "".join(f"<th>{html.escape(column_title(c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(row.get(c, '-')))}</td>" for c in columns) + "</tr>"
                    for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -102,7 +102,7 @@ def test_table_and_ordering_read_the_report():
                           "free-echo@35": row(0.3), "free-echo@55": row(0.1)}}
     assert all(paper_ordering(report).values())
     report["methods"]["free-echo@55"] = row(0.9)
-    assert not paper_ordering(report)["Free-Echo worsens from t_i = 15 to 35 to 55 (SSIM)"]
+    assert not paper_ordering(report)["Free-Echo worsens from tᵢ = 15 to 35 to 55 (SSIM)"]
     table = markdown_table({"phantom CAMUS": report}, paper={"phantom CAMUS": "CAMUS"})
     assert "| phantom CAMUS | free-echo | 35 | 1×? | 0.300 | 6.00 | n/a | n/a |" in table  # one map: no spread
     assert "| *paper, real CAMUS* | *clsfree* | *-* | *?×10* | *0.52* | *22.49* | *22.50* | *150.80* |" in table
@@ -115,7 +115,7 @@ def test_table_and_ordering_read_the_report():
     assert "per_map" not in stored["x"]["methods"]["free-echo@35"] and ast.literal_eval(repr(stored)) == stored
     quality, anatomy = (markdown_table(stored, paper={"x": "CAMUS"}, part=part) for part in ("quality", "anatomy"))
     assert "Dice LV" not in quality and "*paper, real CAMUS*" in quality and "| x | free-echo | 35 | 8×4 | 0.300" in quality
-    assert anatomy.splitlines()[0] == "| dataset | method | t_i | n | Dice LV | FD-seg |"
+    assert anatomy.splitlines()[0] == "| dataset | method | tᵢ | n | Dice LV | FD-seg |"
     assert "| x | free-echo | 35 | 8×4 | 0.800 | n/a |" in anatomy and "paper" not in anatomy
 
 

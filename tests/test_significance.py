@@ -54,7 +54,7 @@ def test_a_chain_holds_only_when_every_link_holds():
     study["methods"]["free-echo@55"] = report({"x": 0.6 + up})["methods"]["x"]
     assert paired_claim(study, chain, "SSIM")["verdict"] == "fails"
     rows = {row["claim"]: row for row in claims_table({"phantom": study})}
-    assert rows["Free-Echo worsens from t_i = 15 to 35 to 55 (SSIM)"]["ours, phantom"].startswith("fails: -0.300")
+    assert rows["Free-Echo worsens from tᵢ = 15 to 35 to 55 (SSIM)"]["ours, phantom"].startswith("fails: -0.300")
     assert rows["Free-Echo@15 above SDEdit (PSNR)"]["ours, phantom"] == "holds: +3.00 [+3.00, +3.00] (n = 8)"
     assert rows["Cls-Free above Free-Echo@15 (SSIM)"]["paper, CAMUS"] == "holds"
 

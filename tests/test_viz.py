@@ -83,8 +83,8 @@ def test_the_free_echo_figure_shows_each_start_above_its_video():
     videos = {15: np.zeros((3, 8, 8), np.uint8), 55: np.full((3, 8, 8), 255, np.uint8)}
     panels = free_echo_panels(ed_map, pseudo, videos, np.zeros((3, 8, 8), np.uint8))
     titles = [title for title, _ in panels]
-    assert titles == ["ED map (5 labels)", "pseudo image (OT)", "start, t_i = 15", "start, t_i = 55", "real clip", "",
-                      "generated, t_i = 15", "generated, t_i = 55"]
+    assert titles == ["ED map (5 labels)", "pseudo image (OT)", "start, $t_i$ = 15", "start, $t_i$ = 55", "real clip", "",
+                      "generated, $t_i$ = 15", "generated, $t_i$ = 55"]
     late, early = panels[3][1], panels[2][1]
     # From t_i = 55 (sigma 0.027) the start is the pseudo image itself; from t_i = 15 (sigma 19) mostly noise.
     assert np.corrcoef(late.ravel(), pseudo.ravel())[0, 1] > 0.99 > np.corrcoef(early.ravel(), pseudo.ravel())[0, 1]
@@ -127,5 +127,5 @@ def test_a_player_comes_with_its_still_as_an_embedded_image():
 def test_tables_may_wrap_only_inside_long_names_and_shapes():
     rows = [{"t_i": 15, "speedup_vs_reference": 1.5, "shape": "1x1x24x128x128", "what": "paper, 3x3 ours"}]
     table = rows_table(rows, ["t_i", "speedup_vs_reference", "shape", "what"])
-    assert table.splitlines()[0] == "| t_i | speedup_\u200bvs_\u200breference | shape | what |"
+    assert table.splitlines()[0] == "| tᵢ | speedup_\u200bvs_\u200breference | shape | what |"
     assert table.splitlines()[2] == "| 15 | 1.5 | 1x\u200b1x\u200b24x\u200b128x\u200b128 | paper, 3x3 ours |"

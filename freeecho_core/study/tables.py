@@ -52,7 +52,7 @@ def markdown_table(reports: dict[str, dict], paper: dict[str, str] | None = None
     anatomy = [c for c in ANATOMY_COLUMNS if any(c in row for r in reports.values() for row in r["methods"].values())]
     quality = ["SSIM", "PSNR (dB)", "FID", "FVD"] if part != "anatomy" else []
     anatomy = anatomy if part != "quality" else []
-    header = ["dataset", "method", "t_i", "n", *quality, *anatomy]
+    header = ["dataset", "method", "tᵢ", "n", *quality, *anatomy]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, report in reports.items():
         for name, row in report["methods"].items():
@@ -120,7 +120,7 @@ def specificity_verdict(name: str, row: dict) -> str:
 # The paper's claims about Table 1: each is a chain of "A above B" comparisons on one metric.
 CLAIMS = {"Cls-Free above Free-Echo@15": [("clsfree", "free-echo@15")],
           "Free-Echo@15 above SDEdit": [("free-echo@15", "sdedit@15")],
-          "Free-Echo worsens from t_i = 15 to 35 to 55": [("free-echo@15", "free-echo@35"),
+          "Free-Echo worsens from tᵢ = 15 to 35 to 55": [("free-echo@15", "free-echo@35"),
                                                          ("free-echo@35", "free-echo@55")]}
 
 
